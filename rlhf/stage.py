@@ -1,0 +1,29 @@
+"""The contract between a library stage and the task that runs it.
+
+A stage function in `rlhf/` has the signature `run_<stage>(cfg, paths) -> StageOutput`: it reads
+its inputs from `paths`, writes its outputs there, and returns what happened. It never logs to a
+tracker; the task in `tasks/` turns a `StageOutput` into a metrics JSON and MLflow records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StageOutput:
+    # Final metrics: flat `{name: float}` or, for `evaluate`, `{policy: {name: float}}`.
+    # Written to `metrics/<stage>.json` and logged to MLflow (nested keys joined with "/").
+    metrics: dict[str, Any]
+    # Per-step training curves: each dict has an integer "step" and float metrics.
+    history: list[dict[str, float]] = field(default_factory=list)
+    # Datasets the stage read, logged as MLflow dataset inputs: {name: path}.
+    inputs: dict[str, Path] = field(default_factory=dict)
+    # Report files (JSON, Markdown, ...) logged as MLflow artifacts.
+    reports: list[Path] = field(default_factory=list)
+    # Tables (lists of flat dict rows) logged with `mlflow.log_table`: {file name: rows}.
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Trained model directories to log and register in MLflow: {registered name: directory}.
+    models: dict[str, Path] = field(default_factory=dict)
