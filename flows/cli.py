@@ -1,0 +1,154 @@
+"""The `rlhf` command line. Each pipeline stage is a subcommand that reads `params.yaml` (or
+`--params FILE`) and runs through Prefect; heavy libraries load only when a command runs, so
+`rlhf --help` answers at once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="The RLHF pipeline: data -> SFT -> reward model -> PPO / DPO -> evaluation.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+STAGES = ["data", "tokenizer", "sft", "reward", "ppo", "dpo", "evaluate"]
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (YAML)")]
+
+
+def _setup() -> None:
+    from tasks.env import configure
+
+    configure()
+
+
+def _run_stage(stage: str, params: Path) -> None:
+    _setup()
+    from rlhf.config import ConfigError, load_config
+
+    try:
+        load_config(stage, params)  # report a bad params file before Prefect starts
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    from flows.pipeline import stage_flow
+
+    state = stage_flow(stage, str(params), return_state=True)
+    if not state.is_completed():
+        typer.echo(f"error: stage '{stage}' failed: {state.message}", err=True)
+        raise typer.Exit(1)
+
+
+def _stage_command(stage: str):
+    def command(params: ParamsOpt = Path("params.yaml")) -> None:
+        _run_stage(stage, params)
+
+    command.__doc__ = f"Run the '{stage}' stage (section '{stage}' of the params file)."
+    return command
+
+
+for _stage in STAGES:
+    app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command()
+def pipeline(
+    params: ParamsOpt = Path("params.yaml"),
+    no_dvc: Annotated[bool, typer.Option("--no-dvc", help="run tasks in-process, without DVC caching")] = False,
+    force: Annotated[bool, typer.Option(help="rerun stages even when DVC says they are up to date")] = False,
+) -> None:
+    """Run the whole pipeline (the Prefect flow `rlhf`) in the order declared in dvc.yaml."""
+    _setup()
+    from rlhf.config import ConfigError, load_all
+
+    try:
+        load_all(params)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    if not no_dvc and params != Path("params.yaml"):
+        typer.echo("error: DVC reads params.yaml; use --no-dvc with another params file", err=True)
+        raise typer.Exit(2)
+    from flows.pipeline import pipeline as flow
+
+    state = flow(str(params), use_dvc=not no_dvc, force=force, return_state=True)
+    if not state.is_completed():
+        typer.echo(f"error: pipeline failed: {state.message}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    path: Annotated[Optional[Path], typer.Argument(help="a file: JSON Lines (.jsonl, .jsonl.gz), JSON array, CSV or Parquet")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="sft | preference | prompts (with PATH)")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help="longest text allowed, in characters")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Without PATH: run the 'validate' stage on every dataset of the pipeline. With PATH and
+    --kind: validate one file; names the file, row and field of every problem."""
+    if path is None:
+        _run_stage("validate", params)
+        return
+    from rlhf.data.validate import validate_file
+
+    if kind not in ("sft", "preference", "prompts"):
+        typer.echo(f"error: --kind must be one of sft, preference, prompts (got {kind!r})", err=True)
+        raise typer.Exit(2)
+    kwargs = {} if max_chars is None else {"max_chars": max_chars}
+    report = validate_file(path, kind, **kwargs)
+    typer.echo(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def score(
+    texts: Annotated[list[str], typer.Argument(help="dialogues: '\\n\\nHuman: ...\\n\\nAssistant: ...'")],
+    model: Annotated[Path, typer.Option(help="reward model directory")] = Path("artifacts/reward/model"),
+) -> None:
+    """Score dialogues with a trained reward model (normalised rewards)."""
+    _setup()
+    from rlhf.reward import RewardModel
+
+    rm = RewardModel.from_pretrained(model)
+    texts = [t.encode().decode("unicode_escape") for t in texts]
+    for text, value in zip(texts, rm.score(texts)):
+        typer.echo(f"{value:+.4f}\t{text.strip()[:80]!r}")
+
+
+@app.command()
+def compare(
+    text_a: Annotated[str, typer.Argument(help="first dialogue")],
+    text_b: Annotated[str, typer.Argument(help="second dialogue")],
+    model: Annotated[Path, typer.Option(help="reward model directory")] = Path("artifacts/reward/model"),
+) -> None:
+    """Which of two dialogues the reward model prefers, with its confidence."""
+    _setup()
+    from rlhf.reward import RewardModel
+
+    rm = RewardModel.from_pretrained(model)
+    decode = lambda t: t.encode().decode("unicode_escape")  # noqa: E731  (lets '\n' be typed)
+    typer.echo(json.dumps(rm.compare(decode(text_a), decode(text_b)), indent=2))
+
+
+@app.command()
+def summary() -> None:
+    """Print what the pipeline produced and how to open the MLflow UI on it."""
+    from flows.report import print_summary
+
+    _setup()
+    print_summary()
+
+
+@app.command()
+def serve() -> None:
+    """Serve the flow `rlhf` as the deployment `rlhf/full-pipeline` (needs a Prefect server)."""
+    _setup()
+    from flows.pipeline import pipeline as flow
+
+    flow.serve(name="full-pipeline")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rlhf.config.base import StageConfig
+
+
+class PPOConfig(StageConfig):
+    """`ppo` section: PPO with a KL-shaped reward (Ziegler et al. 2019; Ouyang et al. 2022;
+    the "N+ implementation details" of Huang et al. 2024)."""
+
+    enabled: bool = Field(True, description="false: write SKIPPED and train nothing")
+    seed: int = Field(0, ge=0, description="seed of sampling, shuffling and initialisation")
+
+    # --- rollouts ---
+    steps: int = Field(40, ge=1, description="PPO iterations (rollout + update)")
+    rollout_batch_size: int = Field(32, ge=2, description="N: prompts sampled per iteration")
+    temperature: float = Field(0.7, gt=0, le=2, description="T: sampling temperature; log-probs use logits / T")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p")
+    max_new_tokens: int = Field(48, ge=1, description="longest response in tokens")
+    missing_eos_score: float = Field(-1.0, description="score r given to a response with no EOS (normalised RM units)")
+
+    # --- reward shaping ---
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the penalty (Schulman 2020)")
+    init_kl_coef: float = Field(0.05, ge=0, description="beta (initial value when adaptive)")
+    adaptive_kl: bool = Field(False, description="adapt beta with Ziegler's proportional controller")
+    target_kl: float = Field(6.0, gt=0, description="KL_target of the adaptive controller (nats per sequence)")
+    kl_horizon: int = Field(10_000, ge=1, description="H: controller horizon, in episodes")
+    whiten_rewards: bool = Field(False, description="whiten the per-token rewards before GAE (shift kept)")
+    score_clip: float | None = Field(None, gt=0, description="clip |r| of the normalised score to this value")
+
+    # --- advantages and losses ---
+    gamma: float = Field(1.0, ge=0, le=1, description="gamma: discount")
+    lam: float = Field(0.95, ge=0, le=1, description="lambda: GAE trace decay")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="epsilon: policy ratio clip range")
+    value_clip: float = Field(0.2, gt=0, description="epsilon_v: value clip range around V_old")
+    vf_coef: float = Field(0.1, gt=0, description="c_1: value-loss coefficient")
+    entropy_coef: float = Field(0.0, ge=0, description="c_2: entropy bonus coefficient")
+
+    # --- optimisation ---
+    ppo_epochs: int = Field(4, ge=1, description="K: passes over each rollout batch")
+    mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per forward pass (gradient accumulation)")
+    learning_rate: float = Field(3e-5, gt=0, description="policy Adam learning rate")
+    value_learning_rate: float = Field(1e-4, gt=0, description="critic Adam learning rate")
+    max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip, per model")
+    checkpoint_every: int = Field(10, ge=1, description="save a resumable checkpoint every this many iterations")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PPOConfig":
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError("mini_batch_size must divide rollout_batch_size")
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError("micro_batch_size must divide mini_batch_size")
+        if self.missing_eos_score > 0:
+            raise ValueError("missing_eos_score is a penalty: it must be <= 0")
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.mini_batch_size // self.micro_batch_size

@@ -1,0 +1,113 @@
+"""Preference pairs from Anthropic's HH-RLHF format: records with two full dialogues.
+
+Each record holds `chosen` and `rejected`, each a whole dialogue "\\n\\nHuman: ...\\n\\nAssistant: ...".
+The prompt is the part before the last "\\n\\nAssistant:" (`rlhf.chat.split_hh_dialogue`), kept as it
+is so that `rlhf.chat.prompt_text` renders it unchanged; the responses are what follows it.
+
+Two quirks of the published data are kept and reported as warnings rather than errors, so that the
+shipped harmless-base test split validates (see `tests/data/test_hh.py` for what it contains):
+
+* the two prefixes differ (5 of 2312 rows of harmless-base/test): one response ran on into a turn
+  of its own ("... Human: ...\\n\\nAssistant: ..."), so one dialogue has extra turns. When the
+  shorter prefix plus "\\n\\nAssistant:" starts the longer dialogue, the pair is read at that shared
+  prefix and the extra turns stay in the longer response, which is what the raters compared. If
+  neither dialogue starts with the other's prompt the two responses answer different prompts:
+  that is an error.
+* a response is empty (4 rows): the dialogue ends with an empty Assistant turn, and in those rows
+  the raters preferred saying nothing (e.g. over giving out a home address). The empty reply is
+  kept; `EMPTY_OK` tells the schema that these two columns may be empty here.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from rlhf.chat import ASSISTANT, split_hh_dialogue
+from rlhf.data.readers import describe
+from rlhf.data.report import Problem
+
+DIALOGUES = ("chosen", "rejected")
+EMPTY_OK = DIALOGUES  # columns that may hold an empty response in this format
+
+
+def is_hh_frame(frame: pd.DataFrame) -> bool:
+    """True for preference records in the HH-RLHF layout: dialogues and no `prompt` column."""
+    return "prompt" not in frame.columns and all(c in frame.columns for c in DIALOGUES)
+
+
+def from_hh_dialogues(frame: pd.DataFrame, file: str) -> tuple[pd.DataFrame, list[Problem], list[Problem]]:
+    """Convert HH-RLHF records to (prompt, chosen, rejected) rows.
+
+    Returns the converted frame (same index, extra columns kept after the three), the errors and the
+    warnings. Rows with an error are left out of the frame; every row is named in a `Problem`.
+    """
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    rows, values = [], []
+    for row, chosen, rejected in zip(frame.index, frame["chosen"], frame["rejected"]):
+        try:
+            pair, notes = split_pair(chosen, rejected)
+        except PairError as err:
+            errors.append(Problem(file, int(row), err.field, str(err)))
+            continue
+        warnings.extend(Problem(file, int(row), f, m) for f, m in notes)
+        rows.append(row)
+        values.append(pair)
+    out = pd.DataFrame(values, index=pd.Index(rows, dtype="int64", name="row"), columns=["prompt", *DIALOGUES])
+    extras = [c for c in frame.columns if c not in DIALOGUES]
+    out = out.join(frame.loc[rows, extras]) if extras else out
+    return out, errors, warnings
+
+
+class PairError(ValueError):
+    """A record that cannot be read as a preference pair; `field` names the culprit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def split_pair(chosen: object, rejected: object) -> tuple[tuple[str, str, str], list[tuple[str, str]]]:
+    """((prompt, chosen response, rejected response), [(field, warning), ...]) of one record."""
+    for name, value in zip(DIALOGUES, (chosen, rejected)):
+        if not isinstance(value, str):
+            got = describe(value)
+            raise PairError(name, "missing or null" if got == "null" else f"expected a dialogue (text), got {got}")
+        if ASSISTANT not in value:
+            raise PairError(name, f"not an HH-RLHF dialogue: no {ASSISTANT!r} turn")
+    prompt_c, resp_c = split_hh_dialogue(chosen)
+    prompt_r, resp_r = split_hh_dialogue(rejected)
+    notes: list[tuple[str, str]] = []
+    if prompt_c != prompt_r:
+        prompt, resp_c, resp_r, note = shared_prefix(chosen, rejected, prompt_c, prompt_r)
+        notes.append(("prompt", note))
+    else:
+        prompt = prompt_c
+    for name, response in zip(DIALOGUES, (resp_c, resp_r)):
+        if not response:
+            notes.append((name, "empty response (the dialogue ends with an empty Assistant turn); kept as an empty reply"))
+    return (prompt, resp_c, resp_r), notes
+
+
+def shared_prefix(chosen: str, rejected: str, prompt_c: str, prompt_r: str) -> tuple[str, str, str, str]:
+    """Read a pair whose last-turn prefixes differ at the shorter prefix, if both dialogues share it.
+
+    Returns (prompt, chosen response, rejected response, warning); raises PairError otherwise.
+    """
+    short, longer, name = (prompt_r, chosen, "chosen") if len(prompt_r) < len(prompt_c) else (prompt_c, rejected, "rejected")
+    if not longer.startswith(short + ASSISTANT):
+        raise PairError(
+            "prompt",
+            "the chosen and rejected dialogues differ before their last Assistant turn, "
+            "so the two responses answer different prompts",
+        )
+    rest = longer[len(short) + len(ASSISTANT):]
+    extra = rest.count(ASSISTANT)
+    responses = {n: split_hh_dialogue(d)[1] for n, d in zip(DIALOGUES, (chosen, rejected))}
+    responses[name] = rest.strip()
+    note = (
+        f"the two dialogues differ before their last Assistant turn: the {name} dialogue has "
+        f"{extra} more {ASSISTANT.strip()!r} turn(s); read at the shared prompt, the extra turns "
+        f"stay in the {name} response"
+    )
+    return short, responses["chosen"], responses["rejected"], note

@@ -1,0 +1,136 @@
+"""pandera schemas of the three dataset kinds, and their failures as row-level `Problem`s.
+
+| kind | required text columns |
+| --- | --- |
+| `sft` | prompt, response |
+| `preference` | prompt, chosen, rejected |
+| `prompts` | prompt |
+
+Extra columns are allowed and not checked. Every required column must hold text in every row:
+no nulls, no other types, not empty or whitespace-only, at most `max_chars` characters. Across
+columns: `chosen` differs from `rejected`, and no row repeats an earlier row's required columns.
+Checks look only at text values, so a wrong type or a null is reported once, by its own check.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pandas as pd
+import pandera.pandas as pa
+
+from rlhf.config.validate import ValidateConfig
+from rlhf.data.readers import describe
+from rlhf.data.report import Problem
+
+Kind = Literal["sft", "preference", "prompts"]
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "sft": ("prompt", "response"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "prompts": ("prompt",),
+}
+DEFAULT_MAX_CHARS: int = ValidateConfig.model_fields["max_chars"].default
+
+
+def check_kind(kind: str) -> None:
+    """Reject an unknown dataset kind (a caller's mistake, not a data problem)."""
+    if kind not in COLUMNS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(COLUMNS)}")
+
+
+def missing_columns(frame: pd.DataFrame, kind: Kind) -> list[str]:
+    """Required columns of `kind` that the frame lacks, in their usual order."""
+    return [c for c in COLUMNS[kind] if c not in frame.columns]
+
+
+def build_schema(kind: Kind, max_chars: int, empty_ok: tuple[str, ...] = ()) -> pa.DataFrameSchema:
+    """The schema of one kind; the columns in `empty_ok` may hold empty text (HH-RLHF responses)."""
+    columns = {}
+    for name in COLUMNS[kind]:
+        checks = [pa.Check(is_text, name="is_text")]
+        if name not in empty_ok:
+            checks.append(pa.Check(not_blank, name="not_blank"))
+        checks.append(pa.Check(lambda s: within(s, max_chars), name="max_chars"))
+        columns[name] = pa.Column(nullable=False, checks=checks)
+    frame_checks = [pa.Check(lambda df: not_repeated(df, COLUMNS[kind]), name="no_duplicate")]
+    if kind == "preference":
+        frame_checks.append(pa.Check(chosen_differs, name="chosen_differs"))
+    return pa.DataFrameSchema(columns, checks=frame_checks, strict=False)
+
+
+# --- element checks (True = passes); non-text values pass all but `is_text` ---
+def is_text(s: pd.Series) -> pd.Series:
+    return s.map(lambda v: isinstance(v, str)).astype(bool)
+
+
+def not_blank(s: pd.Series) -> pd.Series:
+    return s.map(lambda v: not isinstance(v, str) or bool(v.strip())).astype(bool)
+
+
+def within(s: pd.Series, max_chars: int) -> pd.Series:
+    return s.map(lambda v: not isinstance(v, str) or len(v) <= max_chars).astype(bool)
+
+
+def chosen_differs(df: pd.DataFrame) -> pd.Series:
+    same = [isinstance(c, str) and c == r for c, r in zip(df["chosen"], df["rejected"])]
+    return pd.Series([not x for x in same], index=df.index)
+
+
+def not_repeated(df: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    repeats = duplicate_of(df, columns)
+    return pd.Series([int(row) not in repeats for row in df.index], index=df.index)
+
+
+def duplicate_of(df: pd.DataFrame, columns: tuple[str, ...]) -> dict[int, int]:
+    """{row: earlier row it repeats} over the given columns (non-text values compared by repr)."""
+    first: dict[tuple, int] = {}
+    repeats: dict[int, int] = {}
+    for row, *values in zip(df.index, *(df[c] for c in columns)):
+        key = tuple(v if isinstance(v, str) else repr(v) for v in values)
+        if key in first:
+            repeats[int(row)] = first[key]
+        else:
+            first[key] = int(row)
+    return repeats
+
+
+def check_frame(
+    frame: pd.DataFrame, kind: Kind, file: str, *, max_chars: int = DEFAULT_MAX_CHARS, empty_ok: tuple[str, ...] = ()
+) -> list[Problem]:
+    """Every row problem of a frame (index = row numbers) that has the kind's columns, sorted by row."""
+    check_kind(kind)
+    schema = build_schema(kind, max_chars, empty_ok)
+    try:
+        schema.validate(frame, lazy=True)
+        return []
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+    repeats = duplicate_of(frame, COLUMNS[kind])
+    problems: dict[tuple[int, str | None, str], Problem] = {}
+    for case in cases.to_dict("records"):
+        field, message = explain(case, kind, max_chars, repeats)
+        row = None if pd.isna(case["index"]) else int(case["index"])
+        problems.setdefault((row or 0, field, message), Problem(file, row, field, message))
+    order = {c: i for i, c in enumerate(COLUMNS[kind])}
+    return sorted(problems.values(), key=lambda p: (p.row or 0, order.get(p.field, -1)))
+
+
+def explain(case: dict[str, Any], kind: Kind, max_chars: int, repeats: dict[int, int]) -> tuple[str | None, str]:
+    """(field, message) of one pandera failure case."""
+    check, column, value = case["check"], case["column"], case["failure_case"]
+    if check == "not_nullable":
+        return column, "missing or null"
+    if check == "is_text":
+        return column, f"expected text, got {describe(value)}"
+    if check == "not_blank":
+        return column, "empty or whitespace-only text"
+    if check == "max_chars":
+        return column, f"text is {len(value)} characters long; the limit is {max_chars} (max_chars)"
+    if check == "chosen_differs":
+        return "rejected", "same text as chosen"
+    if check == "no_duplicate":
+        earlier = repeats.get(int(case["index"]), "?")
+        return ", ".join(COLUMNS[kind]), f"duplicate of row {earlier}"
+    # pandera's own failures (e.g. a check that could not run) keep pandera's words
+    return column, f"{check}: {value}"
+

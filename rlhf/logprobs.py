@@ -1,0 +1,78 @@
+"""Teacher-forced per-token log-probabilities of a causal LM, with temperature scaling.
+
+One forward pass over a batch of token sequences gives, at every position t, the distribution of
+token t+1. Sequences may be left-padded (a batch of prompts of different lengths, as the sampler
+sees them) and right-padded (responses of different lengths): position ids are counted over the
+attention mask, so a left-padded row gets exactly the positions it would get on its own.
+
+Temperature: the sampler draws y_t from softmax(logits / T); the log-probs used by PPO (old, new
+and reference alike) must be of that same distribution, otherwise the importance ratio is not 1 on
+the first minibatch (Huang et al. 2024, "N+ implementation details", detail 8). Top-p truncation is
+not applied here: the objective is about the tempered policy, top-p only shapes which samples are
+drawn.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the attended tokens of each row; padding gets 0. Shape (B, T) -> (B, T)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
+def forward_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """logits / T of every position. Shapes: (B, T), (B, T) -> (B, T, V)."""
+    assert temperature > 0, "temperature must be positive"
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.logits / temperature
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] at every position. Shapes: (B, T, V), (B, T) -> (B, T)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return logp.gather(dim=-1, index=labels.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p_v log p_v at every position. Shape (B, T, V) -> (B, T)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def token_logprobs(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log pi(x_{t+1} | x_<=t) for t = 0..T-2, i.e. of every token but the first.
+
+    Shapes: (B, T), (B, T) -> (B, T-1); column t holds the log-prob of input_ids[:, t+1].
+    """
+    logits = forward_logits(model, input_ids, attention_mask, temperature)[:, :-1]  # (B, T-1, V)
+    return logprobs_from_logits(logits, input_ids[:, 1:])
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log pi(y | x) = SUM over response tokens of log pi(y_t | x, y_<t); prompt tokens excluded.
+
+    `response_mask` (B, T) is 1 on the response tokens (EOS included) of `input_ids`, 0 on prompt
+    and padding. Shapes: (B, T) x3 -> (B,).
+    """
+    target_mask = response_mask[:, 1:].to(torch.float32)  # (B, T-1), aligned with token_logprobs
+    assert bool((target_mask.sum(dim=1) > 0).all()), "every row needs at least one response token"
+    logp = token_logprobs(model, input_ids, attention_mask, temperature)  # (B, T-1)
+    return (logp * target_mask).sum(dim=1)

@@ -1,0 +1,100 @@
+"""Loading and building the models every trainer starts from; never touches the Hub.
+
+- `load_tokenizer(dir)`: any local Hugging Face tokenizer, with bos/eos/pad guaranteed.
+- `build_gpt2(tokenizer, ...)`: the embedded default, a GPT-2 from a config (random init, seeded).
+- `load_causal_lm(dir)`: any local causal LM directory (GPT-2, Llama, SmolLM2 saved as safetensors).
+Everything loads with `local_files_only=True`: a typo in a path fails at once instead of
+waiting on the network. All models come back with dropout off (Huang et al. 2024, "N+ implementation details of RLHF with
+PPO", detail 3: dropout makes the PPO ratio and the reward noisy; we switch it off everywhere).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Config attributes that hold a dropout probability, across GPT-2, Llama, BERT, ... configs.
+_DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
+
+
+def disable_dropout(target: Any) -> Any:
+    """Set every dropout probability to 0: on a config (attributes ending in `*dropout*`/`*pdrop`)
+    or on a model (its config and every `nn.Dropout` module). Returns `target`."""
+    config = getattr(target, "config", target)
+    for key, value in list(vars(config).items()):
+        if isinstance(value, float) and key.endswith(_DROPOUT_SUFFIXES):
+            setattr(config, key, 0.0)
+    if isinstance(target, torch.nn.Module):
+        for module in target.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    return target
+
+
+def load_tokenizer(path: str | Path):
+    """A local tokenizer with `bos`, `eos` and `pad` tokens.
+
+    The chat helpers need BOS and EOS. A tokenizer without BOS or PAD (e.g. a Llama-family one
+    without pad) reuses EOS for them; our masks come from lengths, never from comparing ids with
+    `pad_token_id`, so pad == eos cannot hide the EOS target (the classic SFT bug).
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.eos_token is None:
+        raise ValueError(f"{path}: the tokenizer has no eos token; the chat format needs one")
+    if tok.bos_token is None:
+        tok.bos_token = tok.eos_token
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_gpt2(tokenizer: Any, n_layer: int, n_head: int, n_embd: int, n_positions: int, seed: int):
+    """A randomly initialised `GPT2LMHeadModel` sized by the arguments, vocabulary from `tokenizer`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    disable_dropout(config)
+    with torch.random.fork_rng(devices=[]):  # seeded init without moving the global RNG
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return disable_dropout(model)
+
+
+def load_causal_lm(path: str | Path):
+    """Any local Hugging Face causal LM directory, in float32, dropout off."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhf.train.runtime import quiet_transformers
+
+    config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True))
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), config=config, dtype=torch.float32, local_files_only=True
+        )
+    return disable_dropout(model)
+
+
+def max_positions(config: Any, default: int = 1024) -> int:
+    """The longest sequence a model accepts (`n_positions`, `max_position_embeddings`, ...)."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

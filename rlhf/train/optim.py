@@ -1,0 +1,135 @@
+"""Optimizer, learning-rate schedule and the one optimizer step shared by every trainer.
+
+`optimizer_step` runs the forward/backward passes of all micro-batches of one optimizer step and
+normalises the loss over the *whole step*: each micro-batch contributes
+    sum of its per-unit losses / (number of units in the whole step)
+where a unit is a loss token (SFT, PPO) or a pair (reward model, DPO). Summed over micro-batches
+this is exactly the loss of one big batch, so accumulation cannot change the gradient; the
+per-micro-batch mean of TRL issue 2175 would overweight the tokens of short micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+Schedule = Literal["cosine", "linear", "constant"]
+
+# loss_fn(model, micro_batch, units_in_step) -> (loss share of this micro-batch, metric means)
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], float], tuple[torch.Tensor, dict[str, Any]]]
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay only on matrices (>= 2-D), not on biases,
+    norms or scalars (nanoGPT's grouping). Parameter order follows `model.named_parameters()`, so a
+    rebuilt model gets the same groups and its saved optimizer state lines up."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert named, "no trainable parameters"
+    groups = [
+        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: Schedule, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup over
+    `warmup_steps`, then cosine or linear decay to `min_lr_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * decay
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                    schedule: Schedule = "cosine", min_lr_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """A `LambdaLR` following `lr_factor`. Its state_dict holds only numbers (safe to reload).
+
+    Keep it out of `accelerator.prepare`: accelerate would step it once per process."""
+    assert total_steps > 0 and 0 <= warmup_steps <= total_steps, (total_steps, warmup_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, schedule, min_lr_ratio)
+    )
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    accelerator: Any,
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    loss_fn: LossFn,
+    units: Callable[[dict[str, torch.Tensor]], int | float],
+    max_grad_norm: float | None = 1.0,
+) -> dict[str, float]:
+    """One optimizer step over this process's micro-batches; returns step metrics.
+
+    `units(mb)` counts the loss units of a micro-batch (e.g. `mb["loss_mask"][:, 1:].sum()`).
+    `loss_fn(model, mb, n)` must return `(sum of per-unit losses in mb / n, metrics)` with metrics
+    as means over the units of `mb`; they come back as exact means over the whole step.
+    With P data-parallel processes, `n` = (units over all processes) / P: DDP averages gradients
+    over processes, which turns the P shares back into one sum over all units / all units.
+    Returns `loss` (the step loss; with P processes, this process's share times P), metric means, `grad_norm` (before clipping), `lr`.
+    """
+    assert micro_batches, "an optimizer step needs at least one micro-batch"
+    # 1. count the loss units of the whole step, on every process
+    counts = [float(units(mb)) for mb in micro_batches]
+    local = torch.tensor(sum(counts), device=accelerator.device)
+    total = float(accelerator.reduce(local, reduction="sum")) if accelerator.num_processes > 1 else float(local)
+    assert total > 0, "an optimizer step without any loss unit (all masks empty?)"
+    n = total / accelerator.num_processes
+    # 2. forward + backward each micro-batch; gradients sync only on the last one
+    step_loss = 0.0
+    sums: dict[str, float] = {}
+    for i, (mb, count) in enumerate(zip(micro_batches, counts)):
+        mb = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in mb.items()}
+        sync = i == len(micro_batches) - 1
+        with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+            loss, metrics = loss_fn(model, mb, n)
+            accelerator.backward(loss)
+        step_loss += float(loss.detach())
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * count
+    # 3. clip, step, schedule
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    if scheduler is not None:
+        scheduler.step()
+    out = {k: v / sum(counts) for k, v in sums.items()} if sum(counts) else {}
+    out.update(loss=step_loss, grad_norm=float(norm), lr=lr)
+    return out
+
+
+class Throughput:
+    """Tokens/s and samples/s over the training steps (wall clock, excluding evaluation)."""
+
+    def __init__(self) -> None:
+        self.tokens = self.samples = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop(self, tokens: int, samples: int) -> None:
+        assert self._t0 is not None, "Throughput.stop before start"
+        self.seconds += time.perf_counter() - self._t0
+        self.tokens += tokens
+        self.samples += samples
+        self._t0 = None
+
+    def metrics(self) -> dict[str, float]:
+        s = max(self.seconds, 1e-9)
+        return {"tokens_per_s": self.tokens / s, "samples_per_s": self.samples / s, "train_time_s": self.seconds}

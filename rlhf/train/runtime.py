@@ -1,0 +1,86 @@
+"""Device, precision, seeding and RNG state for every trainer.
+
+One `Accelerator` per stage run decides the device (CUDA when present, else CPU), the precision
+(bf16 autocast on CUDA) and data parallelism (`accelerate launch` with N processes needs no code
+change: trainers shard each global batch by `process_index`, see `rlhf.train.batching`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+MixedPrecision = Literal["auto", "no", "bf16"]
+
+
+def resolve_mixed_precision(mixed_precision: MixedPrecision) -> str:
+    """'auto' -> 'bf16' on CUDA, 'no' elsewhere; 'no' and 'bf16' pass through."""
+    if mixed_precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    if mixed_precision == "bf16" and not torch.cuda.is_available():
+        # bf16 autocast on CPU is slow and changes numerics; refuse rather than surprise.
+        raise ValueError("mixed_precision='bf16' needs a CUDA device; use 'auto' or 'no' on CPU")
+    return mixed_precision
+
+
+def make_accelerator(mixed_precision: MixedPrecision = "auto"):
+    """An `accelerate.Accelerator` for one stage run.
+
+    Gradient accumulation is not delegated to accelerate (its per-micro-batch loss division is the
+    normalisation bug of TRL issue 2175); `rlhf.train.optim.optimizer_step` does it.
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices). CPU training is then deterministic."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state as tensors and plain types (saved with torch.save, loaded weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' per-file progress bars while saving/loading checkpoints."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()

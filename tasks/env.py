@@ -1,0 +1,49 @@
+"""Process settings for an offline, self-contained project; applied by the CLI entry, never on import.
+
+Every value is a default: a variable already set by the user wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EXPERIMENT_ENV = "RLHF_MLFLOW_EXPERIMENT"
+PARENT_RUN_ENV = "RLHF_PARENT_RUN_ID"
+DEFAULT_EXPERIMENT = "rlhf"
+
+
+def state_dir(root: Path | None = None) -> Path:
+    return (root or Path.cwd()) / ".state"
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else SQLite in the project's state folder."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(state_dir(root) / 'mlflow.db').resolve()}"
+
+
+def configure(root: Path | None = None) -> None:
+    state = state_dir(root)
+    state.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        # Hugging Face: local files only (the Hub is never needed)
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # Prefect: its home (ephemeral database, settings) inside the project's state folder
+        "PREFECT_HOME": str((state / "prefect").resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DO_NOT_TRACK": "1",
+        # MLflow
+        "MLFLOW_TRACKING_URI": tracking_uri(root),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # DVC
+        "DVC_NO_ANALYTICS": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

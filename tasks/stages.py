@@ -1,0 +1,69 @@
+"""One Prefect task per pipeline stage.
+
+Each stage is two tasks: `compute` calls the library function (no retries: a failed training run
+is not retried blindly) and writes `metrics/<stage>.json`; `track` records the result in MLflow
+(retried, since it is I/O against a tracking server).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from rlhf.config import load_config
+from rlhf.paths import Paths
+from rlhf.stage import StageOutput
+
+# stage -> "module:function" of the library; the order of execution lives in dvc.yaml, not here.
+LIBRARY: dict[str, str] = {
+    "data": "rlhf.world.generate:run_data",
+    "validate": "rlhf.data.validate:run_validate",
+    "tokenizer": "rlhf.tokenizer:run_tokenizer",
+    "sft": "rlhf.sft:run_sft",
+    "reward": "rlhf.reward:run_reward",
+    "ppo": "rlhf.ppo:run_ppo",
+    "dpo": "rlhf.dpo:run_dpo",
+    "evaluate": "rlhf.evaluate:run_evaluate",
+}
+
+
+def library_function(stage: str):
+    module, name = LIBRARY[stage].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+@task(name="compute", task_run_name="compute-{stage}")
+def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[dict, StageOutput, float]:
+    logger = get_run_logger()
+    cfg = load_config(stage, params)  # a bad params file stops here, before any work
+    paths = Paths(Path(root))
+    logger.info("stage %s: %s", stage, cfg.model_dump())
+    start = time.perf_counter()
+    output = library_function(stage)(cfg, paths)
+    seconds = time.perf_counter() - start
+    write_json_atomic(paths.metrics_file(stage), output.metrics)
+    logger.info("stage %s done in %.1f s: %s", stage, seconds, output.metrics)
+    return cfg.model_dump(mode="json"), output, seconds
+
+
+@task(name="track", task_run_name="track-{stage}", retries=2, retry_delay_seconds=5)
+def track(stage: str, params: dict, output: StageOutput, seconds: float) -> str:
+    from tasks.tracking import log_stage
+
+    return log_stage(stage, params, output, seconds)

@@ -1,0 +1,118 @@
+"""Turn a library `StageOutput` into MLflow records.
+
+Layout: experiment `rlhf`; one parent run per pipeline execution (`rlhf pipeline`) and one run per
+stage under it (the parent's id travels in `RLHF_PARENT_RUN_ID`). A stage run with no parent is a
+top-level run. Stage runs carry the tag `stage=<name>`, so the UI can filter and compare them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from rlhf.stage import StageOutput
+from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, PARENT_RUN_ENV, state_dir
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a/b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def file_md5(path: Path) -> str:
+    """The DVC hash of a file (DVC 3 hashes a file by the md5 of its bytes)."""
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def use_experiment(root: Path | None = None) -> str:
+    """Select (creating if needed) the experiment; artifacts go to the state folder."""
+    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        location = (state_dir(root) / "mlartifacts").resolve().as_uri()
+        exp_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextmanager
+def pipeline_run(name: str) -> Iterator[str]:
+    """A parent run for one pipeline execution; yields its id and exports it to child processes."""
+    use_experiment()
+    with mlflow.start_run(run_name=name, tags={"kind": "pipeline"}) as run:
+        previous = os.environ.get(PARENT_RUN_ENV)
+        os.environ[PARENT_RUN_ENV] = run.info.run_id
+        try:
+            yield run.info.run_id
+        finally:
+            if previous is None:
+                os.environ.pop(PARENT_RUN_ENV, None)
+            else:
+                os.environ[PARENT_RUN_ENV] = previous
+
+
+def _log_inputs(inputs: Mapping[str, Path], stage: str) -> None:
+    import pandas as pd
+
+    for name, path in inputs.items():
+        path = Path(path)
+        if not path.is_file():
+            continue
+        df = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.DataFrame()
+        dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=file_md5(path))
+        mlflow.log_input(dataset, context=stage)
+
+
+def _log_model(registered_name: str, model_dir: Path) -> None:
+    from tasks.models import log_model_dir
+
+    log_model_dir(model_dir, registered_name)
+
+
+def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float) -> str:
+    """Record one stage execution as an MLflow run; returns the run id."""
+    use_experiment()
+    parent = os.environ.get(PARENT_RUN_ENV) or None
+    # In the pipeline's own process the parent run is active: nest under it; in a stage process
+    # (started by DVC) it is not: name it by id.
+    nesting = {"nested": True} if mlflow.active_run() else {"parent_run_id": parent}
+    with mlflow.start_run(run_name=stage, tags={"stage": stage}, **nesting) as run:
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(params).items()})
+        for row in output.history:
+            step = int(row["step"])
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=step)
+        final = {k: float(v) for k, v in flatten(output.metrics).items() if isinstance(v, (int, float))}
+        final["time/stage_seconds"] = seconds
+        mlflow.log_metrics(final)
+        _log_inputs(output.inputs, stage)
+        for report in output.reports:
+            if Path(report).is_file():
+                mlflow.log_artifact(str(report), artifact_path="reports")
+        for file_name, rows in output.tables.items():
+            if rows:
+                import pandas as pd
+
+                mlflow.log_table(pd.DataFrame(rows), artifact_file=file_name)
+        for registered_name, model_dir in output.models.items():
+            _log_model(registered_name, Path(model_dir))
+        return run.info.run_id

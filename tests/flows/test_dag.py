@@ -1,0 +1,45 @@
+"""The stage order is declared once (dvc.yaml); the Prefect flow follows DVC's own graph."""
+
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from flows.dag import stage_order
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_flow_order_is_a_topological_order_of_dvc_graph():
+    from dvc.repo import Repo
+
+    graph = Repo(str(ROOT)).index.graph  # edges point from a stage to the stage it depends on
+    order = stage_order(ROOT / "dvc.yaml")
+    assert sorted(order) == sorted(s.addressing for s in graph.nodes)
+    position = {name: i for i, name in enumerate(order)}
+    for stage, upstream in graph.edges():
+        assert position[upstream.addressing] < position[stage.addressing], (stage, upstream)
+    assert order[0] == "data"
+    assert nx.is_directed_acyclic_graph(graph)
+
+
+def test_cycle_is_reported(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  a:\n    cmd: x\n    deps: [b.txt]\n    outs: [a.txt]\n"
+        "  b:\n    cmd: y\n    deps: [a.txt]\n    outs: [b.txt]\n"
+    )
+    with pytest.raises(ValueError, match="cycle"):
+        stage_order(tmp_path / "dvc.yaml")
+
+
+def test_every_dvc_stage_has_a_task_and_its_own_params_section():
+    import yaml
+
+    from rlhf.config import SECTIONS
+    from tasks.stages import LIBRARY
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, spec in stages.items():
+        assert name in LIBRARY and name in SECTIONS
+        assert spec["params"] == [name], f"stage {name} must list exactly its own params section"
+        assert spec["cmd"].startswith(f"rlhf {name}")

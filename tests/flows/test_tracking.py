@@ -1,0 +1,44 @@
+"""MLflow logging against a real SQLite store."""
+
+import json
+
+import mlflow
+
+from rlhf.stage import StageOutput
+from tasks.tracking import file_md5, flatten, log_stage, pipeline_run
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a/b": 1, "a/c/d": 2, "e": 3}
+
+
+def test_log_stage_records_params_metrics_inputs_tables_and_nesting(tmp_path, mlflow_sqlite):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) for i in range(3)))
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    out = StageOutput(
+        metrics={"preference_accuracy": 0.8, "sft": {"helpfulness_gold": 2.5}},
+        history=[{"step": 1, "loss/policy": 0.5}, {"step": 2, "loss/policy": 0.25}],
+        inputs={"pref_heldout": data},
+        reports=[report],
+        tables={"samples.json": [{"prompt": "p", "response": "r", "helpfulness": 3}]},
+    )
+    with pipeline_run("pipeline-test") as parent_id:
+        run_id = log_stage("reward", {"lr": 1e-3, "model": {"n_layer": 2}}, out, seconds=1.5)
+
+    client = mlflow.tracking.MlflowClient()
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent_id
+    assert run.data.tags["stage"] == "reward"
+    assert run.data.params["model/n_layer"] == "2"
+    assert run.data.metrics["preference_accuracy"] == 0.8
+    assert run.data.metrics["sft/helpfulness_gold"] == 2.5
+    assert [m.value for m in client.get_metric_history(run_id, "loss/policy")] == [0.5, 0.25]
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "pref_heldout"
+    assert dataset_input.dataset.digest == file_md5(data)
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for a in client.list_artifacts(run_id, "reports")
+    }
+    assert "samples.json" in artifacts and "reports/report.json" in artifacts

@@ -1,0 +1,56 @@
+"""Teacher-forced log-probs: padding invariance, temperature scaling, response-only sums."""
+
+import pytest
+import torch
+
+from rlhf.logprobs import (
+    entropy_from_logits,
+    forward_logits,
+    logprobs_from_logits,
+    sequence_logprobs,
+    token_logprobs,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_left_padding_does_not_change_logprobs(model):
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    alone = token_logprobs(model, ids, torch.ones_like(ids))
+    padded = torch.tensor([[0, 0, 5, 6, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
+    torch.testing.assert_close(token_logprobs(model, padded, mask)[:, 2:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_temperature_scales_logits(model):
+    ids = torch.tensor([[3, 4, 5, 6]])
+    mask = torch.ones_like(ids)
+    raw = forward_logits(model, ids, mask)
+    hot = forward_logits(model, ids, mask, temperature=0.5)
+    torch.testing.assert_close(hot, raw / 0.5)
+    expected = torch.log_softmax(raw[:, :-1] / 0.5, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(token_logprobs(model, ids, mask, temperature=0.5), expected)
+
+
+def test_sequence_logprobs_sum_response_tokens_only(model):
+    ids = torch.tensor([[1, 5, 6, 7, 8, 2, 0], [1, 9, 10, 11, 2, 0, 0]])
+    attn = (torch.arange(7)[None] < torch.tensor([6, 5])[:, None]).long()
+    # prompt = first 3 tokens of row 0, first 2 of row 1; response = the rest up to EOS
+    resp = torch.tensor([[0, 0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 0, 0]])
+    per_token = token_logprobs(model, ids, attn)  # (2, 6), column t scores token t+1
+    expected = torch.stack([per_token[0, 2:5].sum(), per_token[1, 1:4].sum()])
+    torch.testing.assert_close(sequence_logprobs(model, ids, attn, resp), expected)
+
+
+def test_entropy_closed_form():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
+    assert entropy_from_logits(logits).item() == pytest.approx(1.5 * torch.log(torch.tensor(2.0)).item())
+    labels = torch.tensor([[1]])
+    assert logprobs_from_logits(logits, labels).item() == pytest.approx(torch.log(torch.tensor(0.25)).item())
