@@ -37,10 +37,15 @@ TEXT_FORMATS = ("jsonl", "json", "csv")
 
 
 class DataFileError(ValueError):
-    """A dataset file that cannot be read; `row` and `field` locate the fault where known."""
+    """A dataset file that cannot be read.
 
-    def __init__(self, message: str, *, row: int | None = None, field: str | None = None):
-        super().__init__(message)
+    `reason` says what is wrong; `row` (with `where`, e.g. "line 3") locates it where one row is at
+    fault, and the message reads "line 3: not valid JSON: ...".
+    """
+
+    def __init__(self, reason: str, *, row: int | None = None, where: str | None = None, field: str | None = None):
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.reason = reason
         self.row = row
         self.field = field
 
@@ -114,8 +119,7 @@ def decode(data: bytes) -> str:
         line = data.count(b"\n", 0, err.start) + 1
         raise DataFileError(
             f"not UTF-8 text: byte 0x{data[err.start]:02x} on line {line} cannot be decoded "
-            "(save the file as UTF-8)",
-            row=line,
+            "(save the file as UTF-8)"
         ) from None
 
 
@@ -128,9 +132,11 @@ def parse_jsonl(text: str) -> pd.DataFrame:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataFileError(f"line {number}: not valid JSON: {err.msg} (column {err.colno})", row=number) from None
+            where = f"line {number}"
+            raise DataFileError(f"not valid JSON: {err.msg} (column {err.colno})", row=number, where=where) from None
         if not isinstance(value, dict):
-            raise DataFileError(f"line {number}: expected a JSON object, got {describe(value)}", row=number)
+            where = f"line {number}"
+            raise DataFileError(f"expected a JSON object, got {describe(value)}", row=number, where=where)
         records.append(value)
         rows.append(number)
     return frame_of(records, rows)
@@ -147,7 +153,8 @@ def parse_json_array(text: str) -> pd.DataFrame:
         raise DataFileError(f"expected a JSON array of objects, got {describe(value)}")
     for number, record in enumerate(value, start=1):
         if not isinstance(record, dict):
-            raise DataFileError(f"record {number}: expected a JSON object, got {describe(record)}", row=number)
+            where = f"record {number}"
+            raise DataFileError(f"expected a JSON object, got {describe(record)}", row=number, where=where)
     return frame_of(value, range(1, len(value) + 1))
 
 

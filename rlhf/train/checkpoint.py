@@ -1,0 +1,154 @@
+"""Atomic checkpoints that a killed stage resumes from, bit for bit on CPU.
+
+A checkpoint is a Hugging Face model directory (safetensors) with the training state beside it:
+
+    <root>/step-00000120/
+        config.json, model.safetensors, tokenizer files   the model (`from_pretrained` loads it)
+        stage_config.json                                 the stage config that produced it
+        optimizer.pt                                      optimizer + scheduler state dicts
+        rng_state.pt                                      Python, NumPy, torch (and CUDA) RNG states
+        trainer_state.json                                step, data position, history, ...
+
+Every directory is written to a temporary sibling and renamed into place (`os.replace`), so a
+SIGKILL leaves either the previous checkpoint or the new one, never half of one. The `.pt` files
+hold only tensors, numbers and strings and are read with `torch.load(weights_only=True)` (no
+arbitrary pickle). Resuming = load the model from the latest checkpoint directory, rebuild the
+optimizer over it, then `load_checkpoint` restores the rest; the data order is a function of the
+step (`rlhf.train.batching.BatchOrder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.train.runtime import quiet_transformers, rng_state, set_rng_state
+
+STAGE_CONFIG = "stage_config.json"
+TRAINER_STATE = "trainer_state.json"
+_PREFIX = "step-"
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `target`; on success it replaces `target`
+    (rename), on error it is removed and `target` is left untouched."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():  # rename cannot replace a non-empty directory: move the old one aside first
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / "x")
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model_dir(target: str | Path, model: Any, tokenizer: Any = None, config: Any = None,
+                   extra_json: dict[str, Any] | None = None) -> Path:
+    """Atomically write `model.save_pretrained` (+ tokenizer, + `stage_config.json` from a pydantic
+    config, + extra JSON files `{name: data}`) to `target`. Returns `target`."""
+    with atomic_dir(target) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if config is not None:
+            write_json(tmp / STAGE_CONFIG, config.model_dump(mode="json"))
+        for name, data in (extra_json or {}).items():
+            write_json(tmp / name, data)
+    return Path(target)
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (a complete one has its trainer state)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def find_resumable(root: str | Path, config: Any) -> Path | None:
+    """The latest checkpoint under `root` written with the same stage config, or None.
+
+    Checkpoints of a different config (changed params) are removed with a warning: resuming them
+    would mix two runs. Leftover temporary directories of a killed save are removed too.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    for p in root.iterdir():
+        if p.name.startswith("."):
+            shutil.rmtree(p, ignore_errors=True)
+    ckpt = latest_checkpoint(root)
+    if ckpt is None:
+        return None
+    saved = json.loads((ckpt / STAGE_CONFIG).read_text(encoding="utf-8"))
+    if saved != config.model_dump(mode="json"):
+        warnings.warn(f"{root}: checkpoints were written with another config; starting afresh", stacklevel=2)
+        shutil.rmtree(root)
+        return None
+    return ckpt
+
+
+def save_checkpoint(root: str | Path, step: int, accelerator: Any, model: Any, optimizer: Any,
+                    scheduler: Any, config: Any, state: dict[str, Any], tokenizer: Any = None,
+                    keep_last: int = 2) -> Path:
+    """Save step `step` under `root` (main process writes; all processes wait) and keep the
+    `keep_last` newest checkpoints. `state` must be JSON-serialisable (history, data position)."""
+    ckpt = Path(root) / f"{_PREFIX}{step:08d}"
+    if accelerator.is_main_process:
+        with atomic_dir(ckpt) as tmp, quiet_transformers():
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            write_json(tmp / STAGE_CONFIG, config.model_dump(mode="json"))
+            sched = scheduler.state_dict() if scheduler is not None else None
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": sched}, tmp / "optimizer.pt")
+            torch.save(rng_state(), tmp / "rng_state.pt")
+            write_json(tmp / TRAINER_STATE, {**state, "step": step})  # last: marks it complete
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return ckpt
+
+
+def load_checkpoint(ckpt: str | Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG states from `ckpt`; return its trainer state (with
+    `step`). The model itself is loaded from `ckpt` by the caller (it is an HF directory)."""
+    ckpt = Path(ckpt)
+    saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None and saved["scheduler"] is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(torch.load(ckpt / "rng_state.pt", map_location="cpu", weights_only=True))
+    return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
