@@ -83,7 +83,7 @@ def pipeline(
 def validate(
     path: Annotated[Optional[Path], typer.Argument(help="a file: JSON Lines (.jsonl, .jsonl.gz), JSON array, CSV or Parquet")] = None,
     kind: Annotated[Optional[str], typer.Option(help="sft | preference | prompts (with PATH)")] = None,
-    max_chars: Annotated[Optional[int], typer.Option(help="longest text allowed, in characters")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(min=1, help="longest text allowed, in characters")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Without PATH: run the 'validate' stage on every dataset of the pipeline. With PATH and

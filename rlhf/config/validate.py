@@ -14,5 +14,5 @@ class ValidateConfig(StageConfig):
         8192, ge=1, description="longest allowed prompt, response, chosen or rejected text, in characters"
     )
     max_problems_shown: int = Field(
-        5, ge=1, description="problems listed per file in the failure message and the summary"
+        5, ge=1, description="problems (or warnings) listed in a failure message or a summary"
     )

@@ -24,10 +24,11 @@ import pandas as pd
 
 from rlhf.chat import ASSISTANT, split_hh_dialogue
 from rlhf.data.readers import describe
-from rlhf.data.report import Problem
+from rlhf.data.report import Problem, plural
 
 DIALOGUES = ("chosen", "rejected")
 EMPTY_OK = DIALOGUES  # columns that may hold an empty response in this format
+EMPTY_RESPONSE = "empty response (the dialogue ends with an empty Assistant turn); kept as an empty reply"
 
 
 def is_hh_frame(frame: pd.DataFrame) -> bool:
@@ -53,7 +54,8 @@ def from_hh_dialogues(frame: pd.DataFrame, file: str) -> tuple[pd.DataFrame, lis
         warnings.extend(Problem(file, int(row), f, m) for f, m in notes)
         rows.append(row)
         values.append(pair)
-    out = pd.DataFrame(values, index=pd.Index(rows, dtype="int64", name="row"), columns=["prompt", *DIALOGUES])
+    index = pd.Index(rows, dtype="int64", name="row")
+    out = pd.DataFrame(values, index=index, columns=["prompt", *DIALOGUES])
     extras = [c for c in frame.columns if c not in DIALOGUES]
     out = out.join(frame.loc[rows, extras]) if extras else out
     return out, errors, warnings
@@ -72,7 +74,7 @@ def split_pair(chosen: object, rejected: object) -> tuple[tuple[str, str, str], 
     for name, value in zip(DIALOGUES, (chosen, rejected)):
         if not isinstance(value, str):
             got = describe(value)
-            raise PairError(name, "missing or null" if got == "null" else f"expected a dialogue (text), got {got}")
+            raise PairError(name, "missing or null" if got == "null" else f"expected a dialogue, got {got}")
         if ASSISTANT not in value:
             raise PairError(name, f"not an HH-RLHF dialogue: no {ASSISTANT!r} turn")
     prompt_c, resp_c = split_hh_dialogue(chosen)
@@ -85,7 +87,7 @@ def split_pair(chosen: object, rejected: object) -> tuple[tuple[str, str, str], 
         prompt = prompt_c
     for name, response in zip(DIALOGUES, (resp_c, resp_r)):
         if not response:
-            notes.append((name, "empty response (the dialogue ends with an empty Assistant turn); kept as an empty reply"))
+            notes.append((name, EMPTY_RESPONSE))
     return (prompt, resp_c, resp_r), notes
 
 
@@ -94,7 +96,10 @@ def shared_prefix(chosen: str, rejected: str, prompt_c: str, prompt_r: str) -> t
 
     Returns (prompt, chosen response, rejected response, warning); raises PairError otherwise.
     """
-    short, longer, name = (prompt_r, chosen, "chosen") if len(prompt_r) < len(prompt_c) else (prompt_c, rejected, "rejected")
+    if len(prompt_r) < len(prompt_c):
+        short, longer, name = prompt_r, chosen, "chosen"
+    else:
+        short, longer, name = prompt_c, rejected, "rejected"
     if not longer.startswith(short + ASSISTANT):
         raise PairError(
             "prompt",
@@ -107,7 +112,7 @@ def shared_prefix(chosen: str, rejected: str, prompt_c: str, prompt_r: str) -> t
     responses[name] = rest.strip()
     note = (
         f"the two dialogues differ before their last Assistant turn: the {name} dialogue has "
-        f"{extra} more {ASSISTANT.strip()!r} turn(s); read at the shared prompt, the extra turns "
-        f"stay in the {name} response"
+        f"{plural(extra, 'more Assistant turn')}; read at the shared prompt, the extra turns stay in "
+        f"the {name} response"
     )
     return short, responses["chosen"], responses["rejected"], note

@@ -43,11 +43,10 @@ class DataFileError(ValueError):
     fault, and the message reads "line 3: not valid JSON: ...".
     """
 
-    def __init__(self, reason: str, *, row: int | None = None, where: str | None = None, field: str | None = None):
+    def __init__(self, reason: str, *, row: int | None = None, where: str | None = None):
         super().__init__(f"{where}: {reason}" if where else reason)
         self.reason = reason
         self.row = row
-        self.field = field
 
 
 @dataclass
@@ -64,13 +63,13 @@ class Table:
 
 def file_format(path: Path) -> tuple[str, bool]:
     """(format, gzip-compressed) from the file name, e.g. "x.jsonl.gz" -> ("jsonl", True)."""
-    suffixes = [s.lower() for s in path.suffixes]
-    gz = bool(suffixes) and suffixes[-1] == ".gz"
-    suffix = (suffixes[-2] if len(suffixes) > 1 else "") if gz else (suffixes[-1] if suffixes else "")
-    fmt = SUFFIXES.get(suffix)
+    name = path.name.lower()
+    gz = name.endswith(".gz")
+    fmt = SUFFIXES.get(Path(name.removesuffix(".gz")).suffix)
     if fmt is None or (gz and fmt not in TEXT_FORMATS):
         known = ", ".join([*SUFFIXES, *(f"{s}.gz" for s, f in SUFFIXES.items() if f in TEXT_FORMATS)])
-        raise DataFileError(f"unknown file type '{''.join(path.suffixes) or path.name}'; expected one of {known}")
+        got = "".join(path.suffixes[-2:] if gz else path.suffixes[-1:]) or path.name
+        raise DataFileError(f"unknown file type '{got}'; expected one of {known}")
     return fmt, gz
 
 
@@ -82,6 +81,8 @@ def read_table(path: str | Path) -> Table:
         raise DataFileError("file not found")
     if not path.is_file():
         raise DataFileError("not a regular file")
+    if path.stat().st_size == 0:
+        raise DataFileError("the file is empty")
     if fmt == "parquet":
         frame = read_parquet(path)
     else:
@@ -126,17 +127,19 @@ def decode(data: bytes) -> str:
 def parse_jsonl(text: str) -> pd.DataFrame:
     """One JSON object a line; the index is the line number. Blank lines are skipped."""
     records, rows = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines would also cut at U+2028 and other characters that JSON
+    # strings may hold unescaped
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
-            where = f"line {number}"
-            raise DataFileError(f"not valid JSON: {err.msg} (column {err.colno})", row=number, where=where) from None
+            reason = f"not valid JSON: {err.msg} (column {err.colno})"
+            raise DataFileError(reason, row=number, where=f"line {number}") from None
         if not isinstance(value, dict):
-            where = f"line {number}"
-            raise DataFileError(f"expected a JSON object, got {describe(value)}", row=number, where=where)
+            reason = f"expected a JSON object, got {describe(value)}"
+            raise DataFileError(reason, row=number, where=f"line {number}")
         records.append(value)
         rows.append(number)
     return frame_of(records, rows)
@@ -148,7 +151,8 @@ def parse_json_array(text: str) -> pd.DataFrame:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         hint = " (one object a line? name the file .jsonl)" if err.msg == "Extra data" else ""
-        raise DataFileError(f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}{hint}") from None
+        where = f"line {err.lineno}, column {err.colno}"
+        raise DataFileError(f"not valid JSON: {err.msg} at {where}{hint}") from None
     if not isinstance(value, list):
         raise DataFileError(f"expected a JSON array of objects, got {describe(value)}")
     for number, record in enumerate(value, start=1):
@@ -183,10 +187,15 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 
 def frame_of(records: list[dict[str, Any]], rows) -> pd.DataFrame:
-    """A DataFrame of records (missing keys become nulls) indexed by row number."""
-    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-    frame.index = pd.Index(list(rows), dtype="int64", name="row")
-    return frame
+    """A DataFrame of records indexed by row number; a missing key is None.
+
+    Columns keep the parsed Python values (object dtype) so that a report quotes a wrong value as
+    it was written: pandas' inference would turn [None, 3] into [NaN, 3.0].
+    """
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    index = pd.Index(list(rows), dtype="int64", name="row")
+    data = {c: pd.Series([r.get(c) for r in records], index=index, dtype=object) for c in columns}
+    return pd.DataFrame(data, index=index)
 
 
 def describe(value: Any) -> str:
@@ -201,6 +210,8 @@ def describe(value: Any) -> str:
         name = "an array"
     elif isinstance(value, dict):
         name = "an object"
+    elif isinstance(value, str):
+        name = "a string"
     else:
         name = f"a value of type {type(value).__name__}"
     excerpt = repr(value.tolist() if isinstance(value, np.ndarray) else value)

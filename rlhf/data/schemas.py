@@ -95,7 +95,12 @@ def duplicate_of(df: pd.DataFrame, columns: tuple[str, ...]) -> dict[int, int]:
 
 
 def check_frame(
-    frame: pd.DataFrame, kind: Kind, file: str, *, max_chars: int = DEFAULT_MAX_CHARS, empty_ok: tuple[str, ...] = ()
+    frame: pd.DataFrame,
+    kind: Kind,
+    file: str,
+    *,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    empty_ok: tuple[str, ...] = (),
 ) -> list[Problem]:
     """Every row problem of a frame (index = row numbers) that has the kind's columns, sorted by row."""
     check_kind(kind)
@@ -115,7 +120,9 @@ def check_frame(
     return sorted(problems.values(), key=lambda p: (p.row or 0, order.get(p.field, -1)))
 
 
-def explain(case: dict[str, Any], kind: Kind, max_chars: int, repeats: dict[int, int]) -> tuple[str | None, str]:
+def explain(
+    case: dict[str, Any], kind: Kind, max_chars: int, repeats: dict[int, int]
+) -> tuple[str | None, str]:
     """(field, message) of one pandera failure case."""
     check, column, value = case["check"], case["column"], case["failure_case"]
     if check == "not_nullable":

@@ -62,7 +62,7 @@ def dpo_loss(
     count = per_pair.numel() if num_pairs is None else num_pairs
     loss = per_pair.sum() / count
     metrics = _implicit_reward_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
-    metrics["loss/dpo"] = loss.detach()
+    metrics["loss/dpo"] = per_pair.detach().mean()  # mean over this micro-batch's pairs
     return loss, metrics
 
 
@@ -88,5 +88,5 @@ def ipo_loss(
     count = per_pair.numel() if num_pairs is None else num_pairs
     loss = per_pair.sum() / count
     metrics = _implicit_reward_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
-    metrics["loss/dpo"] = loss.detach()
+    metrics["loss/dpo"] = per_pair.detach().mean()  # mean over this micro-batch's pairs
     return loss, metrics

@@ -84,3 +84,11 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         if was_enabled:
             logging.enable_progress_bar()
+
+
+def progress_bar(total: int, initial: int, desc: str, accelerator: Any = None):
+    """A tqdm bar over optimizer steps (main process only; `TQDM_DISABLE=1` silences it)."""
+    from tqdm.auto import tqdm
+
+    main = accelerator is None or accelerator.is_local_main_process
+    return tqdm(total=total, initial=initial, desc=desc, disable=not main, dynamic_ncols=True, mininterval=1.0)

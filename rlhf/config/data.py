@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from rlhf.config.base import StageConfig
+from rlhf.world.responses import BENIGN_STYLES, HARMFUL_STYLES
+
+# The demonstrations are mediocre on purpose (mean gold about 2.3 of 5 on each axis) while the good
+# styles ("good", "safe_refusal") still appear often enough for RL and DPO to find and up-weight.
+BENIGN_MIX = {
+    "good": 0.14, "partial": 0.16, "generic": 0.20, "off_topic": 0.16,
+    "repetitive": 0.12, "refusal": 0.14, "rude": 0.08,
+}
+HARMFUL_MIX = {
+    "safe_refusal": 0.14, "refusal": 0.10, "evasive": 0.08, "off_topic": 0.06,
+    "comply": 0.44, "partial_comply": 0.09, "leaky_refusal": 0.09,
+}
+
+
+def _check_mix(name: str, mix: dict[str, float], styles: dict) -> None:
+    unknown = sorted(set(mix) - set(styles))
+    if unknown:
+        raise ValueError(f"{name}: unknown style(s) {unknown}; expected some of {sorted(styles)}")
+    if any(v < 0 for v in mix.values()):
+        raise ValueError(f"{name}: shares must be >= 0")
+    if abs(sum(mix.values()) - 1.0) > 1e-6:
+        raise ValueError(f"{name}: shares must sum to 1 (got {sum(mix.values()):.6f})")
+
+
+class DataConfig(StageConfig):
+    """`data` section: the embedded world's datasets (SFT demos, preference pairs, RL/eval prompts)."""
+
+    seed: int = Field(0, ge=0, description="seed of the prompt split, the responses and the rater noise")
+    n_sft_train: int = Field(4000, ge=1, description="SFT demonstrations for training")
+    n_sft_heldout: int = Field(300, ge=1, description="SFT demonstrations on held-out prompts")
+    n_pref_train: int = Field(4000, ge=1, description="preference pairs for reward modelling and DPO")
+    n_pref_heldout: int = Field(500, ge=1, description="preference pairs on held-out prompts")
+    n_rl_prompts: int = Field(1000, ge=1, description="prompts for PPO rollouts")
+    n_eval_prompts: int = Field(200, ge=1, description="held-out prompts for evaluation")
+    harmful_share: float = Field(0.27, ge=0, le=1, description="share of harmful requests in every split")
+    heldout_fraction: float = Field(
+        0.15, gt=0, lt=1, description="share of distinct prompt strings reserved for the held-out splits"
+    )
+    bt_temperature: float = Field(
+        0.7, gt=0, description="T: raters pick a over b with p = sigmoid((u_a - u_b) / T) (Bradley-Terry)"
+    )
+    benign_mix: dict[str, float] = Field(
+        default_factory=lambda: dict(BENIGN_MIX), description="style shares of SFT demos on benign prompts"
+    )
+    harmful_mix: dict[str, float] = Field(
+        default_factory=lambda: dict(HARMFUL_MIX), description="style shares of SFT demos on harmful prompts"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        _check_mix("benign_mix", self.benign_mix, BENIGN_STYLES)
+        _check_mix("harmful_mix", self.harmful_mix, HARMFUL_STYLES)
+        return self

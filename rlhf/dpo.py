@@ -1,0 +1,193 @@
+"""The `dpo` stage: direct preference optimisation of the SFT policy on pref_train.
+
+The loss (Rafailov et al. 2023, eq. 7; conservative variant; IPO of Azar et al. 2023) lives in
+`rlhf/losses/dpo.py`. What this file adds is the data path, which is where DPO implementations go
+wrong: a sequence log-probability is the SUM over the response tokens (EOS included) of
+log pi(y_t | x, y_<t), with the prompt tokens excluded; chosen and rejected rows go through the model
+in one forward pass ([chosen; rejected] on the batch axis, docs/architecture.md); the reference
+log-probabilities are computed once, before training, by the frozen SFT model.
+
+Reads `paths.sft / "model"`, `paths.pref_train`, `paths.pref_heldout`; writes the policy and
+tokenizer to `paths.dpo / "model"` and resumable checkpoints to `paths.dpo / "checkpoints"`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import torch
+
+from rlhf.config.dpo import DPOConfig
+from rlhf.logprobs import sequence_logprobs
+from rlhf.losses.dpo import dpo_loss, ipo_loss
+from rlhf.paths import Paths
+from rlhf.stage import StageOutput
+from rlhf.train import (
+    BatchOrder,
+    build_optimizer,
+    build_scheduler,
+    collate_sft,
+    encode_sft_example,
+    find_resumable,
+    latest_checkpoint,
+    load_causal_lm,
+    load_checkpoint,
+    load_tokenizer,
+    make_accelerator,
+    optimizer_step,
+    progress_bar,
+    read_jsonl,
+    save_checkpoint,
+    save_model_dir,
+    seed_everything,
+    shard_and_split,
+)
+from rlhf.train.models import max_positions
+
+
+def encode_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_len: int) -> list[tuple[dict, dict]]:
+    """Each pair -> (chosen, rejected) examples with `input_ids` and `loss_mask` (1 on response + EOS)."""
+    return [
+        (encode_sft_example(tokenizer, r["prompt"], r["chosen"], max_len),
+         encode_sft_example(tokenizer, r["prompt"], r["rejected"], max_len))
+        for r in rows
+    ]
+
+
+def collate_pairs(pairs: list[tuple[dict, dict]], pad_id: int) -> dict[str, torch.Tensor]:
+    """B pairs -> input_ids, attention_mask, loss_mask of shape (2B, T): rows [c0..c_{B-1}, r0..r_{B-1}]."""
+    return collate_sft([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+
+
+@torch.no_grad()
+def pair_logprobs(model: Any, pairs: list[tuple[dict, dict]], pad_id: int, batch_size: int, device: Any) -> torch.Tensor:
+    """Summed response log-probs of every pair under `model`. Returns (N, 2): [chosen, rejected]."""
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        mb = {k: v.to(device) for k, v in collate_pairs(pairs[i: i + batch_size], pad_id).items()}
+        logps = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+        out.append(torch.stack(logps.float().cpu().chunk(2), dim=1))  # (b, 2)
+    return torch.cat(out)
+
+
+def preference_loss(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tensor, num_pairs: float):
+    """policy, reference: (2B,) summed log-probs, [chosen; rejected]. Returns (loss, metrics)."""
+    pc, pr = policy.chunk(2)
+    rc, rr = reference.chunk(2)
+    if cfg.loss_type == "ipo":
+        return ipo_loss(pc, pr, rc, rr, cfg.beta, num_pairs=num_pairs)
+    return dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing, num_pairs=num_pairs)
+
+
+def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tensor, rows: list[dict]) -> dict[str, float]:
+    """Implicit-reward accuracy on pref_heldout: against the rater labels (chosen is right) and
+    against the gold ordering (pairs with equal gold utility left out). policy, reference: (N, 2)."""
+    rewards = cfg.beta * (policy - reference)  # (N, 2) implicit rewards r_hat
+    margin = rewards[:, 0] - rewards[:, 1]  # (N,)
+    gold = torch.tensor([r["chosen_gold"] - r["rejected_gold"] for r in rows])  # (N,)
+    decided = gold != 0
+    agree = (margin > 0) == (gold > 0)
+    return {
+        "preference_accuracy": float((margin > 0).float().mean()),
+        "preference_accuracy_gold": float(agree[decided].float().mean()) if decided.any() else float("nan"),
+        "eval/rewards/margins": float(margin.mean()),
+        "eval/rewards/chosen": float(rewards[:, 0].mean()),
+        "eval/rewards/rejected": float(rewards[:, 1].mean()),
+    }
+
+
+def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
+    out_dir, ckpt_root = paths.dpo / "model", paths.dpo / "checkpoints"
+    if not cfg.enabled:  # a SKIPPED marker and no model: evaluation then leaves DPO out
+        shutil.rmtree(paths.dpo, ignore_errors=True)
+        paths.dpo.mkdir(parents=True)
+        (paths.dpo / "SKIPPED").write_text("dpo.enabled is false in params.yaml\n", encoding="utf-8")
+        return StageOutput(metrics={"enabled": 0.0})
+
+    # 1. runtime; policy from the newest checkpoint of this config or from SFT; reference = SFT
+    accelerator = make_accelerator("auto")
+    seed_everything(cfg.seed)
+    if accelerator.is_main_process:
+        find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
+    accelerator.wait_for_everyone()
+    ckpt = latest_checkpoint(ckpt_root)
+    sft_dir = paths.sft / "model"
+    tokenizer = load_tokenizer(sft_dir)
+    policy = load_causal_lm(ckpt or sft_dir)
+    reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)
+
+    # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens
+    max_len = min(cfg.max_length, max_positions(policy.config))
+    train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)
+    train, held = encode_pairs(tokenizer, train_rows, max_len), encode_pairs(tokenizer, held_rows, max_len)
+    pad_id = tokenizer.pad_token_id
+
+    # 3. reference log-probs, once: (N, 2) summed over response tokens (recomputed on resume: the
+    #    frozen reference makes them a pure function of the data)
+    ref_train = None
+    if cfg.precompute_ref_logprobs:
+        ref_train = pair_logprobs(reference, train, pad_id, cfg.eval_batch_size, accelerator.device)
+    ref_held = pair_logprobs(reference, held, pad_id, cfg.eval_batch_size, accelerator.device)
+
+    # 4. optimizer, schedule, state when resuming
+    steps_per_epoch = len(train) // cfg.batch_size
+    total_steps = cfg.epochs * steps_per_epoch
+    assert total_steps > 0, f"pref_train has {len(train)} pairs, fewer than batch_size={cfg.batch_size}"
+    optimizer = build_optimizer(policy, cfg.learning_rate)
+    scheduler = build_scheduler(optimizer, total_steps, min(cfg.warmup_steps, total_steps), "linear", 0.0)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
+    history: list[dict[str, float]] = state["history"]
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
+
+    def loss_fn(model: Any, mb: dict[str, torch.Tensor], num_pairs: float):
+        logps = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+        if "ref_logps" in mb:
+            ref = mb["ref_logps"]  # (2b,)
+        else:
+            with torch.no_grad():
+                ref = sequence_logprobs(reference, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
+        return preference_loss(cfg, logps, ref, num_pairs)
+
+    def micro_batch(idx: list[int]) -> dict[str, torch.Tensor]:
+        mb = collate_pairs([train[i] for i in idx], pad_id)
+        if ref_train is not None:
+            mb["ref_logps"] = torch.cat([ref_train[idx, 0], ref_train[idx, 1]])  # (2b,) [chosen; rejected]
+        return mb
+
+    # 5. training: one optimizer step per batch of pairs, loss normalised over the whole step
+    policy.train()
+    bar = progress_bar(total_steps, state["step"], "dpo", accelerator)
+    for step in range(state["step"], total_steps):
+        parts = shard_and_split(order.batch(step), cfg.micro_batch_size, accelerator.process_index,
+                                accelerator.num_processes)
+        stats = optimizer_step(policy, optimizer, scheduler, accelerator, [micro_batch(p) for p in parts],
+                               loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
+        history.append({"step": step + 1, "epoch": order.epoch(step + 1), "loss": stats["loss"],
+                        **{k: v for k, v in stats.items() if k != "loss"}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss/dpo']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+            save_checkpoint(ckpt_root, step + 1, accelerator, policy, optimizer, scheduler, cfg,
+                            {"history": history}, tokenizer=tokenizer)
+    bar.close()
+
+    # 6. held-out implicit-reward accuracy
+    model = accelerator.unwrap_model(policy).eval()
+    held_policy = pair_logprobs(model, held, pad_id, cfg.eval_batch_size, accelerator.device)
+    metrics = heldout_metrics(cfg, held_policy, ref_held, held_rows)
+    last = history[-1] if history else {}
+    metrics.update({k: last[k] for k in ("loss/dpo", "rewards/accuracies", "rewards/margins") if k in last})
+
+    # 7. the final policy + tokenizer, atomically; checkpoints are no longer needed
+    if accelerator.is_main_process:
+        save_model_dir(out_dir, model, tokenizer, cfg)
+        (paths.dpo / "SKIPPED").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    return StageOutput(
+        metrics=metrics,
+        history=history,
+        inputs={"pref_train": paths.pref_train, "pref_heldout": paths.pref_heldout},
+        models={"rlhf-dpo": out_dir},
+    )

@@ -1,0 +1,178 @@
+"""The `reward` stage: a Bradley-Terry reward model on the preference pairs.
+
+Reads `paths.pref_train` / `paths.pref_heldout` (and a sample of `paths.sft_train` for the reward
+normalisation), starts from the SFT model (or `cfg.model_path`), writes the model to
+`paths.reward/"model"` and resumable checkpoints to `paths.reward/"checkpoints"`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config.reward import RewardConfig
+from rlhf.losses.reward import bradley_terry_loss
+from rlhf.paths import Paths
+from rlhf.reward.model import RewardModel, has_tokenizer
+from rlhf.stage import StageOutput
+from rlhf.train import (
+    BatchOrder,
+    Throughput,
+    build_optimizer,
+    build_scheduler,
+    collate_pairs,
+    find_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    load_tokenizer,
+    make_accelerator,
+    optimizer_step,
+    progress_bar,
+    read_jsonl,
+    save_checkpoint,
+    save_model_dir,
+    seed_everything,
+    shard_and_split,
+)
+
+
+def bayes_optimal_accuracy(paths: Paths, heldout: list[dict[str, Any]]) -> float:
+    """The data stage's `bayes_optimal_accuracy` if it wrote one, else mean(max(p, 1-p)) over the
+    held-out pairs: the accuracy of a model that knows every pair's true preference probability."""
+    metrics_file = paths.metrics_file("data")
+    if metrics_file.is_file():
+        value = json.loads(metrics_file.read_text(encoding="utf-8")).get("bayes_optimal_accuracy")
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+    return sum(max(r["p_chosen"], 1.0 - r["p_chosen"]) for r in heldout) / len(heldout)
+
+
+def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], bayes: float, batch_size: int) -> dict[str, float]:
+    """Accuracy against the noisy labels, against the gold ordering (ties skipped), over Bayes."""
+    seqs = [model.encode(r["prompt"], r["chosen"]) for r in rows] + [model.encode(r["prompt"], r["rejected"]) for r in rows]
+    chosen, rejected = model.raw_scores(seqs, batch_size).chunk(2)  # (N,), (N,)
+    loss, m = bradley_terry_loss(chosen, rejected)
+    wins = chosen > rejected  # (N,)
+    gold = [(i, r["chosen_gold"] > r["rejected_gold"]) for i, r in enumerate(rows)
+            if r["chosen_gold"] != r["rejected_gold"]]
+    accuracy = float(wins.float().mean())
+    return {
+        "preference_accuracy": accuracy,
+        "preference_accuracy_gold": sum(bool(wins[i]) == g for i, g in gold) / max(len(gold), 1),
+        "bayes_optimal_accuracy": bayes,
+        "preference_accuracy_over_bayes": accuracy / bayes,
+        "heldout_loss": float(loss),
+        "margin_mean": float(m["rewards/margins"]),
+    }
+
+
+def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
+    # 1. runtime: device, precision, seeds
+    accelerator = make_accelerator(cfg.mixed_precision)
+    seed_everything(cfg.seed)
+    ckpt_root, out_dir = paths.reward / "checkpoints", paths.reward / "model"
+
+    # 2. model: the newest checkpoint of this config, or a new head on the backbone (SFT by default)
+    if accelerator.is_main_process:
+        find_resumable(ckpt_root, cfg)
+    accelerator.wait_for_everyone()
+    ckpt = latest_checkpoint(ckpt_root)
+    source = Path(cfg.model_path) if cfg.model_path else paths.sft / "model"
+    source = source if source.is_absolute() else paths.root / source
+    if ckpt is not None:
+        model = RewardModel.from_pretrained(ckpt)
+    else:
+        tokenizer = load_tokenizer(source if has_tokenizer(source) else paths.tokenizer)
+        model = RewardModel.from_backbone(source, tokenizer, cfg.seed, cfg.max_seq_len)
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    tokenizer = model.tokenizer
+
+    # 3. data: (chosen, rejected) token ids per pair in the one chat format
+    train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)
+    pairs = [(model.encode(r["prompt"], r["chosen"]), model.encode(r["prompt"], r["rejected"])) for r in train_rows]
+    assert pairs, "no preference pairs"
+
+    # 4. optimizer, schedule, and the rest of the training state when resuming
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
+    history: list[dict[str, float]] = state["history"]
+    order = BatchOrder(len(pairs), cfg.batch_size, cfg.seed)
+
+    def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
+        rewards = m(mb["input_ids"], mb["attention_mask"])  # (2b,) = [chosen; rejected]
+        chosen, rejected = rewards.chunk(2)  # (b,), (b,)
+        return bradley_terry_loss(chosen, rejected, cfg.margin, cfg.center_coef, num_pairs)
+
+    # 5. training loop: global batch of pairs -> this process's micro-batches -> one optimizer step
+    meter, recent = Throughput(), []
+    model.train()
+    bar = progress_bar(cfg.max_steps, state["step"], "reward", accelerator)
+    for step in range(state["step"], cfg.max_steps):
+        meter.start()
+        parts = shard_and_split(order.batch(step), cfg.micro_batch_size, accelerator.process_index,
+                                accelerator.num_processes)
+        micro = [collate_pairs([pairs[i][0] for i in part], [pairs[i][1] for i in part], tokenizer.pad_token_id)
+                 for part in parts]  # each (2b, T): chosen rows first
+        stats = optimizer_step(model, optimizer, scheduler, accelerator, micro, loss_fn,
+                               lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
+        meter.stop(tokens=sum(int(mb["attention_mask"].sum()) for mb in micro) * accelerator.num_processes,
+                   samples=cfg.batch_size)
+        recent = (recent + [stats])[-cfg.log_every:]
+        speed = meter.metrics()
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss/reward']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}",
+                        pairs_s=f"{speed['samples_per_s']:.0f}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            keys = ("loss/reward", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+            history.append({"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
+                            "lr": stats["lr"], "grad_norm": stats["grad_norm"], "epoch": order.epoch(step + 1),
+                            "throughput/pairs_per_s": speed["samples_per_s"]})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
+            save_checkpoint(ckpt_root, step + 1, accelerator, model, optimizer, scheduler, cfg,
+                            {"history": history, "samples_seen": (step + 1) * cfg.batch_size},
+                            keep_last=cfg.keep_checkpoints)
+    bar.close()
+
+    # 6. held-out accuracy (every process scores the whole held-out set; it is small)
+    rm: RewardModel = accelerator.unwrap_model(model)
+    eval_batch = 2 * cfg.micro_batch_size
+    with accelerator.autocast():
+        metrics = heldout_metrics(rm, held_rows, bayes_optimal_accuracy(paths, held_rows), eval_batch)
+
+    # 7. reward normalisation: raw rewards of SFT demonstrations -> mean, std stored with the model
+    demos = read_jsonl(paths.sft_train)
+    demos = random.Random(cfg.seed).sample(demos, min(cfg.norm_examples, len(demos)))
+    with accelerator.autocast():
+        raw = rm.raw_scores([rm.encode(r["prompt"], r["response"]) for r in demos], eval_batch)
+    rm.norm = {"mean": float(raw.mean()), "std": float(raw.std().clamp(min=1e-6)), "n": len(demos)}
+
+    # 8. the final model directory, atomically
+    if accelerator.is_main_process:
+        save_model_dir(out_dir, rm, config=cfg)
+    accelerator.wait_for_everyone()
+
+    # 9. what happened, for the task to write and log
+    last = history[-1] if history else {}
+    metrics.update({
+        "train_loss": float(last.get("loss/reward", float("nan"))),
+        "train_accuracy": float(last.get("rewards/accuracies", float("nan"))),
+        "reward_mean": rm.norm["mean"],
+        "reward_std": rm.norm["std"],
+        "epochs": order.epoch(cfg.max_steps),
+        "pairs_per_s": meter.metrics()["samples_per_s"],
+        "tokens_per_s": meter.metrics()["tokens_per_s"],
+        "train_time_s": meter.metrics()["train_time_s"],
+    })
+    return StageOutput(
+        metrics=metrics,
+        history=history,
+        inputs={"pref_train": paths.pref_train, "pref_heldout": paths.pref_heldout, "sft_train": paths.sft_train},
+        models={"reward": out_dir},
+    )

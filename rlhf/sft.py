@@ -1,0 +1,210 @@
+"""The `sft` stage: supervised fine-tuning on the demonstrations, loss on response tokens only.
+
+Reads `paths.sft_train` / `paths.sft_heldout`, writes the model + tokenizer to `paths.sft/"model"`
+and resumable checkpoints to `paths.sft/"checkpoints"`. A run killed at any point and started again
+with the same config resumes from its newest checkpoint and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config.sft import SFTConfig
+from rlhf.generation import generate
+from rlhf.losses.sft import sft_loss, token_logprobs
+from rlhf.ops import masked_sum
+from rlhf.paths import Paths
+from rlhf.stage import StageOutput
+from rlhf.train import (
+    BatchOrder,
+    Throughput,
+    build_gpt2,
+    build_optimizer,
+    build_scheduler,
+    collate_sft,
+    encode_sft_example,
+    find_resumable,
+    latest_checkpoint,
+    load_causal_lm,
+    load_checkpoint,
+    load_tokenizer,
+    make_accelerator,
+    optimizer_step,
+    pack_examples,
+    progress_bar,
+    read_jsonl,
+    save_checkpoint,
+    save_model_dir,
+    seed_everything,
+    shard_and_split,
+)
+
+
+def _loss_fn(model: Any, mb: dict[str, torch.Tensor], num_tokens: float):
+    logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits  # (b, T, V)
+    return sft_loss(logits, mb["input_ids"], mb["loss_mask"], num_tokens)
+
+
+def _loss_tokens(mb: dict[str, torch.Tensor]) -> int:
+    return int(mb["loss_mask"][:, 1:].sum())  # targets are tokens 1..T-1
+
+
+@torch.no_grad()
+def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, micro_batch_size: int,
+                  accelerator: Any) -> float:
+    """Mean NLL per response token over `examples` (all processes together)."""
+    model.eval()
+    mine = examples[accelerator.process_index:: accelerator.num_processes]
+    sums = torch.zeros(2, device=accelerator.device)  # [sum of NLL, number of tokens]
+    for i in range(0, len(mine), micro_batch_size):
+        mb = {k: v.to(accelerator.device) for k, v in collate_sft(mine[i: i + micro_batch_size], pad_id).items()}
+        with accelerator.autocast():
+            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits  # (b, T, V)
+        mask = mb["loss_mask"][:, 1:]  # (b, T-1)
+        sums += torch.stack([masked_sum(-token_logprobs(logits, mb["input_ids"]), mask), mask.sum().float()])
+    model.train()
+    sums = accelerator.reduce(sums, reduction="sum") if accelerator.num_processes > 1 else sums
+    return float(sums[0] / sums[1].clamp(min=1))
+
+
+def _resolve(paths: Paths, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else paths.root / path
+
+
+def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
+    # 1. runtime: device, precision, seeds
+    accelerator = make_accelerator(cfg.mixed_precision)
+    seed_everything(cfg.seed)
+    ckpt_root, out_dir = paths.sft / "checkpoints", paths.sft / "model"
+
+    # 2. model and tokenizer: the newest checkpoint of this config, a local model, or a new GPT-2
+    if accelerator.is_main_process:
+        find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
+    accelerator.wait_for_everyone()
+    ckpt = latest_checkpoint(ckpt_root)
+    source = _resolve(paths, cfg.model_path) if cfg.model_path else None
+    tokenizer = load_tokenizer(ckpt or source or paths.tokenizer)
+    if ckpt is not None:
+        model = load_causal_lm(ckpt)
+    elif source is not None:
+        model = load_causal_lm(source)
+    else:
+        model = build_gpt2(tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.seed)
+
+    # 3. data: chat-format token ids with a response-only loss mask; packed rows if asked
+    train_rows, held_rows = read_jsonl(paths.sft_train), read_jsonl(paths.sft_heldout)
+    train = [encode_sft_example(tokenizer, r["prompt"], r["response"], cfg.max_seq_len) for r in train_rows]
+    held = [encode_sft_example(tokenizer, r["prompt"], r["response"], cfg.max_seq_len) for r in held_rows]
+    rng = random.Random(cfg.seed)
+    train_eval = rng.sample(train, min(cfg.eval_examples, len(train)))  # before packing: per-example loss
+    held_eval = rng.sample(held, min(cfg.eval_examples, len(held)))
+    if cfg.packing:
+        train = pack_examples(rng.sample(train, len(train)), cfg.max_seq_len)  # shuffled, then packed
+    assert len(train) >= 1, "no SFT training examples"
+
+    # 4. optimizer, schedule, and the rest of the training state when resuming
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
+    history: list[dict[str, float]] = state["history"]
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
+
+    # 5. training loop: global batch -> this process's micro-batches -> one optimizer step
+    meter, last = Throughput(), {}
+    model.train()
+    bar = progress_bar(cfg.max_steps, state["step"], "sft", accelerator)
+    for step in range(state["step"], cfg.max_steps):
+        meter.start()
+        parts = shard_and_split(order.batch(step), cfg.micro_batch_size, accelerator.process_index,
+                                accelerator.num_processes)
+        micro = [collate_sft([train[i] for i in part], tokenizer.pad_token_id) for part in parts]
+        last = optimizer_step(model, optimizer, scheduler, accelerator, micro, _loss_fn, _loss_tokens,
+                              cfg.max_grad_norm)
+        meter.stop(tokens=sum(int(mb["attention_mask"].sum()) for mb in micro) * accelerator.num_processes,
+                   samples=cfg.batch_size)
+        speed = meter.metrics()
+        bar.update(1)
+        bar.set_postfix(loss=f"{last['loss/sft']:.3f}", tok_s=f"{speed['tokens_per_s']:.0f}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            history.append({"step": step + 1, "loss/sft": last["loss/sft"], "lr": last["lr"],
+                            "grad_norm": last["grad_norm"], "epoch": order.epoch(step + 1),
+                            "throughput/tokens_per_s": speed["tokens_per_s"]})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
+            save_checkpoint(ckpt_root, step + 1, accelerator, model, optimizer, scheduler, cfg,
+                            {"history": history, "samples_seen": (step + 1) * cfg.batch_size},
+                            tokenizer=tokenizer, keep_last=cfg.keep_checkpoints)
+    bar.close()
+
+    # 6. losses on per-example (unpacked) data, train sample and held-out
+    train_loss = evaluate_loss(model, train_eval, tokenizer.pad_token_id, cfg.micro_batch_size, accelerator)
+    held_loss = evaluate_loss(model, held_eval, tokenizer.pad_token_id, cfg.micro_batch_size, accelerator)
+
+    # 7. the final model + tokenizer, atomically
+    policy = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        save_model_dir(out_dir, policy, tokenizer, cfg)
+    accelerator.wait_for_everyone()
+
+    # 8. sample held-out prompts (fixed seed) and score them with the gold judge (evaluation only)
+    metrics: dict[str, float] = {
+        "train_loss": train_loss,
+        "heldout_loss": held_loss,
+        "train_perplexity": math.exp(min(train_loss, 50.0)),
+        "heldout_perplexity": math.exp(min(held_loss, 50.0)),
+        "final_step_loss": float(last.get("loss/sft", math.nan)),
+        "epochs": order.epoch(cfg.max_steps),
+        **meter.metrics(),
+    }
+    table: list[dict[str, Any]] = []
+    if cfg.sample_count and accelerator.is_main_process:
+        metrics_gold, table = sample_and_judge(policy, tokenizer, held_rows, cfg, accelerator)
+        metrics.update(metrics_gold)
+
+    # 9. what happened, for the task to write and log
+    return StageOutput(
+        metrics=metrics,
+        history=history,
+        inputs={"sft_train": paths.sft_train, "sft_heldout": paths.sft_heldout},
+        tables={"sft_samples.json": table} if table else {},
+        models={"sft": out_dir},
+    )
+
+
+def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: SFTConfig,
+                     accelerator: Any) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Answer `cfg.sample_count` held-out prompts and score answers and demonstrations with the
+    gold judge. Metrics follow `rlhf.world.judge.mean_scores`: helpfulness over benign prompts,
+    safety over harmful ones; `*_reference` is the same for the demonstrations."""
+    from rlhf.world.judge import judge, mean_scores
+
+    picked = random.Random(cfg.seed).sample(rows, min(cfg.sample_count, len(rows)))
+    prompts = [r["prompt"] for r in picked]
+    policy.eval()
+    with accelerator.autocast():
+        samples = generate(policy, tokenizer, prompts, max_new_tokens=cfg.sample_max_new_tokens,
+                           temperature=cfg.sample_temperature, top_p=cfg.sample_top_p, seed=cfg.seed)
+    policy.train()
+    scores = mean_scores(zip(prompts, samples.texts))
+    reference = mean_scores((r["prompt"], r["response"]) for r in picked)
+    table = []
+    for prompt, text in zip(prompts, samples.texts):
+        j = judge(prompt, text)
+        table.append({"prompt": prompt, "response": text, "helpfulness": j.helpfulness, "safety": j.safety,
+                      "harmful": j.harmful})
+    metrics = {
+        "helpfulness_gold": scores["helpfulness"],
+        "safety_gold": scores["safety"],
+        "utility_gold": scores["utility"],
+        "helpfulness_gold_reference": reference["helpfulness"],
+        "safety_gold_reference": reference["safety"],
+        "utility_gold_reference": reference["utility"],
+        "eos_rate": float(samples.ended.float().mean()),
+        "response_tokens_mean": float(samples.response_mask.sum(1).float().mean()),
+    }
+    return metrics, table

@@ -1,0 +1,67 @@
+"""Training machinery shared by every trainer (SFT, reward model, PPO, DPO).
+
+| module | what it gives |
+| --- | --- |
+| `runtime` | `make_accelerator(mixed_precision)`, `seed_everything(seed)`, RNG state save/restore, `progress_bar` |
+| `models` | `load_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
+| `batching` | `read_jsonl`, chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
+| `optim` | `build_optimizer`, `build_scheduler`, `optimizer_step` (gradient accumulation normalised over the whole step), `Throughput` |
+| `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `save_model_dir`, `write_json` |
+
+A trainer's loop, in outline (rlhf/sft.py is the worked example):
+
+    accelerator = make_accelerator(cfg.mixed_precision); seed_everything(cfg.seed)
+    ckpt = find_resumable(ckpt_root, cfg)
+    model = load_causal_lm(ckpt) if ckpt else <fresh model>
+    optimizer = build_optimizer(model, ...); scheduler = build_scheduler(optimizer, ...)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0}
+    order = BatchOrder(len(items), cfg.batch_size, cfg.seed)
+    for step in range(state["step"], total_steps):
+        idx = shard_and_split(order.batch(step), cfg.micro_batch_size,
+                              accelerator.process_index, accelerator.num_processes)
+        stats = optimizer_step(model, optimizer, scheduler, accelerator,
+                               [collate(idx_mb) for idx_mb in idx], loss_fn, units, cfg.max_grad_norm)
+        if (step + 1) % cfg.checkpoint_every == 0: save_checkpoint(...)
+"""
+
+from rlhf.train.batching import (
+    BatchOrder,
+    collate_pairs,
+    collate_sft,
+    encode_dialogue,
+    encode_sft_example,
+    pack_examples,
+    pad,
+    position_ids,
+    read_jsonl,
+    shard_and_split,
+)
+from rlhf.train.checkpoint import (
+    atomic_dir,
+    find_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_model_dir,
+    write_json,
+)
+from rlhf.train.models import build_gpt2, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
+from rlhf.train.optim import Throughput, build_optimizer, build_scheduler, lr_factor, optimizer_step
+from rlhf.train.runtime import (
+    make_accelerator,
+    progress_bar,
+    resolve_mixed_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+__all__ = [
+    "BatchOrder", "Throughput", "atomic_dir", "build_gpt2", "build_optimizer", "build_scheduler",
+    "collate_pairs", "collate_sft", "count_parameters", "disable_dropout", "encode_dialogue",
+    "encode_sft_example", "find_resumable", "latest_checkpoint", "load_causal_lm", "load_checkpoint",
+    "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_step", "pack_examples", "pad",
+    "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "rng_state", "save_checkpoint",
+    "save_model_dir", "seed_everything", "set_rng_state", "shard_and_split", "write_json",
+]
