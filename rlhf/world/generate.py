@@ -207,6 +207,9 @@ def run_data(cfg: DataConfig, paths: Paths) -> StageOutput:
         "n_vocabulary_words": float(len(VOCABULARY)),
         "prompt_overlap": float(overlap),
     }
+    # a split without harmful (or benign) prompts has no safety (or helpfulness) mean: leave it out
+    # rather than write NaN into metrics/data.json
+    metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
     summary = paths.data / "summary.md"
     write_text(summary, summary_markdown(metrics, splits))
     return StageOutput(metrics=metrics, inputs={}, reports=[summary],

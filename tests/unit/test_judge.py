@@ -1,6 +1,7 @@
 """The gold judge on hand-written responses: every score level of both axes, and its robustness."""
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,9 @@ def test_mean_scores_split_helpfulness_and_safety_by_prompt_kind():
     assert math.isnan(mean_scores([(RICE, F1)])["safety"])
 
 
-def test_training_code_never_imports_the_judge():
+def test_training_code_never_imports_the_world():
     root = Path(__file__).resolve().parents[2] / "rlhf"
+    imports_world = re.compile(r"^\s*(from|import)\s+rlhf\.world", re.MULTILINE)
     for folder in ("train", "losses", "models"):
         for path in (root / folder).rglob("*.py"):
-            assert "rlhf.world" not in path.read_text(encoding="utf-8"), path
+            assert not imports_world.search(path.read_text(encoding="utf-8")), path

@@ -1,0 +1,110 @@
+import json
+import random
+
+import pytest
+import torch
+
+from rlhf.config.sft import SFTConfig
+from rlhf.train import (
+    BatchOrder,
+    atomic_dir,
+    build_optimizer,
+    build_scheduler,
+    collate_pairs,
+    find_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    lr_factor,
+    make_accelerator,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    shard_and_split,
+)
+
+
+def test_batch_order_is_a_pure_function_of_seed_and_step():
+    order = BatchOrder(n=10, batch_size=4, seed=3)
+    first_epochs = [i for s in range(5) for i in order.batch(s)]  # 20 items = 2 epochs
+    assert sorted(first_epochs[:10]) == list(range(10)) and sorted(first_epochs[10:]) == list(range(10))
+    assert first_epochs[:10] != first_epochs[10:]  # reshuffled each epoch
+    assert BatchOrder(10, 4, 3).batch(3) == order.batch(3)  # a fresh object (a resumed run) agrees
+    assert BatchOrder(10, 4, 4).batch(0) != order.batch(0)
+    assert order.epoch(5) == 2.0
+
+
+def test_shard_and_split_divides_the_global_batch():
+    idx = list(range(8))
+    assert shard_and_split(idx, 2) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert shard_and_split(idx, 2, process_index=1, num_processes=2) == [[1, 3], [5, 7]]
+    with pytest.raises(AssertionError):
+        shard_and_split(idx, 3)
+
+
+def test_preference_batch_convention():
+    batch = collate_pairs([[5, 6], [7]], [[8], [9, 9, 9]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 0], [7, 0, 0], [8, 0, 0], [9, 9, 9]]  # [c0, c1, r0, r1]
+    assert batch["attention_mask"].sum(1).tolist() == [2, 1, 1, 3]
+
+
+def test_schedule_warmup_then_decay():
+    assert lr_factor(0, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine", 0.1) == pytest.approx(0.55)  # cosine midpoint
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(80, 100, 10, "constant", 0.0) == 1.0
+
+
+def test_rng_state_roundtrip():
+    state = rng_state()
+    a = (random.random(), torch.rand(3))
+    set_rng_state(state)
+    b = (random.random(), torch.rand(3))
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def test_atomic_dir_leaves_old_contents_on_error(tmp_path):
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("two")
+        raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary leftovers
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("three")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+
+class _Linear(torch.nn.Linear):
+    def save_pretrained(self, path):  # stands in for a Hugging Face model
+        from safetensors.torch import save_file
+
+        save_file(self.state_dict(), str(path / "model.safetensors"))
+
+
+def test_checkpoint_roundtrip_keeps_last_k_and_checks_config(tmp_path):
+    acc = make_accelerator("no")
+    model = _Linear(3, 2)
+    opt = build_optimizer(model, 1e-2)
+    sched = build_scheduler(opt, total_steps=10, warmup_steps=2)
+    cfg = SFTConfig(max_steps=10, warmup_steps=2)
+    for step in (1, 2, 3):
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step(), sched.step(), opt.zero_grad()
+        save_checkpoint(tmp_path, step, acc, model, opt, sched, cfg, {"history": [{"step": step}]}, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000003"]
+    ckpt = latest_checkpoint(tmp_path)
+    assert json.loads((ckpt / "stage_config.json").read_text()) == cfg.model_dump(mode="json")
+    opt2 = build_optimizer(model, 1e-2)
+    sched2 = build_scheduler(opt2, total_steps=10, warmup_steps=2)
+    state = load_checkpoint(ckpt, opt2, sched2)
+    assert state["step"] == 3 and state["history"] == [{"step": 3}]
+    assert sched2.state_dict()["last_epoch"] == 3 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert find_resumable(tmp_path, cfg) == ckpt
+    with pytest.warns(UserWarning, match="another config"):
+        assert find_resumable(tmp_path, SFTConfig(max_steps=11, warmup_steps=2)) is None
+    assert not tmp_path.exists()
