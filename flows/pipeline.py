@@ -46,7 +46,7 @@ def dvc_repro(stage: str, force: bool = False) -> None:
         raise RuntimeError(f"dvc repro of stage '{stage}' failed with exit code {result.returncode}")
 
 
-@flow(name="rlhf")
+@flow(name="rlhf", flow_run_name="pipeline-{params}")
 def pipeline(
     params: str = "params.yaml",
     use_dvc: bool = True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +80,9 @@ def _log_inputs(inputs: Mapping[str, Path], stage: str) -> None:
         if not path.is_file():
             continue
         df = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.DataFrame()
-        dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=file_md5(path))
+        with warnings.catch_warnings():  # a local path matches two equivalent source kinds
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=file_md5(path))
         mlflow.log_input(dataset, context=stage)
 
 

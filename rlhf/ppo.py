@@ -1,0 +1,288 @@
+"""The `ppo` stage: PPO against the reward model with a per-token KL penalty to the SFT policy.
+
+One iteration, as Ziegler et al. (2019) and Ouyang et al. (2022) define it, with the details of
+Huang et al. (2024, "The N+ implementation details of RLHF with PPO"):
+  1. rollout   sample N prompts; the policy answers with the KV cache (temperature T, top-p);
+               everything after the first EOS is cut
+  2. evaluate  one teacher-forced pass each (no gradient): log pi_old and V_old (policy, critic,
+               logits / T), log pi_ref (frozen SFT); the reward model scores the decoded text,
+               re-encoded with its own tokenizer; a response without EOS gets a fixed score
+  3. rewards   r_t = -beta * KL_t on every response token, + score on the last one
+  4. GAE       advantages and returns, advantages whitened over the batch
+  5. update    K epochs over shuffled minibatches: clipped policy loss + c1 * clipped value loss
+               - c2 * entropy; log pi_old, V_old, A and G stay frozen from steps 2-4
+  6. log       metrics; adapt beta; checkpoint
+
+Models: policy and reference from `paths.sft / "model"`; reward model from `paths.reward / "model"`;
+critic initialised from the reward model (backbone + head applied at every token). Writes the
+policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.ppo / "checkpoints"`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config.ppo import PPOConfig
+from rlhf.generation import generate
+from rlhf.logprobs import entropy_from_logits, forward_logits, logprobs_from_logits, position_ids_from_mask
+from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
+from rlhf.ops import masked_mean, masked_sum, masked_whiten
+from rlhf.paths import Paths
+from rlhf.reward import RewardModel
+from rlhf.rl import AdaptiveKLController, FixedKLController, gae, kl_estimate, kl_shaped_rewards
+from rlhf.stage import StageOutput
+from rlhf.train import (
+    BatchOrder,
+    atomic_dir,
+    find_resumable,
+    latest_checkpoint,
+    load_causal_lm,
+    load_tokenizer,
+    make_accelerator,
+    progress_bar,
+    read_jsonl,
+    rng_state,
+    save_model_dir,
+    seed_everything,
+    set_rng_state,
+    write_json,
+)
+from rlhf.train.checkpoint import STAGE_CONFIG, TRAINER_STATE, list_checkpoints
+
+VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
+
+
+# ---------------------------------------------------------------- the critic
+def make_critic(reward_dir: Path, sft_dir: Path, tokenizer: Any, seed: int) -> RewardModel:
+    """V(s_t): the reward model's backbone and head, read at every token instead of the last one.
+
+    Initialising from the reward model (Ouyang et al. 2022, sec. 3.5) needs the critic to read the
+    policy's own token ids, so the reward model must share the policy's vocabulary and
+    architecture; otherwise the critic starts from the SFT backbone with a fresh head. The head is
+    rescaled to the normalised units of the scores: w' = w / std, b' = (b - mean) / std.
+    """
+    from transformers import AutoConfig
+
+    rm = RewardModel.from_pretrained(reward_dir)
+    policy_type = AutoConfig.from_pretrained(str(sft_dir), local_files_only=True).model_type
+    if rm.tokenizer.get_vocab() != tokenizer.get_vocab() or rm.backbone.config.model_type != policy_type:
+        return RewardModel.from_backbone(sft_dir, tokenizer, seed)
+    with torch.no_grad():
+        rm.head.weight /= rm.norm["std"]
+        rm.head.bias.sub_(rm.norm["mean"]).div_(rm.norm["std"])
+    rm.norm = {"mean": 0.0, "std": 1.0}
+    return rm
+
+
+def token_values(critic: RewardModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The critic's value at every position. Shapes: (B, T), (B, T) -> (B, T)."""
+    hidden = critic.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
+    return critic.head(hidden).squeeze(-1).float()  # (B, T)
+
+
+def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per response token: log pi (logits / T), entropy, and V (None without a critic).
+
+    seqs, attn: (B, P + R) left-padded prompts then responses. The logits at column P-1+t predict
+    response token t, and V(s_t) is read at the same column (the state before token t).
+    Returns (B, R), (B, R), (B, R).
+    """
+    logits = forward_logits(policy, seqs, attn, temperature)[:, prompt_len - 1: -1]  # (B, R, V)
+    logprobs = logprobs_from_logits(logits, seqs[:, prompt_len:])  # (B, R)
+    values = token_values(critic, seqs, attn)[:, prompt_len - 1: -1] if critic is not None else None  # (B, R)
+    return logprobs, entropy_from_logits(logits), values
+
+
+# ---------------------------------------------------------------- steps 1-4: rollout to advantages
+@torch.no_grad()
+def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, reward_model: RewardModel,
+                    tokenizer: Any, prompts: list[str], beta: float, seed: int) -> tuple[dict, dict[str, float]]:
+    """Sample, score and shape one batch of N prompts. Returns frozen tensors for the update and
+    the rollout metrics."""
+    device = next(policy.parameters()).device
+    # 1. rollout with the KV cache; responses cut after the first EOS
+    policy.eval()
+    samples = generate(policy, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                       top_p=cfg.top_p, batch_size=len(prompts), seed=seed)
+    seqs, attn = samples.sequences.to(device), samples.attention_mask.to(device)  # (N, P + R)
+    mask = samples.response_mask.to(device).float()  # (N, R)
+    prompt_len = samples.prompt_ids.shape[1]
+    # 2. frozen log-probs and values from teacher-forced passes; scores through text
+    logprobs, entropy, values = response_forward(policy, critic, seqs, attn, prompt_len, cfg.temperature)
+    ref_logprobs, _, _ = response_forward(reference, None, seqs, attn, prompt_len, cfg.temperature)
+    scores = torch.tensor(reward_model.score_pairs(prompts, samples.texts), device=device)  # (N,)
+    ended = samples.ended.to(device)
+    scores = torch.where(ended, scores, torch.full_like(scores, cfg.missing_eos_score))  # EOS trick
+    if cfg.score_clip is not None:
+        scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+    # 3. per-token rewards: -beta * KL_t everywhere, + score on the last response token
+    kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (N, R)
+    rewards, non_score = kl_shaped_rewards(scores, kl, mask, beta)  # (N, R), (N, R)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+    # 4. GAE (Schulman et al. 2016), advantages whitened over every response token of the batch
+    advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)  # (N, R), (N, R)
+    advantages = masked_whiten(advantages, mask) * mask
+    non_score_total = non_score.sum(dim=1)  # (N,)
+    metrics = {
+        "objective/kl": float(kl.sum(dim=1).mean()),
+        "objective/entropy": float(masked_sum(entropy, mask, dim=1).mean()),
+        "objective/scores": float(scores.mean()),
+        "objective/non_score_reward": float(non_score_total.mean()),
+        "objective/rlhf_reward": float((scores + non_score_total).mean()),
+        "val/explained_variance": float(explained_variance(values, returns, mask)),
+        "val/mean": float(masked_mean(values, mask)),
+        "policy/response_length": float(mask.sum(dim=1).mean()),
+        "policy/eos_share": float(ended.float().mean()),
+        "beta": beta,
+    }
+    batch = {"seqs": seqs, "attn": attn, "mask": mask, "prompt_len": prompt_len, "logprobs": logprobs,
+             "values": values, "advantages": advantages, "returns": returns}
+    return batch, metrics
+
+
+# ---------------------------------------------------------------- step 5: the PPO update
+def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_value: Any, accelerator: Any,
+               batch: dict) -> list[dict[str, float]]:
+    """K epochs over shuffled minibatches of the frozen batch; one dict of metrics per optimizer step.
+
+    Each minibatch is split into micro-batches whose losses are normalised by the minibatch's
+    token count, so gradient accumulation equals one large-batch step (STYLE rule 8).
+    """
+    n, prompt_len = batch["seqs"].shape[0], batch["prompt_len"]
+    policy.train()
+    critic.train()
+    stats: list[dict[str, float]] = []
+    for _ in range(cfg.ppo_epochs):
+        for mb in torch.randperm(n).split(cfg.mini_batch_size):  # (mini_batch_size,) indices
+            num_tokens = float(batch["mask"][mb].sum())
+            sums: dict[str, float] = {}
+            for idx in mb.split(cfg.micro_batch_size):
+                mask = batch["mask"][idx]  # (b, R)
+                with accelerator.autocast():
+                    logprobs, entropy, values = response_forward(policy, critic, batch["seqs"][idx], batch["attn"][idx],
+                                                                 prompt_len, cfg.temperature)
+                pg_loss, pg_m = ppo_policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask,
+                                                cfg.clip_eps, num_tokens)
+                vf_loss, vf_m = ppo_value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
+                                               cfg.value_clip, num_tokens)
+                entropy_term = masked_sum(entropy, mask) / num_tokens
+                accelerator.backward(pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term)
+                share = float(mask.sum()) / num_tokens  # token-weighted means over the minibatch
+                for k, v in {**pg_m, **vf_m, "loss/policy": pg_loss / share, "loss/value": vf_loss / share,
+                             "policy/entropy": entropy_term / share}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * share
+            accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            accelerator.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+            for opt in (opt_policy, opt_value):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            stats.append(sums)
+    policy.eval()
+    critic.eval()
+    return stats
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_ppo_checkpoint(root: Path, step: int, policy: Any, critic: RewardModel, tokenizer: Any, opt_policy: Any,
+                        opt_value: Any, cfg: PPOConfig, state: dict[str, Any], keep_last: int = 2) -> None:
+    """policy (HF dir) + critic (`value/`) + both optimizers + RNG + trainer state, atomically."""
+    with atomic_dir(root / f"step-{step:08d}") as tmp:
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        critic.save_pretrained(tmp / VALUE_DIR)
+        torch.save({"policy": opt_policy.state_dict(), "value": opt_value.state_dict()}, tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng_state.pt")
+        write_json(tmp / STAGE_CONFIG, cfg.model_dump(mode="json"))
+        write_json(tmp / TRAINER_STATE, {**state, "step": step})  # last: marks it complete
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_ppo_checkpoint(ckpt: Path, opt_policy: Any, opt_value: Any) -> dict[str, Any]:
+    import json
+
+    saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    opt_policy.load_state_dict(saved["policy"])
+    opt_value.load_state_dict(saved["value"])
+    set_rng_state(torch.load(ckpt / "rng_state.pt", map_location="cpu", weights_only=True))
+    return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- the stage
+def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
+    out_dir, ckpt_root = paths.ppo / "model", paths.ppo / "checkpoints"
+    if not cfg.enabled:  # a SKIPPED marker and no model: evaluation then leaves PPO out
+        shutil.rmtree(paths.ppo, ignore_errors=True)
+        paths.ppo.mkdir(parents=True)
+        (paths.ppo / "SKIPPED").write_text("ppo.enabled is false in params.yaml\n", encoding="utf-8")
+        return StageOutput(metrics={"enabled": 0.0})
+
+    # 0. runtime and models: policy/critic from the newest checkpoint of this config, else SFT/RM
+    accelerator = make_accelerator("auto")
+    seed_everything(cfg.seed)
+    find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
+    ckpt = latest_checkpoint(ckpt_root)
+    sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
+    tokenizer = load_tokenizer(sft_dir)
+    policy = load_causal_lm(ckpt or sft_dir)
+    critic = RewardModel.from_pretrained(ckpt / VALUE_DIR) if ckpt else make_critic(reward_dir, sft_dir, tokenizer, cfg.seed)
+    reference = load_causal_lm(sft_dir).requires_grad_(False).eval()
+    reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval()
+    prompts = [r["prompt"] for r in read_jsonl(paths.rl_prompts)]
+    assert len(prompts) >= cfg.rollout_batch_size, "fewer RL prompts than rollout_batch_size"
+
+    opt_policy = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)  # N+ detail 11
+    opt_value = torch.optim.Adam(critic.parameters(), lr=cfg.value_learning_rate, eps=1e-5)
+    policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
+    reference.to(accelerator.device)
+    reward_model.to(accelerator.device)
+    kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.init_kl_coef))
+    state = load_ppo_checkpoint(ckpt, opt_policy, opt_value) if ckpt else {"step": 0, "history": [], "kl_ctl": None}
+    if state["kl_ctl"] is not None:
+        kl_ctl.load_state_dict(state["kl_ctl"])
+    history: list[dict[str, float]] = state["history"]
+    order = BatchOrder(len(prompts), cfg.rollout_batch_size, cfg.seed)
+
+    bar = progress_bar(cfg.steps, state["step"], "ppo", accelerator)
+    for step in range(state["step"], cfg.steps):
+        t0 = time.perf_counter()
+        # 1-4. rollout, scores, KL-shaped rewards, GAE (all frozen)
+        batch_prompts = [prompts[i] for i in order.batch(step)]
+        batch, metrics = make_experience(cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic),
+                                         reward_model, tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)
+        t1 = time.perf_counter()
+        # 5. K epochs of clipped updates
+        stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch)
+        # 6. log (update metrics averaged over its optimizer steps), adapt beta, checkpoint
+        for key in stats[0]:
+            metrics[key] = sum(s[key] for s in stats) / len(stats)
+        metrics.update({"time/rollout_s": t1 - t0, "time/update_s": time.perf_counter() - t1})
+        history.append({"step": step + 1, **metrics})
+        kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
+        bar.update(1)
+        bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_ppo_checkpoint(ckpt_root, step + 1, accelerator.unwrap_model(policy), accelerator.unwrap_model(critic),
+                                tokenizer, opt_policy, opt_value, cfg, {"history": history, "kl_ctl": kl_ctl.state_dict()})
+    bar.close()
+
+    # 7. the final policy + tokenizer, atomically
+    save_model_dir(out_dir, accelerator.unwrap_model(policy), tokenizer, cfg)
+    (paths.ppo / "SKIPPED").unlink(missing_ok=True)
+    last = history[-1] if history else {}
+    keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
+    return StageOutput(
+        metrics={k: last[k] for k in keys if k in last} | {"beta_final": kl_ctl.value},
+        history=history,
+        inputs={"rl_prompts": paths.rl_prompts},
+        models={"rlhf-ppo": out_dir},
+    )

@@ -1,0 +1,117 @@
+"""A few PPO iterations on a tiny GPT-2 in a toy world: finite losses, the policy and critic move,
+the reference and reward model stay put, ratio 1 on the first minibatch, clipping once it moved."""
+
+import math
+
+import pytest
+import torch
+
+from rlhf.config.ppo import PPOConfig
+from rlhf.generation import encode_prompts, generate
+from rlhf.logprobs import forward_logits, logprobs_from_logits
+from rlhf.ppo import make_critic, make_experience, ppo_update, run_ppo
+from rlhf.reward import RewardModel
+from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator, save_model_dir
+from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
+
+
+@pytest.fixture()
+def world(tmp_path):
+    paths = make_toy_world(tmp_path, n_sft=16, n_pref=16)
+    write_jsonl(paths.rl_prompts, sft_rows(16, seed=5))
+    tok = load_tokenizer(paths.tokenizer)
+    save_model_dir(paths.sft / "model", build_gpt2(tok, 2, 2, 32, 128, seed=0), tok)
+    RewardModel.from_backbone(paths.sft / "model", tok, seed=0).save_pretrained(paths.reward / "model")
+    return paths
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+TINY = dict(steps=2, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ppo_epochs=2,
+            max_new_tokens=8, checkpoint_every=1)
+
+
+def test_ppo_few_steps(world):
+    cfg = PPOConfig(**TINY, learning_rate=1e-3, temperature=1.0)
+    sft_before = _params(load_causal_lm(world.sft / "model"))
+    rm_before = _params(RewardModel.from_pretrained(world.reward / "model"))
+    out = run_ppo(cfg, world)
+    assert out.models == {"rlhf-ppo": world.ppo / "model"}
+    assert [h["step"] for h in out.history] == [1, 2]
+    for key in ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
+                "objective/non_score_reward", "policy/approxkl", "policy/clipfrac", "loss/policy",
+                "loss/value", "val/explained_variance", "val/clipfrac", "beta", "policy/response_length",
+                "policy/eos_share"):
+        assert math.isfinite(out.history[-1][key]), key
+    assert out.history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at first
+    assert not torch.equal(_params(load_causal_lm(world.ppo / "model")), sft_before)
+    torch.testing.assert_close(_params(load_causal_lm(world.sft / "model")), sft_before, rtol=0, atol=0)
+    torch.testing.assert_close(_params(RewardModel.from_pretrained(world.reward / "model")), rm_before, rtol=0, atol=0)
+
+
+def test_ppo_resumes_to_the_same_weights(world):
+    cfg = PPOConfig(**{**TINY, "steps": 3}, learning_rate=1e-3)
+    run_ppo(cfg, world)
+    full = _params(load_causal_lm(world.ppo / "model"))
+    ckpts = sorted((world.ppo / "checkpoints").iterdir())
+    import shutil
+    for c in ckpts[1:]:  # as if killed right after the step-1 checkpoint
+        shutil.rmtree(c)
+    run_ppo(cfg, world)
+    torch.testing.assert_close(_params(load_causal_lm(world.ppo / "model")), full)
+
+
+def test_ppo_disabled_writes_skipped(world):
+    out = run_ppo(PPOConfig(enabled=False), world)
+    assert (world.ppo / "SKIPPED").is_file() and not (world.ppo / "model").exists()
+    assert out.models == {}
+
+
+def test_ratio_is_one_first_then_clipping_engages(world):
+    tok = load_tokenizer(world.sft / "model")
+    policy, reference = load_causal_lm(world.sft / "model"), load_causal_lm(world.sft / "model")
+    critic = make_critic(world.reward / "model", world.sft / "model", tok, seed=0)
+    rm = RewardModel.from_pretrained(world.reward / "model")
+    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=4, ppo_epochs=4, max_new_tokens=8)
+    prompts = [r["prompt"] for r in sft_rows(8, seed=5)]
+    batch, _ = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0)
+    opt_p = torch.optim.Adam(policy.parameters(), lr=3e-2)  # large: the policy moves a lot in one step
+    opt_v = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    stats = ppo_update(cfg, policy, critic, opt_p, opt_v, make_accelerator("no"), batch)
+    assert len(stats) == 4 * 2  # K epochs x (N / mini_batch_size) optimizer steps
+    assert stats[0]["policy/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert stats[0]["policy/approxkl"] < 1e-10 and stats[0]["policy/clipfrac"] == 0.0
+    assert max(s["policy/clipfrac"] for s in stats[1:]) > 0.0
+
+
+def test_teacher_forced_logprobs_match_the_sampler():
+    """log pi(y_t) recomputed with logits / T equals the sampler's own log-prob of the token it drew."""
+    from transformers import GenerationConfig
+
+    from rlhf.train.toy import make_toy_world  # noqa: F401  (the tokenizer below comes from it)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        paths = make_toy_world(d, n_sft=8, n_pref=8)
+        tok = load_tokenizer(paths.tokenizer)
+    model = build_gpt2(tok, 2, 2, 32, 128, seed=0).eval()
+    prompts = ["How do I water a fern?", "Where should I put a rose? It is a gift."]
+    temperature = 0.7
+    samples = generate(model, tok, prompts, max_new_tokens=6, temperature=temperature, seed=3)
+    ids, mask = encode_prompts(tok, prompts)
+    gen_cfg = GenerationConfig(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=6,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                             output_scores=True, return_dict_in_generate=True)
+    sampled = out.sequences[:, ids.shape[1]:]
+    assert torch.equal(sampled[samples.response_mask.bool()], samples.response_ids[samples.response_mask.bool()])
+    sampler_logp = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)  # (B, R)
+    seqs, attn = samples.sequences, samples.attention_mask
+    P = samples.prompt_ids.shape[1]
+    teacher = logprobs_from_logits(forward_logits(model, seqs, attn, temperature)[:, P - 1: -1], seqs[:, P:])
+    m = samples.response_mask.bool()
+    torch.testing.assert_close(teacher[m], sampler_logp[:, : m.shape[1]][m], atol=1e-4, rtol=1e-4)

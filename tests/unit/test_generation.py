@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from rlhf.chat import encode_prompt, prompt_text, response_text
+from rlhf.generation import encode_prompts, generate, truncate_after_eos
+from rlhf.tokenizer import train_tokenizer
+from rlhf.train import build_gpt2
+from rlhf.train.toy import sft_rows
+
+
+@pytest.fixture(scope="module")
+def tok_model():
+    texts = [prompt_text(r["prompt"]) + response_text(r["response"]) for r in sft_rows(40)]
+    tok = train_tokenizer(texts, vocab_size=350, min_frequency=1)
+    return tok, build_gpt2(tok, n_layer=1, n_head=2, n_embd=32, n_positions=64, seed=0)
+
+
+def test_truncate_after_first_eos():
+    eos, pad = 2, 0
+    raw = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
+    ids, mask, ended = truncate_after_eos(raw, eos, pad)
+    assert ids.tolist() == [[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]  # EOS itself is an action
+    assert ended.tolist() == [True, False, True]
+
+
+def test_prompts_are_left_padded_chat_prefixes(tok_model):
+    tok, _ = tok_model
+    ids, mask = encode_prompts(tok, ["hi", "How do I water a fern?"])
+    assert ids[0, -1] == ids[1, -1]  # both end with the same "\n\nAssistant:" tokens
+    assert ids[1][mask[1].bool()].tolist() == encode_prompt(tok, "How do I water a fern?")
+    assert mask[0, 0] == 0 and mask[:, -1].all()
+    short, _ = encode_prompts(tok, ["How do I water a fern? " * 20], max_prompt_len=10)
+    assert short.shape[1] == 10 and short[0, 0] == tok.bos_token_id
+
+
+def test_generate_shapes_masks_and_seed(tok_model):
+    tok, model = tok_model
+    prompts = ["How do I water a fern?", "hi", "Where should I put a rose?"]
+    a = generate(model, tok, prompts, max_new_tokens=8, temperature=1.0, seed=3, batch_size=2)
+    b = generate(model, tok, prompts, max_new_tokens=8, temperature=1.0, seed=4, batch_size=2)
+    assert not torch.equal(a.response_ids, b.response_ids)
+    c = generate(model, tok, prompts, max_new_tokens=8, temperature=1.0, seed=3, batch_size=2)
+    assert torch.equal(a.response_ids, c.response_ids) and a.texts == c.texts
+    B, R = a.response_ids.shape
+    assert B == 3 and R <= 8 and a.sequences.shape == (3, a.prompt_ids.shape[1] + R)
+    m = a.response_mask
+    assert (m[:, 1:] <= m[:, :-1]).all()  # a prefix of ones in every row
+    assert (a.response_ids[m == 0] == tok.pad_token_id).all()
+    for row, mask, ended, text in zip(a.response_ids, m, a.ended, a.texts):
+        kept = row[mask.bool()].tolist()
+        assert (kept[-1] == tok.eos_token_id) == bool(ended)
+        assert tok.eos_token_id not in kept[:-1]
+        assert text == tok.decode(kept[:-1] if ended else kept).strip()
+
+
+def test_greedy_is_deterministic_without_seed(tok_model):
+    tok, model = tok_model
+    a = generate(model, tok, ["hi"], max_new_tokens=5, temperature=0)
+    b = generate(model, tok, ["hi"], max_new_tokens=5, temperature=0)
+    assert torch.equal(a.response_ids, b.response_ids)
+    # greedy: every kept token is the argmax given the prefix
+    ids = a.sequences[:, : a.prompt_ids.shape[1] + 1]
+    logits = model(input_ids=a.sequences[:, :-1]).logits[0, a.prompt_ids.shape[1] - 1]
+    assert int(logits.argmax()) == int(ids[0, -1])
