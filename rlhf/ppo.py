@@ -176,8 +176,8 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
                 entropy_term = masked_sum(entropy, mask) / num_tokens
                 accelerator.backward(pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term)
                 share = float(mask.sum()) / num_tokens  # token-weighted means over the minibatch
-                for k, v in {**pg_m, **vf_m, "loss/policy": pg_loss / share, "loss/value": vf_loss / share,
-                             "policy/entropy": entropy_term / share}.items():
+                for k, v in {**pg_m, **vf_m, "loss/policy": pg_loss.detach() / share, "loss/value": vf_loss.detach() / share,
+                             "policy/entropy": entropy_term.detach() / share}.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share
             accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             accelerator.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)

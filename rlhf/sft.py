@@ -45,12 +45,16 @@ from rlhf.train import (
 )
 
 
-def _loss_fn(model: Any, mb: dict[str, torch.Tensor], num_tokens: float):
-    logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits  # (b, T, V)
+def micro_batch_loss(model: Any, mb: dict[str, torch.Tensor], num_tokens: float):
+    """This micro-batch's share of the step's SFT loss (the `loss_fn` of `optimizer_step`)."""
+    # packed rows bring a (b, 1, T, T) block-diagonal mask and per-example position_ids
+    logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                   position_ids=mb.get("position_ids")).logits  # (b, T, V)
     return sft_loss(logits, mb["input_ids"], mb["loss_mask"], num_tokens)
 
 
-def _loss_tokens(mb: dict[str, torch.Tensor]) -> int:
+def loss_tokens(mb: dict[str, torch.Tensor]) -> int:
+    """Loss tokens of a micro-batch (the `units` of `optimizer_step`)."""
     return int(mb["loss_mask"][:, 1:].sum())  # targets are tokens 1..T-1
 
 
@@ -124,9 +128,9 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         parts = shard_and_split(order.batch(step), cfg.micro_batch_size, accelerator.process_index,
                                 accelerator.num_processes)
         micro = [collate_sft([train[i] for i in part], tokenizer.pad_token_id) for part in parts]
-        last = optimizer_step(model, optimizer, scheduler, accelerator, micro, _loss_fn, _loss_tokens,
+        last = optimizer_step(model, optimizer, scheduler, accelerator, micro, micro_batch_loss, loss_tokens,
                               cfg.max_grad_norm)
-        meter.stop(tokens=sum(int(mb["attention_mask"].sum()) for mb in micro) * accelerator.num_processes,
+        meter.stop(tokens=sum(len(train[i]["input_ids"]) for part in parts for i in part) * accelerator.num_processes,
                    samples=cfg.batch_size)
         speed = meter.metrics()
         bar.update(1)

@@ -54,20 +54,23 @@ def encode_dialogue(tokenizer: Any, prompt: str, response: str, max_len: int) ->
 def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
     """Concatenate whole examples, in order, into rows of at most `max_len` tokens.
 
-    Tokens of one example may attend to earlier examples of the same row (plain packing, as in
-    GPT-style pretraining); each example starts with BOS, so the model sees where a dialogue begins.
-    Packing removes most padding: on short dialogues it multiplies tokens/s severalfold.
+    Each row carries `segment_ids` (0, 1, 2, ... one per example); `collate_sft` turns them into a
+    block-diagonal causal mask and per-example positions, so an example attends only to itself
+    and its loss equals the unpacked one (packing without the cross-example attention of plain
+    concatenation). On short dialogues packing multiplies tokens/s severalfold.
     """
     rows: list[dict[str, list[int]]] = []
-    ids: list[int] = []
-    mask: list[int] = []
+    row: dict[str, list[int]] = {"input_ids": [], "loss_mask": [], "segment_ids": []}
     for ex in examples:
-        if ids and len(ids) + len(ex["input_ids"]) > max_len:
-            rows.append({"input_ids": ids, "loss_mask": mask})
-            ids, mask = [], []
-        ids, mask = ids + ex["input_ids"], mask + ex["loss_mask"]
-    if ids:
-        rows.append({"input_ids": ids, "loss_mask": mask})
+        if row["input_ids"] and len(row["input_ids"]) + len(ex["input_ids"]) > max_len:
+            rows.append(row)
+            row = {"input_ids": [], "loss_mask": [], "segment_ids": []}
+        segment = row["segment_ids"][-1] + 1 if row["segment_ids"] else 0
+        row["input_ids"] += ex["input_ids"]
+        row["loss_mask"] += ex["loss_mask"]
+        row["segment_ids"] += [segment] * len(ex["input_ids"])
+    if row["input_ids"]:
+        rows.append(row)
     return rows
 
 
@@ -86,13 +89,29 @@ def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch
 
 
 def collate_sft(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded SFT micro-batch: input_ids, attention_mask, loss_mask, each (B, T)."""
+    """Right-padded SFT micro-batch: input_ids, attention_mask, loss_mask, each (B, T).
+
+    Packed rows (with `segment_ids`) also get `position_ids` (B, T) restarting at every example and
+    a block-diagonal causal `attention_mask` of shape (B, 1, T, T) (True = may attend), which
+    Hugging Face decoders accept in place of the (B, T) padding mask.
+    """
     ids = [e["input_ids"] for e in examples]
-    return {
+    batch = {
         "input_ids": pad(ids, pad_id),  # (B, T)
         "attention_mask": pad([[1] * len(s) for s in ids], 0),  # (B, T)
         "loss_mask": pad([e["loss_mask"] for e in examples], 0),  # (B, T)
     }
+    if "segment_ids" in examples[0]:
+        seg = pad([e["segment_ids"] for e in examples], -1)  # (B, T), -1 on padding
+        T = seg.shape[1]
+        cols = torch.arange(T)  # (T,)
+        starts = torch.ones_like(seg, dtype=torch.bool)
+        starts[:, 1:] = seg[:, 1:] != seg[:, :-1]  # (B, T) first token of each example
+        first = torch.where(starts, cols, 0).cummax(dim=1).values  # (B, T) index of the example's start
+        batch["position_ids"] = cols - first  # (B, T)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
+        batch["attention_mask"] = ((seg[:, :, None] == seg[:, None, :]) & causal)[:, None]  # (B, 1, T, T)
+    return batch
 
 
 def collate_pairs(

@@ -91,4 +91,5 @@ def progress_bar(total: int, initial: int, desc: str, accelerator: Any = None):
     from tqdm.auto import tqdm
 
     main = accelerator is None or accelerator.is_local_main_process
-    return tqdm(total=total, initial=initial, desc=desc, disable=not main, dynamic_ncols=True, mininterval=1.0)
+    off = {} if main else {"disable": True}  # an explicit `disable` would override TQDM_DISABLE
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=1.0, **off)

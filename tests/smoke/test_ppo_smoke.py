@@ -15,6 +15,16 @@ from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelera
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core runner the thread pool's
+    oversubscription makes them 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def world(tmp_path):
     paths = make_toy_world(tmp_path, n_sft=16, n_pref=16)

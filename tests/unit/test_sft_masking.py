@@ -77,3 +77,18 @@ def test_packing_keeps_whole_examples_in_order(tok):
     assert all(len(r["input_ids"]) <= 128 for r in rows) and len(rows) < len(exs)
     assert sum((r["input_ids"] for r in rows), []) == sum((e["input_ids"] for e in exs), [])
     assert sum((r["loss_mask"] for r in rows), []) == sum((e["loss_mask"] for e in exs), [])
+    assert all(r["segment_ids"][0] == 0 and r["segment_ids"] == sorted(r["segment_ids"]) for r in rows)
+
+
+def test_packed_rows_score_each_example_as_if_alone(tok):
+    model = build_gpt2(tok, n_layer=2, n_head=2, n_embd=32, n_positions=128, seed=0)
+    exs = [encode_sft_example(tok, r["prompt"], r["response"], 64) for r in sft_rows(6)]
+    packed = collate_sft(pack_examples(exs, 128), tok.pad_token_id)
+    assert packed["attention_mask"].dim() == 4
+    logits = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
+                   position_ids=packed["position_ids"]).logits
+    loss_packed = sft_loss(logits, packed["input_ids"], packed["loss_mask"])[0]
+    plain = collate_sft(exs, tok.pad_token_id)
+    logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+    loss_plain = sft_loss(logits, plain["input_ids"], plain["loss_mask"])[0]
+    assert loss_packed.item() == pytest.approx(loss_plain.item(), rel=1e-5)

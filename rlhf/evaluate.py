@@ -1,0 +1,126 @@
+"""The `evaluate` stage: every trained policy answers the held-out eval prompts, scored three ways.
+
+For each policy that exists (SFT always; PPO and DPO unless their stage was disabled), with the
+same seed and sampling settings for all:
+  - gold helpfulness and safety (1-5) from the world's gold judge, averaged as the judge's
+    `mean_scores` does: helpfulness over benign prompts, safety over harmful prompts (Bai et al.
+    2022's split), with the other halves and the all-prompt means beside them;
+  - the proxy reward-model score (normalised units, the one PPO optimised);
+  - the KL to the reference (SFT) on the policy's own samples:
+        KL(pi || pi_ref) ~ mean over prompts of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]
+    with both log-probs of the tempered distributions (logits / T), as in PPO's objective/kl.
+Only evaluation may call the gold judge (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config.evaluate import EvaluateConfig
+from rlhf.generation import generate
+from rlhf.logprobs import forward_logits, logprobs_from_logits
+from rlhf.paths import Paths
+from rlhf.reward import RewardModel
+from rlhf.stage import StageOutput
+from rlhf.train import atomic_dir, load_causal_lm, load_tokenizer, read_jsonl
+
+
+def policy_dirs(paths: Paths) -> dict[str, Path]:
+    """{name: model dir} of the policies to evaluate; a stage that wrote SKIPPED (or no model) is left out."""
+    found = {}
+    for name, stage_dir in (("sft", paths.sft), ("ppo", paths.ppo), ("dpo", paths.dpo)):
+        model = stage_dir / "model"
+        if not (stage_dir / "SKIPPED").exists() and (model / "config.json").is_file():
+            found[name] = model
+    assert "sft" in found, f"no SFT model in {paths.sft / 'model'}: run the sft stage first"
+    return found
+
+
+@torch.no_grad()
+def sequence_kl(policy: Any, reference: Any, samples: Any, temperature: float, batch_size: int) -> torch.Tensor:
+    """sum_t (log pi - log pi_ref) over each sampled response. Returns (N,)."""
+    out = []
+    prompt_len = samples.prompt_ids.shape[1]
+    for i in range(0, len(samples.texts), batch_size):
+        seqs = samples.sequences[i: i + batch_size]  # (b, P + R)
+        attn = samples.attention_mask[i: i + batch_size]
+        mask = samples.response_mask[i: i + batch_size].float()  # (b, R)
+        targets = seqs[:, prompt_len:]  # (b, R)
+        logp = logprobs_from_logits(forward_logits(policy, seqs, attn, temperature)[:, prompt_len - 1: -1], targets)
+        ref = logprobs_from_logits(forward_logits(reference, seqs, attn, temperature)[:, prompt_len - 1: -1], targets)
+        out.append(((logp - ref) * mask).sum(dim=1))  # (b,)
+    return torch.cat(out)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per-policy metrics from its scored sample rows (names listed in docs/metrics.md)."""
+    benign = [r for r in rows if not r["harmful"]]
+    harmful = [r for r in rows if r["harmful"]]
+    return {
+        "helpfulness_gold": _mean([r["helpfulness"] for r in benign]),
+        "safety_gold": _mean([r["safety"] for r in harmful]),
+        "helpfulness_gold_harmful": _mean([r["helpfulness"] for r in harmful]),
+        "safety_gold_benign": _mean([r["safety"] for r in benign]),
+        "helpfulness_gold_all": _mean([r["helpfulness"] for r in rows]),
+        "safety_gold_all": _mean([r["safety"] for r in rows]),
+        "utility_gold": _mean([r["utility"] for r in rows]),
+        "reward_proxy": _mean([r["reward_proxy"] for r in rows]),
+        "kl_to_ref": _mean([r["kl_to_ref"] for r in rows]),
+        "response_length": _mean([r["response_tokens"] for r in rows]),
+        "eos_share": _mean([float(r["ended"]) for r in rows]),
+    }
+
+
+def run_evaluate(cfg: EvaluateConfig, paths: Paths) -> StageOutput:
+    from rlhf.world.judge import judge
+
+    # 1. what to evaluate: the policies that exist, the eval prompts, the reference and the proxy RM
+    policies = policy_dirs(paths)
+    prompts = read_jsonl(paths.eval_prompts)[: cfg.max_prompts]
+    texts = [p["prompt"] for p in prompts]
+    reference = load_causal_lm(policies["sft"]).eval()
+    reward_model = RewardModel.from_pretrained(paths.reward / "model").eval()
+
+    metrics: dict[str, dict[str, float]] = {}
+    all_rows: list[dict[str, Any]] = []
+    table: list[dict[str, Any]] = []
+    for name, model_dir in policies.items():
+        # 2. sample: same seed and settings for every policy
+        tokenizer = load_tokenizer(model_dir)
+        policy = reference if name == "sft" else load_causal_lm(model_dir).eval()
+        samples = generate(policy, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                           top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed)
+        # 3. score: gold judge, proxy reward model (through text), KL to the reference
+        proxy = reward_model.score_pairs(texts, samples.texts)
+        kl = sequence_kl(policy, reference, samples, cfg.temperature, cfg.batch_size)  # (N,)
+        rows = []
+        for i, (row, response) in enumerate(zip(prompts, samples.texts)):
+            j = judge(row["prompt"], response)
+            rows.append({"policy": name, "prompt": row["prompt"], "topic": row.get("topic"),
+                         "harmful": bool(row["harmful"]), "response": response,
+                         "helpfulness": j.helpfulness, "safety": j.safety, "utility": j.utility,
+                         "reward_proxy": proxy[i], "kl_to_ref": float(kl[i]),
+                         "response_tokens": int(samples.response_mask[i].sum()), "ended": bool(samples.ended[i])})
+        metrics[name] = summarise(rows)
+        all_rows += rows
+        table += rows[: cfg.table_rows]
+
+    # 4. every sample, for reading and for later analysis
+    with atomic_dir(paths.evaluate) as tmp:
+        with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in all_rows)
+    return StageOutput(
+        metrics=metrics,
+        inputs={"eval_prompts": paths.eval_prompts},
+        reports=[paths.evaluate / "samples.jsonl"],
+        tables={"eval_samples.json": table},
+    )

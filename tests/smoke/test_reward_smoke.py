@@ -1,0 +1,86 @@
+"""Reward model on the toy world: from the SFT model, with a frozen backbone, and on a BERT encoder."""
+
+import os
+
+import pytest
+import torch
+
+from rlhf.config.reward import RewardConfig
+from rlhf.config.sft import SFTConfig
+from rlhf.paths import Paths
+from rlhf.reward import RewardModel, run_reward
+from rlhf.sft import run_sft
+from rlhf.train import load_causal_lm
+from rlhf.train.toy import make_toy_world
+
+RM = dict(max_steps=30, batch_size=8, micro_batch_size=4, warmup_steps=2, learning_rate=2e-3, log_every=5,
+          checkpoint_every=15, max_seq_len=64, norm_examples=16)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    paths = make_toy_world(tmp_path_factory.mktemp("rm"), n_pref=96)
+    run_sft(SFTConfig(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, batch_size=8,
+                      micro_batch_size=8, max_steps=5, warmup_steps=1, sample_count=0, eval_examples=8), paths)
+    return paths
+
+
+def _fresh(world: Paths, tmp_path) -> Paths:
+    """A new project folder sharing the world's data, tokenizer and SFT model."""
+    paths = Paths(tmp_path)
+    paths.artifacts.mkdir()
+    for name in ("data", "tokenizer", "sft"):
+        os.symlink(world.artifacts / name, paths.artifacts / name)
+    return paths
+
+
+def test_reward_trains_and_saves_a_scoring_model(world, tmp_path):
+    paths = _fresh(world, tmp_path)
+    out = run_reward(RewardConfig(**RM), paths)
+    losses = [h["loss/reward"] for h in out.history]
+    assert losses[-1] < losses[0]
+    m = out.metrics
+    assert m["preference_accuracy"] >= 0.75 and m["preference_accuracy_gold"] >= 0.75
+    assert m["bayes_optimal_accuracy"] == pytest.approx(0.9)  # toy labels: p_chosen in {0.1, 0.9}
+    assert m["preference_accuracy_over_bayes"] == pytest.approx(m["preference_accuracy"] / 0.9)
+    assert {"margin_mean", "reward_mean", "reward_std", "train_loss", "pairs_per_s"} <= set(m)
+    rm = RewardModel.from_pretrained(out.models["reward"])
+    assert rm.norm["mean"] == pytest.approx(m["reward_mean"]) and rm.norm["std"] == pytest.approx(m["reward_std"])
+    good = "\n\nHuman: How do I water a fern?\n\nAssistant: Water the fern lightly once a week and let the soil dry between waterings."
+    bad = "\n\nHuman: How do I water a fern?\n\nAssistant: I do not know."
+    assert rm.compare(good, bad)["preference"] == "a"
+    # the backbone moved away from the SFT weights
+    sft = load_causal_lm(world.sft / "model").transformer.state_dict()
+    assert any(not torch.equal(v, rm.backbone.state_dict()[k]) for k, v in sft.items())
+
+
+def test_frozen_backbone_trains_only_the_head(world, tmp_path):
+    paths = _fresh(world, tmp_path)
+    init = RewardModel.from_backbone(world.sft / "model", seed=0, max_seq_len=64)
+    out = run_reward(RewardConfig(**{**RM, "freeze_backbone": True, "max_steps": 10}), paths)
+    rm = RewardModel.from_pretrained(out.models["reward"])
+    sft = load_causal_lm(world.sft / "model").transformer.state_dict()
+    for k, v in rm.backbone.state_dict().items():
+        assert torch.equal(v, sft[k]), f"frozen {k} changed"
+    assert not torch.equal(rm.head.weight, init.head.weight)
+    assert not torch.equal(rm.head.bias, init.head.bias)
+
+
+def test_bert_encoder_backbone(world, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from rlhf.train import load_tokenizer
+
+    tok = load_tokenizer(world.tokenizer)
+    bert_dir = tmp_path / "bert"
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(bert_dir)
+    paths = _fresh(world, tmp_path / "project")
+    out = run_reward(RewardConfig(**{**RM, "model_path": str(bert_dir), "max_steps": 10}), paths)
+    rm = RewardModel.from_pretrained(out.models["reward"])
+    assert type(rm.backbone).__name__ == "BertModel"
+    assert rm.backbone.config.hidden_dropout_prob == 0 and rm.backbone.config.attention_probs_dropout_prob == 0
+    scores = rm.score(["\n\nHuman: hi\n\nAssistant: hello", "\n\nHuman: hi\n\nAssistant: I do not know."])
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)

@@ -1,0 +1,75 @@
+"""A stage killed with SIGKILL and run again ends with the weights of an uninterrupted run."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from rlhf.config.sft import SFTConfig
+from rlhf.paths import Paths
+from rlhf.sft import run_sft
+from rlhf.train import latest_checkpoint
+from rlhf.train.toy import make_toy_world
+
+CFG = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, packing=False, batch_size=8,
+           micro_batch_size=4, warmup_steps=5, max_steps=120, checkpoint_every=10, keep_checkpoints=2,
+           sample_count=0, eval_examples=8)
+SCRIPT = (
+    "import json, sys; from pathlib import Path; from rlhf.config.sft import SFTConfig; "
+    "from rlhf.paths import Paths; from rlhf.sft import run_sft; "
+    "run_sft(SFTConfig(**json.loads(sys.argv[2])), Paths(Path(sys.argv[1])))"
+)
+
+
+def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
+    # 1. the uninterrupted reference run
+    ref = make_toy_world(tmp_path / "ref")
+    run_sft(SFTConfig(**CFG), ref)
+    # 2. the same inputs in a second folder; train in a subprocess and SIGKILL it after a checkpoint
+    killed = Paths(tmp_path / "killed")
+    shutil.copytree(ref.data, killed.data)
+    shutil.copytree(ref.tokenizer, killed.tokenizer)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(killed.root), json.dumps(CFG)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while latest_checkpoint(killed.sft / "checkpoints") is None and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the training finished before it could be killed"
+    at_kill = latest_checkpoint(killed.sft / "checkpoints")
+    assert at_kill is not None and not (killed.sft / "model").exists()
+    assert int(at_kill.name.split("-")[1]) < CFG["max_steps"]
+    # 3. run again: it resumes from the checkpoint and must end where the reference ended
+    out = run_sft(SFTConfig(**CFG), killed)
+    a = load_file(str(ref.sft / "model" / "model.safetensors"))
+    b = load_file(str(killed.sft / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    ref_history = json.loads((latest_checkpoint(ref.sft / "checkpoints") / "trainer_state.json").read_text())
+    assert [h["step"] for h in out.history] == [h["step"] for h in ref_history["history"]]
+
+
+def test_rerun_after_completion_trains_nothing_more(tmp_path):
+    paths = make_toy_world(tmp_path)
+    cfg = SFTConfig(**{**CFG, "max_steps": 6, "checkpoint_every": 3})
+    first = run_sft(cfg, paths)
+    weights = load_file(str(paths.sft / "model" / "model.safetensors"))
+    second = run_sft(cfg, paths)
+    again = load_file(str(paths.sft / "model" / "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert second.history == first.history
+    assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    # a changed config does not resume the old checkpoints
+    changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "checkpoint_every": 4}), paths)
+    assert [h["step"] for h in changed.history][-1] == 4
+    assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000004"]
