@@ -26,10 +26,10 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         self.model = AutoModelForCausalLM.from_pretrained(path).eval()
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from rlhf.generation import generate_responses
+        from rlhf.generation import generate
 
-        prompts = list(model_input["prompt"])
-        return generate_responses(self.model, self.tokenizer, prompts, **(params or {}))
+        options = {"max_new_tokens": 64, "temperature": 1.0, "seed": 0, **(params or {})}
+        return generate(self.model, self.tokenizer, list(model_input["prompt"]), **options).texts
 
 
 class RewardPyfunc(mlflow.pyfunc.PythonModel):

@@ -1,0 +1,35 @@
+"""Trained models are logged to MLflow, registered, and load back for inference."""
+
+import mlflow
+import pandas as pd
+
+from rlhf.reward import RewardModel
+from rlhf.train.models import build_gpt2, load_tokenizer
+from rlhf.train.toy import make_toy_world
+from tasks.models import log_model_dir
+
+
+def test_policy_and_reward_model_round_trip(tmp_path, mlflow_sqlite):
+    paths = make_toy_world(tmp_path / "world", n_sft=16, n_pref=16)
+    tok = load_tokenizer(paths.tokenizer)
+    policy_dir = tmp_path / "policy"
+    build_gpt2(tok, n_layer=1, n_head=2, n_embd=16, n_positions=64, seed=0).save_pretrained(policy_dir)
+    tok.save_pretrained(policy_dir)
+    rm = RewardModel.from_backbone(policy_dir, tokenizer=tok, seed=0)
+    rm_dir = tmp_path / "rm"
+    rm.save_pretrained(rm_dir)
+
+    with mlflow.start_run():
+        log_model_dir(policy_dir, "rlhf-sft")
+        log_model_dir(rm_dir, "rlhf-reward")
+
+    policy = mlflow.pyfunc.load_model("models:/rlhf-sft/1")
+    out = policy.predict(pd.DataFrame({"prompt": ["How do I water a fern?", "Explain tides."]}),
+                         params={"max_new_tokens": 8})
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+    reward = mlflow.pyfunc.load_model("models:/rlhf-reward/1")
+    frame = pd.DataFrame({"prompt": ["How do I water a fern?"] * 2, "response": ["Water it weekly.", "No."]})
+    scores = reward.predict(frame)
+    expected = RewardModel.from_pretrained(rm_dir).score_pairs(list(frame["prompt"]), list(frame["response"]))
+    assert list(scores) == expected
