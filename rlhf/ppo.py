@@ -149,6 +149,18 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
 
 
 # ---------------------------------------------------------------- step 5: the PPO update
+def trim_padding(batch: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Rows `idx` without the columns that are padding in all of them: leading prompt padding and
+    trailing response padding. Position ids come from the attention mask, so nothing else changes.
+    Returns seqs (b, p + r), attn (b, p + r), p, r with p <= P, r <= R."""
+    prompt_len = batch["prompt_len"]
+    attn = batch["attn"][idx]  # (b, P + R)
+    first = int(attn[:, :prompt_len].any(dim=0).long().argmax())  # first prompt column in use
+    r_len = int(batch["mask"][idx].sum(dim=1).max())
+    cols = slice(first, prompt_len + r_len)
+    return batch["seqs"][idx][:, cols], attn[:, cols], prompt_len - first, r_len
+
+
 def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_value: Any, accelerator: Any,
                batch: dict) -> list[dict[str, float]]:
     """K epochs over shuffled minibatches of the frozen batch; one dict of metrics per optimizer step.
@@ -165,13 +177,14 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
             num_tokens = float(batch["mask"][mb].sum())
             sums: dict[str, float] = {}
             for idx in mb.split(cfg.micro_batch_size):
-                mask = batch["mask"][idx]  # (b, R)
+                seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
+                mask = batch["mask"][idx, :r_len]  # (b, r)
                 with accelerator.autocast():
-                    logprobs, entropy, values = response_forward(policy, critic, batch["seqs"][idx], batch["attn"][idx],
-                                                                 prompt_len, cfg.temperature)
-                pg_loss, pg_m = ppo_policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask,
+                    logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature)
+                frozen = {k: batch[k][idx, :r_len] for k in ("logprobs", "values", "advantages", "returns")}
+                pg_loss, pg_m = ppo_policy_loss(logprobs, frozen["logprobs"], frozen["advantages"], mask,
                                                 cfg.clip_eps, num_tokens)
-                vf_loss, vf_m = ppo_value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
+                vf_loss, vf_m = ppo_value_loss(values, frozen["values"], frozen["returns"], mask,
                                                cfg.value_clip, num_tokens)
                 entropy_term = masked_sum(entropy, mask) / num_tokens
                 accelerator.backward(pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term)

@@ -16,17 +16,17 @@ class RewardConfig(StageConfig):
     # --- model ---
     model_path: str | None = Field(None, description="local HF model directory for the backbone (relative to the project root); null: the SFT model")
     freeze_backbone: bool = Field(False, description="train the scalar head only (a linear probe)")
-    max_seq_len: int = Field(192, ge=8, description="longest scored sequence; longer ones lose prompt tokens after BOS")
+    max_seq_len: int = Field(128, ge=8, description="longest scored sequence; longer ones lose prompt tokens after BOS")
 
     # --- loss ---
     margin: float = Field(0.0, ge=0, description="m: -log sigmoid(r_c - r_r - m) (Llama 2 eq. 2); 0 = plain BT")
     center_coef: float = Field(0.0, ge=0, description="eta: reward-centering penalty eta * (r_c + r_r)^2 (Eisenstein et al. 2023)")
 
     # --- optimisation ---
-    max_steps: int = Field(150, ge=1, description="optimizer steps")
-    batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step, all processes together")
+    max_steps: int = Field(250, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="preference pairs per optimizer step, all processes together")
     micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass (2x rows: chosen and rejected)")
-    learning_rate: float = Field(3e-4, gt=0, le=1, description="peak AdamW learning rate")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="peak AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW decoupled weight decay, matrices only")
     warmup_steps: int = Field(10, ge=0, description="linear warmup steps")
     schedule: Literal["cosine", "linear", "constant"] = Field("linear", description="decay after warmup")
@@ -35,7 +35,7 @@ class RewardConfig(StageConfig):
     mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU")
 
     # --- checkpoints, logging, normalisation ---
-    checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every this many steps (and at the end)")
+    checkpoint_every: int = Field(125, ge=1, description="save a resumable checkpoint every this many steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     log_every: int = Field(10, ge=1, description="history rows every this many steps")
     norm_examples: int = Field(512, ge=2, description="SFT demonstrations scored for the reward mean/std stored with the model")

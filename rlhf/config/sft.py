@@ -17,35 +17,35 @@ class SFTConfig(StageConfig):
     model_path: str | None = Field(None, description="local HF causal LM directory (relative to the project root); null: build GPT-2 below")
     n_layer: int = Field(4, ge=1, le=48, description="GPT-2 transformer blocks")
     n_head: int = Field(4, ge=1, le=64, description="GPT-2 attention heads")
-    n_embd: int = Field(256, ge=8, le=4096, description="GPT-2 width d_model")
-    n_positions: int = Field(256, ge=16, le=8192, description="GPT-2 context length")
+    n_embd: int = Field(128, ge=8, le=4096, description="GPT-2 width d_model")
+    n_positions: int = Field(128, ge=16, le=8192, description="GPT-2 context length")
 
     # --- data ---
-    max_seq_len: int = Field(192, ge=8, description="longest training sequence in tokens (prompt + response + EOS)")
+    max_seq_len: int = Field(128, ge=8, description="longest training sequence in tokens (prompt + response + EOS)")
     packing: bool = Field(True, description="pack whole examples into rows of max_seq_len tokens (less padding)")
 
     # --- optimisation ---
-    max_steps: int = Field(300, ge=1, description="optimizer steps")
-    batch_size: int = Field(32, ge=1, description="sequences (rows) per optimizer step, all processes together")
-    micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass (gradient accumulation)")
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="peak AdamW learning rate")
+    max_steps: int = Field(1600, ge=1, description="optimizer steps")
+    batch_size: int = Field(4, ge=1, description="sequences (packed rows) per optimizer step, all processes together")
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass (gradient accumulation)")
+    learning_rate: float = Field(3e-3, gt=0, le=1, description="peak AdamW learning rate")
     weight_decay: float = Field(0.1, ge=0, le=1, description="AdamW decoupled weight decay, matrices only")
-    warmup_steps: int = Field(20, ge=0, description="linear warmup steps")
+    warmup_steps: int = Field(50, ge=0, description="linear warmup steps")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak")
     max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
     mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU")
 
     # --- checkpoints and logging ---
-    checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every this many steps (and at the end)")
+    checkpoint_every: int = Field(400, ge=1, description="save a resumable checkpoint every this many steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
-    log_every: int = Field(10, ge=1, description="history rows every this many steps")
+    log_every: int = Field(20, ge=1, description="history rows every this many steps")
 
     # --- evaluation ---
     eval_examples: int = Field(512, ge=1, description="examples of each split used for the train/held-out loss")
-    sample_count: int = Field(64, ge=0, description="held-out prompts answered and scored by the gold judge (0: none)")
-    sample_max_new_tokens: int = Field(96, ge=1, description="longest sampled response in tokens")
-    sample_temperature: float = Field(0.7, ge=0, le=2, description="T of the evaluation samples (0: greedy)")
+    sample_count: int = Field(256, ge=0, description="held-out prompts answered and scored by the gold judge (0: none)")
+    sample_max_new_tokens: int = Field(64, ge=1, description="longest sampled response in tokens")
+    sample_temperature: float = Field(1.0, ge=0, le=2, description="T of the evaluation samples (0: greedy); 1 samples the learned distribution")
     sample_top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass of the evaluation samples")
 
     @model_validator(mode="after")

@@ -55,6 +55,7 @@ from rlhf.train.runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
+    torch_threads,
 )
 
 __all__ = [
@@ -63,5 +64,5 @@ __all__ = [
     "encode_sft_example", "find_resumable", "latest_checkpoint", "load_causal_lm", "load_checkpoint",
     "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_step", "pack_examples", "pad",
     "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "rng_state", "save_checkpoint",
-    "save_model_dir", "seed_everything", "set_rng_state", "shard_and_split", "write_json",
+    "save_model_dir", "seed_everything", "set_rng_state", "shard_and_split", "torch_threads", "write_json",
 ]

@@ -93,3 +93,15 @@ def progress_bar(total: int, initial: int, desc: str, accelerator: Any = None):
     main = accelerator is None or accelerator.is_local_main_process
     off = {} if main else {"disable": True}  # an explicit `disable` would override TQDM_DISABLE
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=1.0, **off)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` intra-op threads. Tiny models (tests, toy runs) are fastest on one thread, and
+    one thread cannot be slowed down by another process holding the second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -11,10 +11,17 @@ from rlhf.paths import Paths
 from rlhf.reward import RewardModel, run_reward
 from rlhf.sft import run_sft
 from rlhf.train import load_causal_lm
+from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
 
 RM = dict(max_steps=30, batch_size=8, micro_batch_size=4, warmup_steps=2, learning_rate=2e-3, log_every=5,
           checkpoint_every=15, max_seq_len=64, norm_examples=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,7 @@ def world(tmp_path_factory):
 def _fresh(world: Paths, tmp_path) -> Paths:
     """A new project folder sharing the world's data, tokenizer and SFT model."""
     paths = Paths(tmp_path)
-    paths.artifacts.mkdir()
+    paths.artifacts.mkdir(parents=True)
     for name in ("data", "tokenizer", "sft"):
         os.symlink(world.artifacts / name, paths.artifacts / name)
     return paths

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -16,6 +17,7 @@ from rlhf.config.sft import SFTConfig
 from rlhf.paths import Paths
 from rlhf.sft import run_sft
 from rlhf.train import latest_checkpoint
+from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
 
 CFG = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, packing=False, batch_size=8,
@@ -28,6 +30,12 @@ SCRIPT = (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
+        yield
+
+
 def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     # 1. the uninterrupted reference run
     ref = make_toy_world(tmp_path / "ref")
@@ -36,7 +44,7 @@ def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     killed = Paths(tmp_path / "killed")
     shutil.copytree(ref.data, killed.data)
     shutil.copytree(ref.tokenizer, killed.tokenizer)
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}  # as in this process
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(killed.root), json.dumps(CFG)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -61,7 +69,7 @@ def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
 
 def test_rerun_after_completion_trains_nothing_more(tmp_path):
     paths = make_toy_world(tmp_path)
-    cfg = SFTConfig(**{**CFG, "max_steps": 6, "checkpoint_every": 3})
+    cfg = SFTConfig(**{**CFG, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3})
     first = run_sft(cfg, paths)
     weights = load_file(str(paths.sft / "model" / "model.safetensors"))
     second = run_sft(cfg, paths)
@@ -70,6 +78,6 @@ def test_rerun_after_completion_trains_nothing_more(tmp_path):
     assert second.history == first.history
     assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
     # a changed config does not resume the old checkpoints
-    changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "checkpoint_every": 4}), paths)
+    changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4}), paths)
     assert [h["step"] for h in changed.history][-1] == 4
     assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000004"]
