@@ -29,6 +29,7 @@ from rlhf.train import (
     collate_sft,
     encode_sft_example,
     find_resumable,
+    has_tokenizer,
     latest_checkpoint,
     load_causal_lm,
     load_checkpoint,
@@ -92,7 +93,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     accelerator.wait_for_everyone()
     ckpt = latest_checkpoint(ckpt_root)
     source = _resolve(paths, cfg.model_path) if cfg.model_path else None
-    tokenizer = load_tokenizer(ckpt or source or paths.tokenizer)
+    tokenizer = load_tokenizer(ckpt or (source if source and has_tokenizer(source) else paths.tokenizer))
     if ckpt is not None:
         model = load_causal_lm(ckpt)
     elif source is not None:
@@ -130,8 +131,10 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         micro = [collate_sft([train[i] for i in part], tokenizer.pad_token_id) for part in parts]
         last = optimizer_step(model, optimizer, scheduler, accelerator, micro, micro_batch_loss, loss_tokens,
                               cfg.max_grad_norm)
-        meter.stop(tokens=sum(len(train[i]["input_ids"]) for part in parts for i in part) * accelerator.num_processes,
-                   samples=cfg.batch_size)
+        rows = [train[i] for part in parts for i in part]
+        meter.stop(tokens=sum(len(r["input_ids"]) for r in rows) * accelerator.num_processes,
+                   samples=sum(r["segment_ids"][-1] + 1 if "segment_ids" in r else 1 for r in rows)
+                   * accelerator.num_processes)  # dialogues, also inside packed rows
         speed = meter.metrics()
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss/sft']:.3f}", tok_s=f"{speed['tokens_per_s']:.0f}")
@@ -146,8 +149,9 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     bar.close()
 
     # 6. losses on per-example (unpacked) data, train sample and held-out
-    train_loss = evaluate_loss(model, train_eval, tokenizer.pad_token_id, cfg.micro_batch_size, accelerator)
-    held_loss = evaluate_loss(model, held_eval, tokenizer.pad_token_id, cfg.micro_batch_size, accelerator)
+    eval_batch = 4 * cfg.micro_batch_size  # no activations kept for backward: larger batches fit
+    train_loss = evaluate_loss(model, train_eval, tokenizer.pad_token_id, eval_batch, accelerator)
+    held_loss = evaluate_loss(model, held_eval, tokenizer.pad_token_id, eval_batch, accelerator)
 
     # 7. the final model + tokenizer, atomically
     policy = accelerator.unwrap_model(model)

@@ -36,10 +36,6 @@ from rlhf.train.runtime import quiet_transformers
 HEAD_FILE, NORM_FILE, CONFIG_FILE = "reward_head.safetensors", "reward_norm.json", "reward_config.json"
 
 
-def has_tokenizer(path: str | Path) -> bool:
-    return (Path(path) / "tokenizer_config.json").is_file() or (Path(path) / "tokenizer.json").is_file()
-
-
 def _load_backbone(path: str | Path):
     from transformers import AutoConfig, AutoModel
 

@@ -17,7 +17,7 @@ import torch
 from rlhf.config.reward import RewardConfig
 from rlhf.losses.reward import bradley_terry_loss
 from rlhf.paths import Paths
-from rlhf.reward.model import RewardModel, has_tokenizer
+from rlhf.reward.model import RewardModel
 from rlhf.stage import StageOutput
 from rlhf.train import (
     BatchOrder,
@@ -26,6 +26,7 @@ from rlhf.train import (
     build_scheduler,
     collate_pairs,
     find_resumable,
+    has_tokenizer,
     latest_checkpoint,
     load_checkpoint,
     load_tokenizer,

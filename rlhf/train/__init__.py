@@ -3,7 +3,7 @@
 | module | what it gives |
 | --- | --- |
 | `runtime` | `make_accelerator(mixed_precision)`, `seed_everything(seed)`, RNG state save/restore, `progress_bar` |
-| `models` | `load_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
+| `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
 | `batching` | `read_jsonl`, chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
 | `optim` | `build_optimizer`, `build_scheduler`, `optimizer_step` (gradient accumulation normalised over the whole step), `Throughput` |
 | `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `save_model_dir`, `write_json` |
@@ -46,7 +46,14 @@ from rlhf.train.checkpoint import (
     save_model_dir,
     write_json,
 )
-from rlhf.train.models import build_gpt2, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
+from rlhf.train.models import (
+    build_gpt2,
+    count_parameters,
+    disable_dropout,
+    has_tokenizer,
+    load_causal_lm,
+    load_tokenizer,
+)
 from rlhf.train.optim import Throughput, build_optimizer, build_scheduler, lr_factor, optimizer_step
 from rlhf.train.runtime import (
     make_accelerator,
@@ -61,7 +68,7 @@ from rlhf.train.runtime import (
 __all__ = [
     "BatchOrder", "Throughput", "atomic_dir", "build_gpt2", "build_optimizer", "build_scheduler",
     "collate_pairs", "collate_sft", "count_parameters", "disable_dropout", "encode_dialogue",
-    "encode_sft_example", "find_resumable", "latest_checkpoint", "load_causal_lm", "load_checkpoint",
+    "encode_sft_example", "find_resumable", "has_tokenizer", "latest_checkpoint", "load_causal_lm", "load_checkpoint",
     "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_step", "pack_examples", "pad",
     "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "rng_state", "save_checkpoint",
     "save_model_dir", "seed_everything", "set_rng_state", "shard_and_split", "torch_threads", "write_json",

@@ -33,6 +33,11 @@ def disable_dropout(target: Any) -> Any:
     return target
 
 
+def has_tokenizer(path: str | Path) -> bool:
+    """Whether a directory holds a saved tokenizer."""
+    return (Path(path) / "tokenizer_config.json").is_file() or (Path(path) / "tokenizer.json").is_file()
+
+
 def load_tokenizer(path: str | Path):
     """A local tokenizer with `bos`, `eos` and `pad` tokens.
 

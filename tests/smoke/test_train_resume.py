@@ -78,6 +78,7 @@ def test_rerun_after_completion_trains_nothing_more(tmp_path):
     assert second.history == first.history
     assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
     # a changed config does not resume the old checkpoints
-    changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4}), paths)
+    with pytest.warns(UserWarning, match="another config"):
+        changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4}), paths)
     assert [h["step"] for h in changed.history][-1] == 4
     assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000004"]
