@@ -102,6 +102,11 @@ def validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
+def _unescape(text: str) -> str:
+    """Let a typed two-character '\\n' stand for a newline in dialogues given on the command line."""
+    return text.replace("\\n", "\n")
+
+
 @app.command()
 def score(
     texts: Annotated[list[str], typer.Argument(help="dialogues: '\\n\\nHuman: ...\\n\\nAssistant: ...'")],
@@ -112,7 +117,7 @@ def score(
     from rlhf.reward import RewardModel
 
     rm = RewardModel.from_pretrained(model)
-    texts = [t.encode().decode("unicode_escape") for t in texts]
+    texts = [_unescape(t) for t in texts]
     for text, value in zip(texts, rm.score(texts)):
         typer.echo(f"{value:+.4f}\t{text.strip()[:80]!r}")
 
@@ -128,8 +133,7 @@ def compare(
     from rlhf.reward import RewardModel
 
     rm = RewardModel.from_pretrained(model)
-    decode = lambda t: t.encode().decode("unicode_escape")  # noqa: E731  (lets '\n' be typed)
-    typer.echo(json.dumps(rm.compare(decode(text_a), decode(text_b)), indent=2))
+    typer.echo(json.dumps(rm.compare(_unescape(text_a), _unescape(text_b)), indent=2))
 
 
 @app.command()
