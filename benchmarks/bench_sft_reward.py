@@ -36,6 +36,7 @@ from rlhf.train import (
     read_jsonl,
     shard_and_split,
 )
+from rlhf.train.runtime import quiet_transformers
 from rlhf.train.toy import make_toy_world
 
 
@@ -85,7 +86,8 @@ def main() -> None:
 
     # reward model: the SFT-sized backbone with a scalar head, chosen and rejected in one pass
     backbone_dir = Path(tmp.name) / "backbone"
-    acc.unwrap_model(model).save_pretrained(backbone_dir)
+    with quiet_transformers():
+        acc.unwrap_model(model).save_pretrained(backbone_dir)
     rm = RewardModel.from_backbone(backbone_dir, tok, seed=0, max_seq_len=rm_cfg.max_seq_len)
     opt = build_optimizer(rm, rm_cfg.learning_rate)
     rm, opt = acc.prepare(rm, opt)

@@ -28,7 +28,7 @@ class SFTConfig(StageConfig):
     max_steps: int = Field(1600, ge=1, description="optimizer steps")
     batch_size: int = Field(4, ge=1, description="sequences (packed rows) per optimizer step, all processes together")
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass (gradient accumulation)")
-    learning_rate: float = Field(3e-3, gt=0, le=1, description="peak AdamW learning rate")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="peak AdamW learning rate")
     weight_decay: float = Field(0.1, ge=0, le=1, description="AdamW decoupled weight decay, matrices only")
     warmup_steps: int = Field(50, ge=0, description="linear warmup steps")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
