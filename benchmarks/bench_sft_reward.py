@@ -91,8 +91,8 @@ def main() -> None:
     rm = RewardModel.from_backbone(backbone_dir, tok, seed=0, max_seq_len=rm_cfg.max_seq_len)
     opt = build_optimizer(rm, rm_cfg.learning_rate)
     rm, opt = acc.prepare(rm, opt)
-    pairs = [(acc.unwrap_model(rm).encode(r["prompt"], r["chosen"]), acc.unwrap_model(rm).encode(r["prompt"], r["rejected"]))
-             for r in read_jsonl(paths.pref_train)]
+    encode = acc.unwrap_model(rm).encode
+    pairs = [(encode(r["prompt"], r["chosen"]), encode(r["prompt"], r["rejected"])) for r in read_jsonl(paths.pref_train)]
     order = BatchOrder(len(pairs), rm_cfg.batch_size, 0)
 
     def rm_loss(m, mb, n):

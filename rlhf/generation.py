@@ -3,7 +3,7 @@
 Prompts are encoded with `rlhf.chat.encode_prompt` (BOS + "\n\nHuman: ...\n\nAssistant:") and
 left-padded, so every row's next token is its first response token; `model.generate` samples with
 the KV cache. Everything after a row's first EOS is cut: the response mask is 1 up to and including
-that EOS (the EOS log-probability is part of the policy's action, Huang et al. 2024 detail 23) and 0
+that EOS (emitting EOS is one of the policy's actions, so its log-probability counts) and 0
 after it.
 
 Sampling is pure temperature sampling unless asked otherwise: `top_k` is disabled explicitly (the
@@ -63,7 +63,8 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_
     is_eos = response_ids == eos_token_id  # (B, R)
     ended = is_eos.any(dim=1)  # (B,)
     # position of the first EOS, or R when there is none
-    first = torch.where(ended, is_eos.int().argmax(dim=1), torch.full_like(ended, response_ids.shape[1], dtype=torch.long))
+    none = torch.full_like(ended, response_ids.shape[1], dtype=torch.long)
+    first = torch.where(ended, is_eos.int().argmax(dim=1), none)  # (B,)
     cols = torch.arange(response_ids.shape[1], device=response_ids.device)  # (R,)
     mask = (cols[None, :] <= first[:, None]).long()  # (B, R)
     ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_token_id))

@@ -54,7 +54,8 @@ def bayes_optimal_accuracy(paths: Paths, heldout: list[dict[str, Any]]) -> float
 
 def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], bayes: float, batch_size: int) -> dict[str, float]:
     """Accuracy against the noisy labels, against the gold ordering (ties skipped), over Bayes."""
-    seqs = [model.encode(r["prompt"], r["chosen"]) for r in rows] + [model.encode(r["prompt"], r["rejected"]) for r in rows]
+    seqs = [model.encode(r["prompt"], r["chosen"]) for r in rows]
+    seqs += [model.encode(r["prompt"], r["rejected"]) for r in rows]  # (2N,): chosen first
     chosen, rejected = model.raw_scores(seqs, batch_size).chunk(2)  # (N,), (N,)
     loss, m = bradley_terry_loss(chosen, rejected)
     wins = chosen > rejected  # (N,)

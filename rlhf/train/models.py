@@ -4,8 +4,8 @@
 - `build_gpt2(tokenizer, ...)`: the embedded default, a GPT-2 from a config (random init, seeded).
 - `load_causal_lm(dir)`: any local causal LM directory (GPT-2, Llama, SmolLM2 saved as safetensors).
 Everything loads with `local_files_only=True`: a typo in a path fails at once instead of
-waiting on the network. All models come back with dropout off (Huang et al. 2024, "N+ implementation details of RLHF with
-PPO", detail 3: dropout makes the PPO ratio and the reward noisy; we switch it off everywhere).
+waiting on the network. All models come back with dropout off (Huang et al. 2024, "N+
+implementation details of RLHF with PPO": dropout makes the PPO ratio and the reward noisy).
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def optimizer_step(
     as means over the units of `mb`; they come back as exact means over the whole step.
     With P data-parallel processes, `n` = (units over all processes) / P: DDP averages gradients
     over processes, which turns the P shares back into one sum over all units / all units.
-    Returns `loss` (the step loss; with P processes, this process's share times P), metric means, `grad_norm` (before clipping), `lr`.
+    Returns `loss` (the step loss; with P processes, this process's share times P), the metric
+    means, `grad_norm` (before clipping) and `lr`.
     """
     assert micro_batches, "an optimizer step needs at least one micro-batch"
     # 1. count the loss units of the whole step, on every process

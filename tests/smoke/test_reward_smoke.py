@@ -53,7 +53,8 @@ def test_reward_trains_and_saves_a_scoring_model(world, tmp_path):
     assert {"margin_mean", "reward_mean", "reward_std", "train_loss", "pairs_per_s"} <= set(m)
     rm = RewardModel.from_pretrained(out.models["reward"])
     assert rm.norm["mean"] == pytest.approx(m["reward_mean"]) and rm.norm["std"] == pytest.approx(m["reward_std"])
-    good = "\n\nHuman: How do I water a fern?\n\nAssistant: Water the fern lightly once a week and let the soil dry between waterings."
+    good = ("\n\nHuman: How do I water a fern?\n\nAssistant: "
+            "Water the fern lightly once a week and let the soil dry between waterings.")
     bad = "\n\nHuman: How do I water a fern?\n\nAssistant: I do not know."
     assert rm.compare(good, bad)["preference"] == "a"
     # the backbone moved away from the SFT weights
