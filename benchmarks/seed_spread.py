@@ -1,0 +1,86 @@
+"""Seed-to-seed spread of the evaluation: rerun SFT -> reward -> PPO/DPO -> evaluate with other
+training seeds (same data, same evaluation prompts and sampling seed) and print mean and spread.
+
+    python benchmarks/seed_spread.py --seeds 0 1 2 [--parallel 2]
+
+Each seed runs `dvc repro evaluate` in its own copy of the project under `.state/seeds/<seed>`
+(the data, validation and tokenizer outputs are copied, so only the training stages rerun).
+Prints a table per policy: helpfulness_gold, safety_gold, reward_proxy, kl_to_ref as mean ± std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING = ("sft", "reward", "ppo", "dpo")
+KEYS = ("helpfulness_gold", "safety_gold", "reward_proxy", "kl_to_ref")
+
+
+def prepare(seed: int) -> Path:
+    work = ROOT / ".state" / "seeds" / str(seed)
+    shutil.rmtree(work, ignore_errors=True)
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True,
+                           text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, work / rel)
+    for rel in ("artifacts/data", "artifacts/validation", "artifacts/tokenizer"):
+        shutil.copytree(ROOT / rel, work / rel)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    for stage in TRAINING:
+        params.setdefault(stage, {})["seed"] = seed
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=s@s", "-c", "user.name=s", "commit", "-qm", f"seed {seed}"]):
+        subprocess.run(cmd, cwd=work, check=True)
+    # mark the copied upstream outputs as produced by their stages, so only training reruns
+    subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "data", "validate", "tokenizer"],
+                   cwd=work, check=True, capture_output=True)
+    return work
+
+
+def run(seed: int) -> dict:
+    work = prepare(seed)
+    env = dict(os.environ, RLHF_MLFLOW_EXPERIMENT="rlhf-seeds", OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("RLHF_PARENT_RUN_ID", None)
+    log = work / "repro.log"
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=work, env=env,
+                       stdout=f, stderr=subprocess.STDOUT, check=True)
+    return json.loads((work / "metrics" / "evaluate.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--parallel", type=int, default=1)
+    args = parser.parse_args()
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = dict(zip(args.seeds, pool.map(run, args.seeds)))
+    print(json.dumps(results, indent=1, sort_keys=True))
+    policies = sorted({p for r in results.values() for p in r})
+    print(f"\nseeds {args.seeds}: mean ± std (min..max)")
+    print(f"{'policy':<6} " + " ".join(f"{k:>26}" for k in KEYS))
+    for policy in policies:
+        cells = []
+        for key in KEYS:
+            values = [r[policy][key] for r in results.values() if policy in r]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):6.3f} ± {sd:5.3f} ({min(values):.2f}..{max(values):.2f})")
+        print(f"{policy:<6} " + " ".join(f"{c:>26}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
