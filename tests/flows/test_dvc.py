@@ -66,10 +66,10 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, prefect_harness, mlflow_sqlite):
     assert {"data", "validate", "tokenizer"} <= set(by_stage)
     assert {d.dataset.name for d in by_stage["validate"].inputs.dataset_inputs} >= {"sft_train", "pref_heldout"}
 
-    _dvc(clone, env, "push")
+    _dvc(clone, env, "push", "data", "validate", "tokenizer")
     before = (clone / "artifacts/data/sft_train.jsonl").read_bytes()
     shutil.rmtree(clone / "artifacts")
     shutil.rmtree(clone / ".dvc/cache")
-    _dvc(clone, env, "pull")
+    _dvc(clone, env, "pull", "data", "validate", "tokenizer")
     assert (clone / "artifacts/data/sft_train.jsonl").read_bytes() == before
     assert "Running stage" not in _dvc(clone, env, "repro", "tokenizer")
