@@ -61,7 +61,8 @@ def collate_pairs(pairs: list[tuple[dict, dict]], pad_id: int) -> dict[str, torc
 
 
 @torch.no_grad()
-def pair_logprobs(model: Any, pairs: list[tuple[dict, dict]], pad_id: int, batch_size: int, device: Any) -> torch.Tensor:
+def pair_logprobs(model: Any, pairs: list[tuple[dict, dict]], pad_id: int, batch_size: int,
+                  device: Any) -> torch.Tensor:
     """Summed response log-probs of every pair under `model`. Returns (N, 2): [chosen, rejected]."""
     out = []
     for i in range(0, len(pairs), batch_size):
@@ -80,7 +81,8 @@ def preference_loss(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tenso
     return dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing, num_pairs=num_pairs)
 
 
-def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tensor, rows: list[dict]) -> dict[str, float]:
+def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tensor,
+                    rows: list[dict]) -> dict[str, float]:
     """Implicit-reward accuracy on pref_heldout: against the rater labels (chosen is right) and
     against the gold ordering (pairs with equal gold utility left out). policy, reference: (N, 2)."""
     rewards = cfg.beta * (policy - reference)  # (N, 2) implicit rewards r_hat
@@ -125,10 +127,12 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
 
     # 3. reference log-probs, once: (N, 2) summed over response tokens (recomputed on resume: the
     #    frozen reference makes them a pure function of the data)
+    #    (under the same autocast as training, so that the first step starts exactly at pi = pi_ref)
     ref_train = None
-    if cfg.precompute_ref_logprobs:
-        ref_train = pair_logprobs(reference, train, pad_id, cfg.eval_batch_size, accelerator.device)
-    ref_held = pair_logprobs(reference, held, pad_id, cfg.eval_batch_size, accelerator.device)
+    with accelerator.autocast():
+        if cfg.precompute_ref_logprobs:
+            ref_train = pair_logprobs(reference, train, pad_id, cfg.eval_batch_size, accelerator.device)
+        ref_held = pair_logprobs(reference, held, pad_id, cfg.eval_batch_size, accelerator.device)
 
     # 4. optimizer, schedule, state when resuming
     steps_per_epoch = len(train) // cfg.batch_size
@@ -175,8 +179,9 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
 
     # 6. held-out implicit-reward accuracy
     model = accelerator.unwrap_model(policy).eval()
-    held_policy = pair_logprobs(model, held, pad_id, cfg.eval_batch_size, accelerator.device)
-    metrics = heldout_metrics(cfg, held_policy, ref_held, held_rows)
+    with accelerator.autocast():
+        held_policy = pair_logprobs(model, held, pad_id, cfg.eval_batch_size, accelerator.device)
+    metrics = {"enabled": 1.0, **heldout_metrics(cfg, held_policy, ref_held, held_rows)}
     last = history[-1] if history else {}
     metrics.update({k: last[k] for k in ("loss/dpo", "rewards/accuracies", "rewards/margins") if k in last})
 

@@ -7,7 +7,7 @@ attention mask, so a left-padded row gets exactly the positions it would get on 
 
 Temperature: the sampler draws y_t from softmax(logits / T); the log-probs used by PPO (old, new
 and reference alike) must be of that same distribution, otherwise the importance ratio is not 1 on
-the first minibatch (Huang et al. 2024, "N+ implementation details", detail 8). Top-p truncation is
+the first minibatch (Huang et al. 2024, "N+ implementation details"). Top-p truncation is
 not applied here: the objective is about the tempered policy, top-p only shapes which samples are
 drawn.
 """

@@ -20,6 +20,7 @@ policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -179,8 +180,7 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
             for idx in mb.split(cfg.micro_batch_size):
                 seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
                 mask = batch["mask"][idx, :r_len]  # (b, r)
-                with accelerator.autocast():
-                    logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature)
+                logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature)
                 frozen = {k: batch[k][idx, :r_len] for k in ("logprobs", "values", "advantages", "returns")}
                 pg_loss, pg_m = ppo_policy_loss(logprobs, frozen["logprobs"], frozen["advantages"], mask,
                                                 cfg.clip_eps, num_tokens)
@@ -188,9 +188,11 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
                                                cfg.value_clip, num_tokens)
                 entropy_term = masked_sum(entropy, mask) / num_tokens
                 accelerator.backward(pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term)
-                share = float(mask.sum()) / num_tokens  # token-weighted means over the minibatch
-                for k, v in {**pg_m, **vf_m, "loss/policy": pg_loss.detach() / share, "loss/value": vf_loss.detach() / share,
-                             "policy/entropy": entropy_term.detach() / share}.items():
+                # metrics: token-weighted means over the minibatch (the losses are shares of it)
+                share = float(mask.sum()) / num_tokens
+                parts = {**pg_m, **vf_m, "loss/policy": pg_loss.detach() / share,
+                         "loss/value": vf_loss.detach() / share, "policy/entropy": entropy_term.detach() / share}
+                for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share
             accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             accelerator.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
@@ -220,8 +222,7 @@ def save_ppo_checkpoint(root: Path, step: int, policy: Any, critic: RewardModel,
 
 
 def load_ppo_checkpoint(ckpt: Path, opt_policy: Any, opt_value: Any) -> dict[str, Any]:
-    import json
-
+    """Restore both optimizers and the RNG states; return the trainer state (step, history, beta)."""
     saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
     opt_policy.load_state_dict(saved["policy"])
     opt_value.load_state_dict(saved["value"])
@@ -238,21 +239,27 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         (paths.ppo / "SKIPPED").write_text("ppo.enabled is false in params.yaml\n", encoding="utf-8")
         return StageOutput(metrics={"enabled": 0.0})
 
-    # 0. runtime and models: policy/critic from the newest checkpoint of this config, else SFT/RM
-    accelerator = make_accelerator("auto")
+    # 0. runtime and models: policy/critic from the newest checkpoint of this config, else SFT/RM.
+    #    fp32 throughout: with bf16 autocast in the update but not in the rollout, the ratio
+    #    pi / pi_old would not be 1 on the first minibatch. One process: rollouts are not sharded.
+    accelerator = make_accelerator("no")
+    assert accelerator.num_processes == 1, "PPO runs in one process (data-parallel rollouts are not implemented)"
     seed_everything(cfg.seed)
     find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
     ckpt = latest_checkpoint(ckpt_root)
     sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
     tokenizer = load_tokenizer(sft_dir)
     policy = load_causal_lm(ckpt or sft_dir)
-    critic = RewardModel.from_pretrained(ckpt / VALUE_DIR) if ckpt else make_critic(reward_dir, sft_dir, tokenizer, cfg.seed)
+    if ckpt is not None:
+        critic = RewardModel.from_pretrained(ckpt / VALUE_DIR)
+    else:
+        critic = make_critic(reward_dir, sft_dir, tokenizer, cfg.seed)
     reference = load_causal_lm(sft_dir).requires_grad_(False).eval()
     reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval()
     prompts = [r["prompt"] for r in read_jsonl(paths.rl_prompts)]
     assert len(prompts) >= cfg.rollout_batch_size, "fewer RL prompts than rollout_batch_size"
 
-    opt_policy = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)  # N+ detail 11
+    opt_policy = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)  # eps as in PPO baselines
     opt_value = torch.optim.Adam(critic.parameters(), lr=cfg.value_learning_rate, eps=1e-5)
     policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
     reference.to(accelerator.device)
@@ -270,8 +277,9 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         t0 = time.perf_counter()
         # 1-4. rollout, scores, KL-shaped rewards, GAE (all frozen)
         batch_prompts = [prompts[i] for i in order.batch(step)]
-        batch, metrics = make_experience(cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic),
-                                         reward_model, tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)
+        batch, metrics = make_experience(
+            cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model,
+            tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)  # sampling seed: f(seed, step)
         t1 = time.perf_counter()
         # 5. K epochs of clipped updates
         stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch)
@@ -284,8 +292,9 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_ppo_checkpoint(ckpt_root, step + 1, accelerator.unwrap_model(policy), accelerator.unwrap_model(critic),
-                                tokenizer, opt_policy, opt_value, cfg, {"history": history, "kl_ctl": kl_ctl.state_dict()})
+            save_ppo_checkpoint(ckpt_root, step + 1, accelerator.unwrap_model(policy),
+                                accelerator.unwrap_model(critic), tokenizer, opt_policy, opt_value, cfg,
+                                {"history": history, "kl_ctl": kl_ctl.state_dict()})
     bar.close()
 
     # 7. the final policy + tokenizer, atomically
@@ -294,7 +303,7 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
     return StageOutput(
-        metrics={k: last[k] for k in keys if k in last} | {"beta_final": kl_ctl.value},
+        metrics={"enabled": 1.0, **{k: last[k] for k in keys if k in last}, "beta_final": kl_ctl.value},
         history=history,
         inputs={"rl_prompts": paths.rl_prompts},
         models={"rlhf-ppo": out_dir},

@@ -53,7 +53,7 @@ def kl_shaped_rewards(
 
     R(x, y) = r(x, y) - beta * log(pi(y|x) / pi_ref(y|x))    (Ziegler et al. 2019, eq. 2;
     Ouyang et al. 2022, eq. 2), spread over tokens as in Stiennon et al. (2020) and Huang et al.
-    (2024, "N+ implementation details", detail 7): every response token t receives -beta * kl_t,
+    (2024, "N+ implementation details"): every response token t receives -beta * kl_t,
     and the last response token also receives the sequence score r(x, y).
 
     Shapes: scores (B,), kl (B, R), mask (B, R) -> rewards (B, R) (zero on padding), and the

@@ -17,10 +17,10 @@ class DPOConfig(StageConfig):
     beta: float = Field(0.1, gt=0, description="beta (DPO) or tau (IPO): strength of the KL anchor to pi_ref")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="epsilon: assumed label-flip rate (cDPO)")
 
-    epochs: int = Field(2, ge=1, description="passes over pref_train")
+    epochs: int = Field(1, ge=1, description="passes over pref_train")
     batch_size: int = Field(16, ge=1, description="pairs per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass (gradient accumulation)")
-    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate")
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps of the learning rate")
     max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
     max_length: int = Field(160, ge=8, description="longest prompt + response in tokens (longer pairs are cut)")

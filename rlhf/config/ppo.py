@@ -15,19 +15,19 @@ class PPOConfig(StageConfig):
     seed: int = Field(0, ge=0, description="seed of sampling, shuffling and initialisation")
 
     # --- rollouts ---
-    steps: int = Field(40, ge=1, description="PPO iterations (rollout + update)")
+    steps: int = Field(64, ge=1, description="PPO iterations (rollout + update)")
     rollout_batch_size: int = Field(32, ge=2, description="N: prompts sampled per iteration")
     temperature: float = Field(0.7, gt=0, le=2, description="T: sampling temperature; log-probs use logits / T")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p")
-    max_new_tokens: int = Field(48, ge=1, description="longest response in tokens")
+    max_new_tokens: int = Field(64, ge=1, description="longest response in tokens")
     missing_eos_score: float = Field(-1.0, description="score r given to a response with no EOS (normalised RM units)")
 
     # --- reward shaping ---
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the penalty (Schulman 2020)")
-    init_kl_coef: float = Field(0.05, ge=0, description="beta (initial value when adaptive)")
+    init_kl_coef: float = Field(0.2, ge=0, description="beta (initial value when adaptive)")
     adaptive_kl: bool = Field(False, description="adapt beta with Ziegler's proportional controller")
-    target_kl: float = Field(6.0, gt=0, description="KL_target of the adaptive controller (nats per sequence)")
-    kl_horizon: int = Field(10_000, ge=1, description="H: controller horizon, in episodes")
+    target_kl: float = Field(4.0, gt=0, description="KL_target of the adaptive controller (nats per sequence)")
+    kl_horizon: int = Field(1_000, ge=1, description="H: controller horizon, in episodes")
     whiten_rewards: bool = Field(False, description="whiten the per-token rewards before GAE (shift kept)")
     score_clip: float | None = Field(None, gt=0, description="clip |r| of the normalised score to this value")
 
@@ -46,7 +46,7 @@ class PPOConfig(StageConfig):
     learning_rate: float = Field(3e-5, gt=0, description="policy Adam learning rate")
     value_learning_rate: float = Field(1e-4, gt=0, description="critic Adam learning rate")
     max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip, per model")
-    checkpoint_every: int = Field(10, ge=1, description="save a resumable checkpoint every this many iterations")
+    checkpoint_every: int = Field(16, ge=1, description="save a resumable checkpoint every this many iterations")
 
     @model_validator(mode="after")
     def _check(self) -> "PPOConfig":

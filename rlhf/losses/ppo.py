@@ -35,7 +35,7 @@ def ppo_policy_loss(
     loss  = sum_t m_t L_t / num_tokens
 
     `old_logprobs` and `advantages` come frozen from the rollout; only `logprobs` carries gradient.
-    Metrics: policy/approxkl = mean 0.5 (log rho)^2 (Huang et al. 2024, detail 12),
+    Metrics: policy/approxkl = mean 0.5 (log rho)^2 (Schulman 2020, k2),
     policy/clipfrac = share of tokens where the clipped term is the active one, policy/ratio.
     """
     mask = mask.to(logprobs.dtype)
@@ -63,7 +63,7 @@ def ppo_value_loss(
     clip_range: float,
     num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss (Schulman et al. 2017 baselines `ppo2`; Huang et al. 2024, detail 10).
+    """Clipped value loss (OpenAI baselines `ppo2`; kept in Huang et al. 2024).
 
     V_clip = V_old + clip(V - V_old, -eps_v, eps_v)
     L_t    = 0.5 * max((V_t - G_t)^2, (V_clip_t - G_t)^2)

@@ -1,6 +1,7 @@
 """A few DPO steps on a tiny GPT-2 in a toy world: finite loss, the policy moves, SFT stays put."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -8,17 +9,15 @@ import torch
 from rlhf.config.dpo import DPOConfig
 from rlhf.dpo import run_dpo
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, save_model_dir
+from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core runner the thread pool's
-    oversubscription makes them 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Tiny models gain nothing from threads; on a busy 2-core runner oversubscription slows them 100x."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture()
@@ -33,7 +32,9 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("extra", [{}, {"loss_type": "ipo"}, {"label_smoothing": 0.1, "precompute_ref_logprobs": False}])
+@pytest.mark.parametrize("extra", [
+    {}, {"loss_type": "ipo"}, {"label_smoothing": 0.1, "precompute_ref_logprobs": False},
+])
 def test_dpo_few_steps(world, extra):
     cfg = DPOConfig(epochs=1, batch_size=8, micro_batch_size=4, learning_rate=1e-3, warmup_steps=0,
                     eval_batch_size=8, **extra)
@@ -62,7 +63,6 @@ def test_dpo_resumes_to_the_same_weights(world):
     ckpts = sorted((world.dpo / "checkpoints").iterdir())
     assert ckpts, "no checkpoint written"
     for c in ckpts[1:]:  # keep only the earliest checkpoint (step 2), as if killed after it
-        import shutil
         shutil.rmtree(c)
     run_dpo(cfg, world)
     torch.testing.assert_close(_params(load_causal_lm(world.dpo / "model")), full)

@@ -4,22 +4,20 @@ import json
 import math
 
 import pytest
-import torch
 
 from rlhf.config.evaluate import EvaluateConfig
 from rlhf.evaluate import run_evaluate
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_tokenizer, save_model_dir
+from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny models gain nothing from threads; on a busy runner oversubscription slows them 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Tiny models gain nothing from threads; on a busy 2-core runner oversubscription slows them 100x."""
+    with torch_threads(1):
+        yield
 
 
 def test_evaluate_scores_existing_policies(tmp_path):

@@ -2,6 +2,7 @@
 the reference and reward model stay put, ratio 1 on the first minibatch, clipping once it moved."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -12,17 +13,15 @@ from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.ppo import make_critic, make_experience, ppo_update, run_ppo
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator, save_model_dir
+from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core runner the thread pool's
-    oversubscription makes them 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Tiny models gain nothing from threads; on a busy 2-core runner oversubscription slows them 100x."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture()
@@ -66,7 +65,6 @@ def test_ppo_resumes_to_the_same_weights(world):
     run_ppo(cfg, world)
     full = _params(load_causal_lm(world.ppo / "model"))
     ckpts = sorted((world.ppo / "checkpoints").iterdir())
-    import shutil
     for c in ckpts[1:]:  # as if killed right after the step-1 checkpoint
         shutil.rmtree(c)
     run_ppo(cfg, world)
@@ -96,16 +94,11 @@ def test_ratio_is_one_first_then_clipping_engages(world):
     assert max(s["policy/clipfrac"] for s in stats[1:]) > 0.0
 
 
-def test_teacher_forced_logprobs_match_the_sampler():
+def test_teacher_forced_logprobs_match_the_sampler(world):
     """log pi(y_t) recomputed with logits / T equals the sampler's own log-prob of the token it drew."""
     from transformers import GenerationConfig
 
-    from rlhf.train.toy import make_toy_world  # noqa: F401  (the tokenizer below comes from it)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        paths = make_toy_world(d, n_sft=8, n_pref=8)
-        tok = load_tokenizer(paths.tokenizer)
+    tok = load_tokenizer(world.tokenizer)
     model = build_gpt2(tok, 2, 2, 32, 128, seed=0).eval()
     prompts = ["How do I water a fern?", "Where should I put a rose? It is a gift."]
     temperature = 0.7
@@ -125,3 +118,23 @@ def test_teacher_forced_logprobs_match_the_sampler():
     teacher = logprobs_from_logits(forward_logits(model, seqs, attn, temperature)[:, P - 1: -1], seqs[:, P:])
     m = samples.response_mask.bool()
     torch.testing.assert_close(teacher[m], sampler_logp[:, : m.shape[1]][m], atol=1e-4, rtol=1e-4)
+
+
+def test_update_with_accumulation_equals_one_large_batch(world):
+    """Micro-batches of 2 accumulate to the same optimizer step as micro-batches of 4 (STYLE rule 8)."""
+    tok = load_tokenizer(world.sft / "model")
+    prompts = [r["prompt"] for r in sft_rows(8, seed=5)]
+    results = []
+    for micro in (4, 2):
+        policy, reference = load_causal_lm(world.sft / "model"), load_causal_lm(world.sft / "model")
+        critic = make_critic(world.reward / "model", world.sft / "model", tok, seed=0)
+        rm = RewardModel.from_pretrained(world.reward / "model")
+        cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=micro, ppo_epochs=1, max_new_tokens=8)
+        batch, _ = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0)
+        opt_p = torch.optim.SGD(policy.parameters(), lr=0.1)  # SGD: the step is the gradient itself
+        opt_v = torch.optim.SGD(critic.parameters(), lr=0.1)
+        torch.manual_seed(0)  # same minibatch order
+        ppo_update(cfg, policy, critic, opt_p, opt_v, make_accelerator("no"), batch)
+        results.append((_params(policy), _params(critic)))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
