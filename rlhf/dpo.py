@@ -136,7 +136,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
 
     # 4. optimizer, schedule, state when resuming
     steps_per_epoch = len(train) // cfg.batch_size
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     assert total_steps > 0, f"pref_train has {len(train)} pairs, fewer than batch_size={cfg.batch_size}"
     optimizer = build_optimizer(policy, cfg.learning_rate)
     scheduler = build_scheduler(optimizer, total_steps, min(cfg.warmup_steps, total_steps), "linear", 0.0)

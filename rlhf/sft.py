@@ -16,7 +16,7 @@ import torch
 
 from rlhf.config.sft import SFTConfig
 from rlhf.generation import generate
-from rlhf.losses.sft import sft_loss, token_logprobs
+from rlhf.losses.sft import sft_loss, shifted_token_logprobs
 from rlhf.ops import masked_sum
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
@@ -71,7 +71,7 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
         with accelerator.autocast():
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits  # (b, T, V)
         mask = mb["loss_mask"][:, 1:]  # (b, T-1)
-        sums += torch.stack([masked_sum(-token_logprobs(logits, mb["input_ids"]), mask), mask.sum().float()])
+        sums += torch.stack([masked_sum(-shifted_token_logprobs(logits, mb["input_ids"]), mask), mask.sum().float()])
     model.train()
     sums = accelerator.reduce(sums, reduction="sum") if accelerator.num_processes > 1 else sums
     return float(sums[0] / sums[1].clamp(min=1))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from rlhf.ops import masked_sum
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def shifted_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log p(x_{t+1} | x_{<=t}) for every position: (B, T, V), (B, T) -> (B, T-1).
 
     Column t scores token t+1. Computed as -cross_entropy, which never materialises the full
@@ -39,7 +39,7 @@ def sft_loss(
     mask = loss_mask[:, 1:].to(torch.float32)  # (B, T-1): mask of the predicted token
     count = float(mask.sum())
     assert count > 0, "SFT loss over an empty loss mask"
-    nll = -token_logprobs(logits, input_ids)  # (B, T-1)
+    nll = -shifted_token_logprobs(logits, input_ids)  # (B, T-1)
     total = masked_sum(nll, mask)
     loss = total / (count if num_tokens is None else num_tokens)
     return loss, {"loss/sft": total.detach() / count}

@@ -72,3 +72,13 @@ def test_dpo_disabled_writes_skipped(world):
     out = run_dpo(DPOConfig(enabled=False), world)
     assert (world.dpo / "SKIPPED").is_file() and not (world.dpo / "model").exists()
     assert out.models == {}
+
+
+@pytest.mark.parametrize("max_steps", [2, 5])
+def test_dpo_max_steps_overrides_epochs(world, max_steps):
+    """24 pairs in batches of 8 are 3 steps an epoch: max_steps stops early or runs into epoch 2."""
+    cfg = DPOConfig(epochs=1, max_steps=max_steps, batch_size=8, micro_batch_size=8, learning_rate=1e-3,
+                    warmup_steps=0, eval_batch_size=8)
+    out = run_dpo(cfg, world)
+    assert [h["step"] for h in out.history] == list(range(1, max_steps + 1))
+    assert out.history[-1]["epoch"] == pytest.approx(max_steps / 3)
