@@ -27,7 +27,6 @@ install() {
 
 activate() {
   export PATH="$PWD/$VENV/bin:$PATH"
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny models: 1 thread beats 2 contending ones
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
   export DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
   export PREFECT_HOME="${PREFECT_HOME:-$PWD/.state/prefect}"
@@ -46,6 +45,7 @@ case "${1:-}" in
     ;;
   test)
     shift; install; activate
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny test models: one thread beats several contending
     exec python -m pytest "$@"
     ;;
   install)

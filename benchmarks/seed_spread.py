@@ -25,6 +25,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ("sft", "reward", "ppo", "dpo")
 KEYS = ("helpfulness_gold", "safety_gold", "reward_proxy", "kl_to_ref")
+# per-stage figures also reported per seed: (stage, metric)
+STAGE_KEYS = (("sft", "helpfulness_gold"), ("sft", "safety_gold"), ("reward", "preference_accuracy"),
+              ("reward", "preference_accuracy_gold"), ("reward", "preference_accuracy_over_bayes"),
+              ("dpo", "preference_accuracy"))
 
 
 def prepare(seed: int) -> Path:
@@ -50,16 +54,23 @@ def prepare(seed: int) -> Path:
     return work
 
 
-def run(seed: int) -> dict:
+def run(seed: int, threads: int) -> dict:
     work = prepare(seed)
-    env = dict(os.environ, RLHF_MLFLOW_EXPERIMENT="rlhf-seeds", OMP_NUM_THREADS="1",
+    env = dict(os.environ, RLHF_MLFLOW_EXPERIMENT="rlhf-seeds", OMP_NUM_THREADS=str(threads),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("RLHF_PARENT_RUN_ID", None)
     log = work / "repro.log"
     with log.open("w") as f:
         subprocess.run([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=work, env=env,
                        stdout=f, stderr=subprocess.STDOUT, check=True)
-    return json.loads((work / "metrics" / "evaluate.json").read_text())
+    metrics = {stage: json.loads((work / "metrics" / f"{stage}.json").read_text())
+               for stage in ("sft", "reward", "dpo", "evaluate")}
+    return metrics
+
+
+def spread(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):6.3f} ± {sd:5.3f} ({min(values):.2f}..{max(values):.2f})"
 
 
 def main() -> None:
@@ -67,18 +78,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=1)
     args = parser.parse_args()
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = dict(zip(args.seeds, pool.map(run, args.seeds)))
+        runs = dict(zip(args.seeds, pool.map(lambda s: run(s, threads), args.seeds)))
+    results = {seed: r["evaluate"] for seed, r in runs.items()}
     print(json.dumps(results, indent=1, sort_keys=True))
+    print(f"\nper seed: {', '.join(f'{stage}.{key}' for stage, key in STAGE_KEYS)}")
+    for seed, r in runs.items():
+        print(f"seed {seed}: " + "  ".join(f"{r[stage].get(key, float('nan')):.3f}" for stage, key in STAGE_KEYS))
+    for stage, key in STAGE_KEYS:
+        print(f"{stage}.{key}: {spread([r[stage][key] for r in runs.values() if key in r[stage]])}")
     policies = sorted({p for r in results.values() for p in r})
     print(f"\nseeds {args.seeds}: mean ± std (min..max)")
     print(f"{'policy':<6} " + " ".join(f"{k:>26}" for k in KEYS))
     for policy in policies:
-        cells = []
-        for key in KEYS:
-            values = [r[policy][key] for r in results.values() if policy in r]
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):6.3f} ± {sd:5.3f} ({min(values):.2f}..{max(values):.2f})")
+        cells = [spread([r[policy][key] for r in results.values() if policy in r]) for key in KEYS]
         print(f"{policy:<6} " + " ".join(f"{c:>26}" for c in cells))
 
 

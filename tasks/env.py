@@ -33,8 +33,6 @@ def configure(root: Path | None = None) -> None:
         "HF_DATASETS_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        # the embedded models are tiny: one thread is faster than two fighting over 2 cores
-        "OMP_NUM_THREADS": "1",
         # Prefect: its home (ephemeral database, settings) inside the project's state folder
         "PREFECT_HOME": str((state / "prefect").resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
