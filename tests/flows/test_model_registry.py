@@ -7,6 +7,7 @@ from rlhf.reward import RewardModel
 from rlhf.train.models import build_gpt2, load_tokenizer
 from rlhf.train.toy import make_toy_world
 from tasks.models import log_model_dir
+from tasks.tracking import use_experiment
 
 
 def test_policy_and_reward_model_round_trip(tmp_path, mlflow_sqlite):
@@ -19,6 +20,7 @@ def test_policy_and_reward_model_round_trip(tmp_path, mlflow_sqlite):
     rm_dir = tmp_path / "rm"
     rm.save_pretrained(rm_dir)
 
+    use_experiment(tmp_path)  # as the stages do: artifacts under <root>/.state, never ./mlruns
     with mlflow.start_run():
         log_model_dir(policy_dir, "rlhf-sft")
         log_model_dir(rm_dir, "rlhf-reward")
@@ -33,3 +35,4 @@ def test_policy_and_reward_model_round_trip(tmp_path, mlflow_sqlite):
     scores = reward.predict(frame)
     expected = RewardModel.from_pretrained(rm_dir).score_pairs(list(frame["prompt"]), list(frame["response"]))
     assert list(scores) == expected
+    assert any((tmp_path / ".state" / "mlartifacts").rglob("MLmodel")), "model artifacts outside the state folder"
