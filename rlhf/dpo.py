@@ -8,7 +8,7 @@ in one forward pass ([chosen; rejected] on the batch axis, docs/architecture.md)
 log-probabilities are computed once, before training, by the frozen SFT model.
 
 Reads `paths.sft / "model"`, `paths.pref_train`, `paths.pref_heldout`; writes the policy and
-tokenizer to `paths.dpo / "model"` and resumable checkpoints to `paths.dpo / "checkpoints"`.
+tokenizer to `paths.dpo / "model"` and resumable checkpoints to `paths.checkpoints("dpo")`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from rlhf.train import (
     collate_sft,
     encode_sft_example,
     find_resumable,
+    run_checkpoint_root,
     latest_checkpoint,
     load_causal_lm,
     load_checkpoint,
@@ -100,7 +101,7 @@ def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tenso
 
 
 def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
-    out_dir, ckpt_root = paths.dpo / "model", paths.dpo / "checkpoints"
+    out_dir = paths.dpo / "model"
     if not cfg.enabled:  # a SKIPPED marker and no model: evaluation then leaves DPO out
         shutil.rmtree(paths.dpo, ignore_errors=True)
         paths.dpo.mkdir(parents=True)
@@ -110,11 +111,13 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     # 1. runtime; policy from the newest checkpoint of this config or from SFT; reference = SFT
     accelerator = make_accelerator("auto")
     seed_everything(cfg.seed)
+    sft_dir = paths.sft / "model"
+    ckpt_root = run_checkpoint_root(paths.checkpoints("dpo"), [paths.pref_train, sft_dir],
+                                    remove_others=accelerator.is_main_process)
     if accelerator.is_main_process:
         find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
     accelerator.wait_for_everyone()
     ckpt = latest_checkpoint(ckpt_root)
-    sft_dir = paths.sft / "model"
     tokenizer = load_tokenizer(sft_dir)
     policy = load_causal_lm(ckpt or sft_dir)
     reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)

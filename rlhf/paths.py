@@ -64,6 +64,11 @@ class Paths:
     def state(self) -> Path:
         return self.root / ".state"
 
+    def checkpoints(self, stage: str) -> Path:
+        """Resumable checkpoints of a training stage. Outside the DVC `outs` on purpose: DVC clears a
+        stage's outputs before running it, which would make a killed `dvc repro` start afresh."""
+        return self.state / "checkpoints" / stage
+
     # --- dataset files written by the data stage ---
     @property
     def sft_train(self) -> Path:

@@ -15,7 +15,7 @@ Huang et al. (2024, "The N+ implementation details of RLHF with PPO"):
 
 Models: policy and reference from `paths.sft / "model"`; reward model from `paths.reward / "model"`;
 critic initialised from the reward model (backbone + head applied at every token). Writes the
-policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.ppo / "checkpoints"`.
+policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.checkpoints("ppo")`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from rlhf.train import (
     BatchOrder,
     atomic_dir,
     find_resumable,
+    run_checkpoint_root,
     latest_checkpoint,
     load_causal_lm,
     load_tokenizer,
@@ -232,7 +233,7 @@ def load_ppo_checkpoint(ckpt: Path, opt_policy: Any, opt_value: Any) -> dict[str
 
 # ---------------------------------------------------------------- the stage
 def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
-    out_dir, ckpt_root = paths.ppo / "model", paths.ppo / "checkpoints"
+    out_dir = paths.ppo / "model"
     if not cfg.enabled:  # a SKIPPED marker and no model: evaluation then leaves PPO out
         shutil.rmtree(paths.ppo, ignore_errors=True)
         paths.ppo.mkdir(parents=True)
@@ -245,9 +246,10 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     accelerator = make_accelerator("no")
     assert accelerator.num_processes == 1, "PPO runs in one process (data-parallel rollouts are not implemented)"
     seed_everything(cfg.seed)
+    sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
+    ckpt_root = run_checkpoint_root(paths.checkpoints("ppo"), [paths.rl_prompts, sft_dir, reward_dir])
     find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
     ckpt = latest_checkpoint(ckpt_root)
-    sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
     tokenizer = load_tokenizer(sft_dir)
     policy = load_causal_lm(ckpt or sft_dir)
     if ckpt is not None:

@@ -1,7 +1,7 @@
 """The `sft` stage: supervised fine-tuning on the demonstrations, loss on response tokens only.
 
 Reads `paths.sft_train` / `paths.sft_heldout`, writes the model + tokenizer to `paths.sft/"model"`
-and resumable checkpoints to `paths.sft/"checkpoints"`. A run killed at any point and started again
+and resumable checkpoints to `paths.checkpoints("sft")`. A run killed at any point and started again
 with the same config resumes from its newest checkpoint and ends with the same weights.
 """
 
@@ -29,6 +29,7 @@ from rlhf.train import (
     collate_sft,
     encode_sft_example,
     find_resumable,
+    run_checkpoint_root,
     has_tokenizer,
     latest_checkpoint,
     load_causal_lm,
@@ -85,14 +86,17 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     # 1. runtime: device, precision, seeds
     accelerator = make_accelerator(cfg.mixed_precision)
     seed_everything(cfg.seed)
-    ckpt_root, out_dir = paths.sft / "checkpoints", paths.sft / "model"
+    out_dir = paths.sft / "model"
+    source = _resolve(paths, cfg.model_path) if cfg.model_path else None
 
-    # 2. model and tokenizer: the newest checkpoint of this config, a local model, or a new GPT-2
+    # 2. model and tokenizer: the newest checkpoint of this config and these inputs, a local model,
+    #    or a new GPT-2
+    ckpt_root = run_checkpoint_root(paths.checkpoints("sft"), [paths.sft_train, source or paths.tokenizer],
+                                    remove_others=accelerator.is_main_process)
     if accelerator.is_main_process:
         find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
     accelerator.wait_for_everyone()
     ckpt = latest_checkpoint(ckpt_root)
-    source = _resolve(paths, cfg.model_path) if cfg.model_path else None
     tokenizer = load_tokenizer(ckpt or (source if source and has_tokenizer(source) else paths.tokenizer))
     if ckpt is not None:
         model = load_causal_lm(ckpt)

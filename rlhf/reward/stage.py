@@ -2,7 +2,7 @@
 
 Reads `paths.pref_train` / `paths.pref_heldout` (and a sample of `paths.sft_train` for the reward
 normalisation), starts from the SFT model (or `cfg.model_path`), writes the model to
-`paths.reward/"model"` and resumable checkpoints to `paths.reward/"checkpoints"`.
+`paths.reward/"model"` and resumable checkpoints to `paths.checkpoints("reward")`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rlhf.train import (
     build_scheduler,
     collate_pairs,
     find_resumable,
+    run_checkpoint_root,
     has_tokenizer,
     latest_checkpoint,
     load_checkpoint,
@@ -76,15 +77,18 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 1. runtime: device, precision, seeds
     accelerator = make_accelerator(cfg.mixed_precision)
     seed_everything(cfg.seed)
-    ckpt_root, out_dir = paths.reward / "checkpoints", paths.reward / "model"
+    out_dir = paths.reward / "model"
+    source = Path(cfg.model_path) if cfg.model_path else paths.sft / "model"
+    source = source if source.is_absolute() else paths.root / source
 
-    # 2. model: the newest checkpoint of this config, or a new head on the backbone (SFT by default)
+    # 2. model: the newest checkpoint of this config and these inputs, or a new head on the
+    #    backbone (SFT by default)
+    ckpt_root = run_checkpoint_root(paths.checkpoints("reward"), [paths.pref_train, source],
+                                    remove_others=accelerator.is_main_process)
     if accelerator.is_main_process:
         find_resumable(ckpt_root, cfg)
     accelerator.wait_for_everyone()
     ckpt = latest_checkpoint(ckpt_root)
-    source = Path(cfg.model_path) if cfg.model_path else paths.sft / "model"
-    source = source if source.is_absolute() else paths.root / source
     if ckpt is not None:
         model = RewardModel.from_pretrained(ckpt)
     else:

@@ -6,11 +6,12 @@
 | `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
 | `batching` | `read_jsonl`, chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
 | `optim` | `build_optimizer`, `build_scheduler`, `optimizer_step` (gradient accumulation normalised over the whole step), `Throughput` |
-| `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `save_model_dir`, `write_json` |
+| `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir`, `write_json` |
 
 A trainer's loop, in outline (rlhf/sft.py is the worked example):
 
     accelerator = make_accelerator(cfg.mixed_precision); seed_everything(cfg.seed)
+    ckpt_root = run_checkpoint_root(paths.checkpoints(stage), <input files and upstream model dirs>)
     ckpt = find_resumable(ckpt_root, cfg)
     model = load_causal_lm(ckpt) if ckpt else <fresh model>
     optimizer = build_optimizer(model, ...); scheduler = build_scheduler(optimizer, ...)
@@ -40,8 +41,10 @@ from rlhf.train.batching import (
 from rlhf.train.checkpoint import (
     atomic_dir,
     find_resumable,
+    inputs_digest,
     latest_checkpoint,
     load_checkpoint,
+    run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
     write_json,
@@ -68,8 +71,9 @@ from rlhf.train.runtime import (
 __all__ = [
     "BatchOrder", "Throughput", "atomic_dir", "build_gpt2", "build_optimizer", "build_scheduler",
     "collate_pairs", "collate_sft", "count_parameters", "disable_dropout", "encode_dialogue",
-    "encode_sft_example", "find_resumable", "has_tokenizer", "latest_checkpoint", "load_causal_lm", "load_checkpoint",
-    "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_step", "pack_examples", "pad",
-    "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "rng_state", "save_checkpoint",
+    "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "load_causal_lm",
+    "load_checkpoint", "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_step", "pack_examples", "pad",
+    "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "rng_state", "run_checkpoint_root",
+    "save_checkpoint",
     "save_model_dir", "seed_everything", "set_rng_state", "shard_and_split", "torch_threads", "write_json",
 ]

@@ -20,12 +20,13 @@ step (`rlhf.train.batching.BatchOrder`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,33 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def inputs_digest(inputs: Iterable[str | Path]) -> str:
+    """sha256 over the relative names and bytes of every input file; a directory contributes its
+    files in sorted order. Identifies the data and upstream models a run trained on."""
+    h = hashlib.sha256()
+    for top in map(Path, inputs):
+        files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+        for f in files:
+            h.update(f"{top.name}/{f.relative_to(top) if f != top else ''}\0".encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def run_checkpoint_root(base: str | Path, inputs: Iterable[str | Path], remove_others: bool = True) -> Path:
+    """`<base>/<digest of the inputs>`: a run resumes only checkpoints made from the same data and
+    upstream models (`find_resumable` checks the stage config). Folders of other inputs under
+    `base` can never be resumed again and are removed (pass `remove_others` on the main process)."""
+    base = Path(base)
+    root = base / inputs_digest(inputs)[:16]
+    if remove_others and base.is_dir():
+        for p in base.iterdir():
+            if p != root and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+    return root
 
 
 def find_resumable(root: str | Path, config: Any) -> Path | None:

@@ -60,10 +60,11 @@ def test_dpo_resumes_to_the_same_weights(world):
                     eval_batch_size=8, checkpoint_every=2)
     run_dpo(cfg, world)
     full = _params(load_causal_lm(world.dpo / "model"))
-    ckpts = sorted((world.dpo / "checkpoints").iterdir())
+    ckpts = sorted(world.checkpoints("dpo").glob("*/step-*"))
     assert ckpts, "no checkpoint written"
     for c in ckpts[1:]:  # keep only the earliest checkpoint (step 2), as if killed after it
         shutil.rmtree(c)
+    shutil.rmtree(world.dpo)  # as `dvc repro` clears a stage's outputs before rerunning it
     run_dpo(cfg, world)
     torch.testing.assert_close(_params(load_causal_lm(world.dpo / "model")), full)
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from rlhf.config.sft import SFTConfig
 from rlhf.paths import Paths
 from rlhf.sft import run_sft
-from rlhf.train import latest_checkpoint
+from rlhf.train.checkpoint import list_checkpoints
 from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
 
@@ -27,6 +27,18 @@ SCRIPT = (
     "from rlhf.paths import Paths; from rlhf.sft import run_sft; "
     "run_sft(SFTConfig(**json.loads(sys.argv[2])), Paths(Path(sys.argv[1])))"
 )
+
+
+def checkpoints(paths: Paths) -> list[str]:
+    """Complete SFT checkpoints, as `<inputs digest>/step-N` (one digest folder per set of inputs)."""
+    base = paths.checkpoints("sft")
+    return sorted(f"{c.parent.name}/{c.name}" for root in (base.iterdir() if base.is_dir() else [])
+                  for c in list_checkpoints(root))
+
+
+def latest(paths: Paths):
+    names = checkpoints(paths)
+    return paths.checkpoints("sft") / max(names, key=lambda n: int(n.split("-")[-1])) if names else None
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,22 +59,24 @@ def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(killed.root), json.dumps(CFG)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while latest_checkpoint(killed.sft / "checkpoints") is None and proc.poll() is None:
+    while latest(killed) is None and proc.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within 60 s"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the training finished before it could be killed"
-    at_kill = latest_checkpoint(killed.sft / "checkpoints")
+    at_kill = latest(killed)
     assert at_kill is not None and not (killed.sft / "model").exists()
     assert int(at_kill.name.split("-")[1]) < CFG["max_steps"]
-    # 3. run again: it resumes from the checkpoint and must end where the reference ended
+    # 3. run again after clearing the stage's outputs (as `dvc repro` does): it resumes from the
+    #    checkpoint, which lives outside them, and must end where the reference ended
+    shutil.rmtree(killed.sft, ignore_errors=True)
     out = run_sft(SFTConfig(**CFG), killed)
     a = load_file(str(ref.sft / "model" / "model.safetensors"))
     b = load_file(str(killed.sft / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
-    ref_history = json.loads((latest_checkpoint(ref.sft / "checkpoints") / "trainer_state.json").read_text())
+    ref_history = json.loads((latest(ref) / "trainer_state.json").read_text())
     assert [h["step"] for h in out.history] == [h["step"] for h in ref_history["history"]]
 
 
@@ -75,9 +89,26 @@ def test_rerun_after_completion_trains_nothing_more(tmp_path):
     again = load_file(str(paths.sft / "model" / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert second.history == first.history
-    assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    (digest,) = {n.split("/")[0] for n in checkpoints(paths)}
+    assert checkpoints(paths) == [f"{digest}/step-00000003", f"{digest}/step-00000006"]
     # a changed config does not resume the old checkpoints
     with pytest.warns(UserWarning, match="another config"):
         changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4}), paths)
     assert [h["step"] for h in changed.history][-1] == 4
-    assert sorted(p.name for p in (paths.sft / "checkpoints").iterdir()) == ["step-00000004"]
+    assert checkpoints(paths) == [f"{digest}/step-00000004"]
+
+
+def test_changed_inputs_do_not_resume(tmp_path):
+    """Same config, other training data: the old checkpoints belong to another run and are dropped."""
+    paths = make_toy_world(tmp_path)
+    cfg = SFTConfig(**{**CFG, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3})
+    run_sft(cfg, paths)
+    (old,) = {n.split("/")[0] for n in checkpoints(paths)}
+    lines = paths.sft_train.read_text(encoding="utf-8").splitlines(keepends=True)
+    paths.sft_train.write_text("".join(lines[1:]), encoding="utf-8")  # one demonstration fewer
+    weights = load_file(str(paths.sft / "model" / "model.safetensors"))
+    run_sft(cfg, paths)
+    names = checkpoints(paths)
+    assert names and all(not n.startswith(old) for n in names) and len({n.split("/")[0] for n in names}) == 1
+    again = load_file(str(paths.sft / "model" / "model.safetensors"))
+    assert any(not torch.equal(weights[k], again[k]) for k in weights), "the second run did not retrain"
