@@ -5,7 +5,8 @@ training seeds (same data, same evaluation prompts and sampling seed) and print 
 
 Each seed runs `dvc repro evaluate` in its own copy of the project under `.state/seeds/<seed>`
 (the data, validation and tokenizer outputs are copied, so only the training stages rerun).
-Prints a table per policy: helpfulness_gold, safety_gold, reward_proxy, kl_to_ref as mean ± std.
+Prints per-seed SFT, reward-model and DPO figures, then a table per policy: helpfulness_gold,
+safety_gold, reward_proxy, kl_to_ref as mean ± std. With --parallel N each run gets cores / N threads.
 """
 
 from __future__ import annotations
