@@ -29,7 +29,6 @@ from rlhf.train import (
     collate_sft,
     encode_sft_example,
     find_resumable,
-    run_checkpoint_root,
     has_tokenizer,
     latest_checkpoint,
     load_causal_lm,
@@ -40,6 +39,7 @@ from rlhf.train import (
     pack_examples,
     progress_bar,
     read_jsonl,
+    run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
     seed_everything,
@@ -91,8 +91,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
 
     # 2. model and tokenizer: the newest checkpoint of this config and these inputs, a local model,
     #    or a new GPT-2
-    ckpt_root = run_checkpoint_root(paths.checkpoints("sft"), [paths.sft_train, source or paths.tokenizer],
-                                    remove_others=accelerator.is_main_process)
+    inputs = [paths.sft_train, paths.tokenizer, *([source] if source else [])]
+    ckpt_root = run_checkpoint_root(paths.checkpoints("sft"), inputs, remove_others=accelerator.is_main_process)
     if accelerator.is_main_process:
         find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
     accelerator.wait_for_everyone()

@@ -100,9 +100,13 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 def inputs_digest(inputs: Iterable[str | Path]) -> str:
     """sha256 over the relative names and bytes of every input file; a directory contributes its
-    files in sorted order. Identifies the data and upstream models a run trained on."""
+    files in sorted order, a missing path its name. Identifies the data and upstream models a run
+    trained on."""
     h = hashlib.sha256()
     for top in map(Path, inputs):
+        if not top.exists():
+            h.update(f"{top.name}: missing\0".encode())
+            continue
         files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
         for f in files:
             h.update(f"{top.name}/{f.relative_to(top) if f != top else ''}\0".encode())

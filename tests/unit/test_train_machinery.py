@@ -108,3 +108,32 @@ def test_checkpoint_roundtrip_keeps_last_k_and_checks_config(tmp_path):
     with pytest.warns(UserWarning, match="another config"):
         assert find_resumable(tmp_path, SFTConfig(max_steps=11, warmup_steps=2)) is None
     assert not tmp_path.exists()
+
+
+def test_inputs_digest_follows_content_and_names_not_location(tmp_path):
+    from rlhf.train.checkpoint import inputs_digest
+
+    def make(root, text="a\n", name="w.bin"):
+        (root / "model").mkdir(parents=True)
+        (root / "model" / name).write_text(text)
+        (root / "data.jsonl").write_text("{}\n")
+        return [root / "data.jsonl", root / "model"]
+
+    base = inputs_digest(make(tmp_path / "one"))
+    assert inputs_digest(make(tmp_path / "two")) == base  # same files elsewhere
+    assert inputs_digest(make(tmp_path / "three", text="b\n")) != base  # changed bytes
+    assert inputs_digest(make(tmp_path / "four", name="v.bin")) != base  # renamed file
+    assert inputs_digest([tmp_path / "absent"]) != inputs_digest([tmp_path / "other"])  # missing: by name
+
+
+def test_run_checkpoint_root_drops_folders_of_other_inputs(tmp_path):
+    from rlhf.train.checkpoint import run_checkpoint_root
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("1\n")
+    first = run_checkpoint_root(tmp_path / "ckpt", [data])
+    (first / "step-00000001").mkdir(parents=True)
+    assert run_checkpoint_root(tmp_path / "ckpt", [data]) == first and first.is_dir()  # same inputs: kept
+    data.write_text("2\n")
+    second = run_checkpoint_root(tmp_path / "ckpt", [data])
+    assert second != first and not first.exists()
