@@ -38,6 +38,7 @@ from rlhf.train import (
     optimizer_step,
     progress_bar,
     read_jsonl,
+    retire_checkpoints,
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
@@ -192,6 +193,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     if accelerator.is_main_process:
         save_model_dir(out_dir, model, tokenizer, cfg)
         (paths.dpo / "SKIPPED").unlink(missing_ok=True)
+        retire_checkpoints(ckpt_root)  # a later run trains afresh
     accelerator.wait_for_everyone()
     return StageOutput(
         metrics=metrics,

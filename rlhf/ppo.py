@@ -47,6 +47,7 @@ from rlhf.train import (
     make_accelerator,
     progress_bar,
     read_jsonl,
+    retire_checkpoints,
     rng_state,
     run_checkpoint_root,
     save_model_dir,
@@ -302,6 +303,7 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     # 7. the final policy + tokenizer, atomically
     save_model_dir(out_dir, accelerator.unwrap_model(policy), tokenizer, cfg)
     (paths.ppo / "SKIPPED").unlink(missing_ok=True)
+    retire_checkpoints(ckpt_root)  # a later run trains afresh
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
     return StageOutput(

@@ -39,6 +39,7 @@ from rlhf.train import (
     pack_examples,
     progress_bar,
     read_jsonl,
+    retire_checkpoints,
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
@@ -161,6 +162,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     policy = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         save_model_dir(out_dir, policy, tokenizer, cfg)
+        retire_checkpoints(ckpt_root)  # a later run trains afresh
     accelerator.wait_for_everyone()
 
     # 8. sample held-out prompts (fixed seed) and score them with the gold judge (evaluation only)

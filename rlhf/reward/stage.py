@@ -34,6 +34,7 @@ from rlhf.train import (
     optimizer_step,
     progress_bar,
     read_jsonl,
+    retire_checkpoints,
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
@@ -162,6 +163,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 8. the final model directory, atomically
     if accelerator.is_main_process:
         save_model_dir(out_dir, rm, config=cfg)
+        retire_checkpoints(ckpt_root)  # a later run trains afresh
     accelerator.wait_for_everyone()
 
     # 9. what happened, for the task to write and log

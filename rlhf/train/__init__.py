@@ -44,6 +44,7 @@ from rlhf.train.checkpoint import (
     inputs_digest,
     latest_checkpoint,
     load_checkpoint,
+    retire_checkpoints,
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
@@ -73,7 +74,8 @@ __all__ = [
     "collate_pairs", "collate_sft", "count_parameters", "disable_dropout", "encode_dialogue",
     "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "load_causal_lm",
     "load_checkpoint", "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_step", "pack_examples", "pad",
-    "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "rng_state", "run_checkpoint_root",
+    "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "retire_checkpoints", "rng_state",
+    "run_checkpoint_root",
     "save_checkpoint",
     "save_model_dir", "seed_everything", "set_rng_state", "shard_and_split", "torch_threads", "write_json",
 ]

@@ -129,6 +129,19 @@ def run_checkpoint_root(base: str | Path, inputs: Iterable[str | Path], remove_o
     return root
 
 
+def retire_checkpoints(root: str | Path) -> Path | None:
+    """After a run finished: rename `root` to `<root>-finished`, so that a later run (changed code,
+    or a forced rerun) trains afresh instead of resuming at the last step. The checkpoints stay
+    readable there until the next run of the stage starts. Returns the new path, or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    done = root.with_name(f"{root.name}-finished")
+    shutil.rmtree(done, ignore_errors=True)
+    os.replace(root, done)
+    return done
+
+
 def find_resumable(root: str | Path, config: Any) -> Path | None:
     """The latest checkpoint under `root` written with the same stage config, or None.
 

@@ -6,11 +6,13 @@ import shutil
 import pytest
 import torch
 
+import rlhf.dpo
 from rlhf.config.dpo import DPOConfig
 from rlhf.dpo import run_dpo
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, save_model_dir
 from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
+from tests.checkpoints import as_if_killed, count_calls
 
 
 @pytest.fixture(autouse=True)
@@ -55,17 +57,17 @@ def test_dpo_few_steps(world, extra):
     torch.testing.assert_close(_params(load_causal_lm(world.sft / "model")), before, rtol=0, atol=0)
 
 
-def test_dpo_resumes_to_the_same_weights(world):
+def test_dpo_resumes_to_the_same_weights(world, monkeypatch):
     cfg = DPOConfig(epochs=2, batch_size=8, micro_batch_size=8, learning_rate=1e-3, warmup_steps=0,
                     eval_batch_size=8, checkpoint_every=2)
     run_dpo(cfg, world)
     full = _params(load_causal_lm(world.dpo / "model"))
-    ckpts = sorted(world.checkpoints("dpo").glob("*/step-*"))
-    assert ckpts, "no checkpoint written"
-    for c in ckpts[1:]:  # keep only the earliest checkpoint (step 2), as if killed after it
-        shutil.rmtree(c)
+    (kept,) = as_if_killed(world.checkpoints("dpo"))  # killed after the step-2 checkpoint
+    assert kept.name == "step-00000002"
     shutil.rmtree(world.dpo)  # as `dvc repro` clears a stage's outputs before rerunning it
+    steps = count_calls(monkeypatch, rlhf.dpo, "optimizer_step")
     run_dpo(cfg, world)
+    assert steps[0] == 6 - 2  # 2 epochs of 3 steps, resumed after step 2
     torch.testing.assert_close(_params(load_causal_lm(world.dpo / "model")), full)
 
 

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import rlhf.ppo
 from rlhf.config.ppo import PPOConfig
 from rlhf.generation import encode_prompts, generate
 from rlhf.logprobs import forward_logits, logprobs_from_logits
@@ -15,6 +16,7 @@ from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator, save_model_dir
 from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
+from tests.checkpoints import as_if_killed, count_calls
 
 
 @pytest.fixture(autouse=True)
@@ -60,16 +62,16 @@ def test_ppo_few_steps(world):
     torch.testing.assert_close(_params(RewardModel.from_pretrained(world.reward / "model")), rm_before, rtol=0, atol=0)
 
 
-def test_ppo_resumes_to_the_same_weights(world):
+def test_ppo_resumes_to_the_same_weights(world, monkeypatch):
     cfg = PPOConfig(**{**TINY, "steps": 3}, learning_rate=1e-3)
     run_ppo(cfg, world)
     full = _params(load_causal_lm(world.ppo / "model"))
-    ckpts = sorted(world.checkpoints("ppo").glob("*/step-*"))
-    assert ckpts, "no checkpoint written"
-    for c in ckpts[1:]:  # as if killed right after the step-1 checkpoint
-        shutil.rmtree(c)
+    (kept,) = as_if_killed(world.checkpoints("ppo"))  # killed right after the step-1 checkpoint
+    assert kept.name == "step-00000001"
     shutil.rmtree(world.ppo)  # as `dvc repro` clears a stage's outputs before rerunning it
+    updates = count_calls(monkeypatch, rlhf.ppo, "ppo_update")
     run_ppo(cfg, world)
+    assert updates[0] == 3 - 1
     torch.testing.assert_close(_params(load_causal_lm(world.ppo / "model")), full)
 
 

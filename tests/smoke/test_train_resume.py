@@ -12,12 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rlhf.sft
 from rlhf.config.sft import SFTConfig
 from rlhf.paths import Paths
 from rlhf.sft import run_sft
 from rlhf.train.checkpoint import list_checkpoints
 from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
+from tests.checkpoints import as_if_killed, count_calls
 
 CFG = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, packing=False, batch_size=8,
            micro_batch_size=4, warmup_steps=5, max_steps=120, checkpoint_every=10, keep_checkpoints=2,
@@ -80,35 +82,47 @@ def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     assert [h["step"] for h in out.history] == [h["step"] for h in ref_history["history"]]
 
 
-def test_rerun_after_completion_trains_nothing_more(tmp_path):
+def test_rerun_after_completion_trains_afresh_to_the_same_weights(tmp_path, monkeypatch):
+    """A finished run retires its checkpoints: running the stage again (changed code, `dvc repro -f`)
+    trains from step 0 and, on CPU, lands on the same weights."""
     paths = make_toy_world(tmp_path)
     cfg = SFTConfig(**{**CFG, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3})
     first = run_sft(cfg, paths)
+    (digest,) = {n.split("/")[0] for n in checkpoints(paths)}
+    assert digest.endswith("-finished")
+    assert checkpoints(paths) == [f"{digest}/step-00000003", f"{digest}/step-00000006"]
     weights = load_file(str(paths.sft / "model" / "model.safetensors"))
+    steps = count_calls(monkeypatch, rlhf.sft, "optimizer_step")
     second = run_sft(cfg, paths)
+    assert steps[0] == 6
     again = load_file(str(paths.sft / "model" / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
-    assert second.history == first.history
-    (digest,) = {n.split("/")[0] for n in checkpoints(paths)}
-    assert checkpoints(paths) == [f"{digest}/step-00000003", f"{digest}/step-00000006"]
-    # a changed config does not resume the old checkpoints
+
+    def learning(history):  # the history without its timings
+        return [{k: v for k, v in h.items() if not k.startswith("throughput/")} for h in history]
+
+    assert learning(second.history) == learning(first.history)
+
+
+def test_changed_config_drops_checkpoints(tmp_path, monkeypatch):
+    paths = make_toy_world(tmp_path)
+    run_sft(SFTConfig(**{**CFG, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3}), paths)
+    as_if_killed(paths.checkpoints("sft"))  # a live step-3 checkpoint
+    steps = count_calls(monkeypatch, rlhf.sft, "optimizer_step")
     with pytest.warns(UserWarning, match="another config"):
         changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4}), paths)
-    assert [h["step"] for h in changed.history][-1] == 4
-    assert checkpoints(paths) == [f"{digest}/step-00000004"]
+    assert steps[0] == 4 and [h["step"] for h in changed.history][-1] == 4
 
 
-def test_changed_inputs_do_not_resume(tmp_path):
+def test_changed_inputs_do_not_resume(tmp_path, monkeypatch):
     """Same config, other training data: the old checkpoints belong to another run and are dropped."""
     paths = make_toy_world(tmp_path)
     cfg = SFTConfig(**{**CFG, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3})
     run_sft(cfg, paths)
-    (old,) = {n.split("/")[0] for n in checkpoints(paths)}
+    (live,) = as_if_killed(paths.checkpoints("sft"))
     lines = paths.sft_train.read_text(encoding="utf-8").splitlines(keepends=True)
     paths.sft_train.write_text("".join(lines[1:]), encoding="utf-8")  # one demonstration fewer
-    weights = load_file(str(paths.sft / "model" / "model.safetensors"))
+    steps = count_calls(monkeypatch, rlhf.sft, "optimizer_step")
     run_sft(cfg, paths)
-    names = checkpoints(paths)
-    assert names and all(not n.startswith(old) for n in names) and len({n.split("/")[0] for n in names}) == 1
-    again = load_file(str(paths.sft / "model" / "model.safetensors"))
-    assert any(not torch.equal(weights[k], again[k]) for k in weights), "the second run did not retrain"
+    assert steps[0] == 6, "resumed a checkpoint trained on other data"
+    assert not live.exists()
