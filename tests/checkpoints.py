@@ -20,16 +20,3 @@ def as_if_killed(base: Path, keep: int = 1) -> list[Path]:
     for c in ckpts[keep:]:
         shutil.rmtree(c)
     return ckpts[:keep]
-
-
-def count_calls(monkeypatch, module, name: str) -> list[int]:
-    """Patch `module.name` with a wrapper that counts its calls; returns the one-element counter."""
-    calls = [0]
-    original = getattr(module, name)
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, counted)
-    return calls

@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Offline and quiet for every test; set before any library reads them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -9,3 +11,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny test models run fastest on one thread; several contending threads on a busy 2-core
+    runner slow them many times over."""
+    from rlhf.train.runtime import torch_threads
+
+    with torch_threads(1):
+        yield

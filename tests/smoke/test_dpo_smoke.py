@@ -2,6 +2,7 @@
 
 import math
 import shutil
+from unittest.mock import Mock
 
 import pytest
 import torch
@@ -10,16 +11,8 @@ import rlhf.dpo
 from rlhf.config.dpo import DPOConfig
 from rlhf.dpo import run_dpo
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, save_model_dir
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
-from tests.checkpoints import as_if_killed, count_calls
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core runner oversubscription slows them 100x."""
-    with torch_threads(1):
-        yield
+from tests.checkpoints import as_if_killed
 
 
 @pytest.fixture()
@@ -65,9 +58,10 @@ def test_dpo_resumes_to_the_same_weights(world, monkeypatch):
     (kept,) = as_if_killed(world.checkpoints("dpo"))  # killed after the step-2 checkpoint
     assert kept.name == "step-00000002"
     shutil.rmtree(world.dpo)  # as `dvc repro` clears a stage's outputs before rerunning it
-    steps = count_calls(monkeypatch, rlhf.dpo, "optimizer_step")
+    steps = Mock(wraps=rlhf.dpo.optimizer_step)
+    monkeypatch.setattr(rlhf.dpo, "optimizer_step", steps)
     run_dpo(cfg, world)
-    assert steps[0] == 6 - 2  # 2 epochs of 3 steps, resumed after step 2
+    assert steps.call_count == 6 - 2  # 2 epochs of 3 steps, resumed after step 2
     torch.testing.assert_close(_params(load_causal_lm(world.dpo / "model")), full)
 
 

@@ -9,15 +9,7 @@ from rlhf.config.evaluate import EvaluateConfig
 from rlhf.evaluate import run_evaluate
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_tokenizer, save_model_dir
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core runner oversubscription slows them 100x."""
-    with torch_threads(1):
-        yield
 
 
 def test_evaluate_scores_existing_policies(tmp_path):

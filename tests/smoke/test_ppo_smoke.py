@@ -3,6 +3,7 @@ the reference and reward model stay put, ratio 1 on the first minibatch, clippin
 
 import math
 import shutil
+from unittest.mock import Mock
 
 import pytest
 import torch
@@ -14,16 +15,8 @@ from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.ppo import make_critic, make_experience, ppo_update, run_ppo
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator, save_model_dir
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
-from tests.checkpoints import as_if_killed, count_calls
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core runner oversubscription slows them 100x."""
-    with torch_threads(1):
-        yield
+from tests.checkpoints import as_if_killed
 
 
 @pytest.fixture()
@@ -69,9 +62,10 @@ def test_ppo_resumes_to_the_same_weights(world, monkeypatch):
     (kept,) = as_if_killed(world.checkpoints("ppo"))  # killed right after the step-1 checkpoint
     assert kept.name == "step-00000001"
     shutil.rmtree(world.ppo)  # as `dvc repro` clears a stage's outputs before rerunning it
-    updates = count_calls(monkeypatch, rlhf.ppo, "ppo_update")
+    updates = Mock(wraps=rlhf.ppo.ppo_update)
+    monkeypatch.setattr(rlhf.ppo, "ppo_update", updates)
     run_ppo(cfg, world)
-    assert updates[0] == 3 - 1
+    assert updates.call_count == 3 - 1
     torch.testing.assert_close(_params(load_causal_lm(world.ppo / "model")), full)
 
 

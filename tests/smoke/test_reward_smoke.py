@@ -11,17 +11,10 @@ from rlhf.paths import Paths
 from rlhf.reward import RewardModel, run_reward
 from rlhf.sft import run_sft
 from rlhf.train import load_causal_lm
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
 
 RM = dict(max_steps=30, batch_size=8, micro_batch_size=4, warmup_steps=2, learning_rate=2e-3, log_every=5,
           checkpoint_every=15, max_seq_len=64, norm_examples=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
-        yield
 
 
 @pytest.fixture(scope="module")

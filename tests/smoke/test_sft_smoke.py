@@ -9,18 +9,11 @@ from transformers import AutoModelForCausalLM
 from rlhf.config.sft import SFTConfig
 from rlhf.sft import run_sft
 from rlhf.train import build_gpt2, load_tokenizer
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
 
 TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, batch_size=8, micro_batch_size=4,
             max_steps=25, warmup_steps=2, learning_rate=3e-3, log_every=5, checkpoint_every=10,
             sample_count=3, sample_max_new_tokens=8, eval_examples=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest.mock import Mock
 
 import pytest
 import torch
@@ -17,9 +18,8 @@ from rlhf.config.sft import SFTConfig
 from rlhf.paths import Paths
 from rlhf.sft import run_sft
 from rlhf.train.checkpoint import list_checkpoints
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import make_toy_world
-from tests.checkpoints import as_if_killed, count_calls
+from tests.checkpoints import as_if_killed
 
 CFG = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, packing=False, batch_size=8,
            micro_batch_size=4, warmup_steps=5, max_steps=120, checkpoint_every=10, keep_checkpoints=2,
@@ -41,12 +41,6 @@ def checkpoints(paths: Paths) -> list[str]:
 def latest(paths: Paths):
     names = checkpoints(paths)
     return paths.checkpoints("sft") / max(names, key=lambda n: int(n.split("-")[-1])) if names else None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
-        yield
 
 
 def test_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
@@ -92,9 +86,10 @@ def test_rerun_after_completion_trains_afresh_to_the_same_weights(tmp_path, monk
     assert digest.endswith("-finished")
     assert checkpoints(paths) == [f"{digest}/step-00000003", f"{digest}/step-00000006"]
     weights = load_file(str(paths.sft / "model" / "model.safetensors"))
-    steps = count_calls(monkeypatch, rlhf.sft, "optimizer_step")
+    steps = Mock(wraps=rlhf.sft.optimizer_step)
+    monkeypatch.setattr(rlhf.sft, "optimizer_step", steps)
     second = run_sft(cfg, paths)
-    assert steps[0] == 6
+    assert steps.call_count == 6
     again = load_file(str(paths.sft / "model" / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
@@ -108,10 +103,11 @@ def test_changed_config_drops_checkpoints(tmp_path, monkeypatch):
     paths = make_toy_world(tmp_path)
     run_sft(SFTConfig(**{**CFG, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3}), paths)
     as_if_killed(paths.checkpoints("sft"))  # a live step-3 checkpoint
-    steps = count_calls(monkeypatch, rlhf.sft, "optimizer_step")
+    steps = Mock(wraps=rlhf.sft.optimizer_step)
+    monkeypatch.setattr(rlhf.sft, "optimizer_step", steps)
     with pytest.warns(UserWarning, match="another config"):
         changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4}), paths)
-    assert steps[0] == 4 and [h["step"] for h in changed.history][-1] == 4
+    assert steps.call_count == 4 and [h["step"] for h in changed.history][-1] == 4
 
 
 def test_changed_inputs_do_not_resume(tmp_path, monkeypatch):
@@ -122,7 +118,8 @@ def test_changed_inputs_do_not_resume(tmp_path, monkeypatch):
     (live,) = as_if_killed(paths.checkpoints("sft"))
     lines = paths.sft_train.read_text(encoding="utf-8").splitlines(keepends=True)
     paths.sft_train.write_text("".join(lines[1:]), encoding="utf-8")  # one demonstration fewer
-    steps = count_calls(monkeypatch, rlhf.sft, "optimizer_step")
+    steps = Mock(wraps=rlhf.sft.optimizer_step)
+    monkeypatch.setattr(rlhf.sft, "optimizer_step", steps)
     run_sft(cfg, paths)
-    assert steps[0] == 6, "resumed a checkpoint trained on other data"
+    assert steps.call_count == 6, "resumed a checkpoint trained on other data"
     assert not live.exists()

@@ -5,14 +5,7 @@ from rlhf.chat import encode_prompt, prompt_text, response_text
 from rlhf.generation import encode_prompts, generate, truncate_after_eos
 from rlhf.tokenizer import train_tokenizer
 from rlhf.train import build_gpt2
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import sft_rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,7 @@ from rlhf.chat import encode_prompt, encode_response, response_text
 from rlhf.losses.sft import sft_loss
 from rlhf.tokenizer import train_tokenizer
 from rlhf.train import build_gpt2, collate_sft, encode_sft_example, pack_examples
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import sft_rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
-        yield
 
 
 @pytest.fixture(scope="module")

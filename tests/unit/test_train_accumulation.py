@@ -10,14 +10,7 @@ from rlhf.losses.reward import bradley_terry_loss
 from rlhf.losses.sft import sft_loss
 from rlhf.tokenizer import train_tokenizer
 from rlhf.train import build_gpt2, collate_pairs, collate_sft, encode_sft_example, make_accelerator, optimizer_step
-from rlhf.train.runtime import torch_threads
 from rlhf.train.toy import sft_rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):  # tiny models run fastest on one thread, whatever else holds the CPU
-        yield
 
 
 @pytest.fixture(scope="module")
