@@ -6,14 +6,19 @@ the KV cache. Everything after a row's first EOS is cut: the response mask is 1 
 that EOS (emitting EOS is one of the policy's actions, so its log-probability counts) and 0
 after it.
 
-Sampling is pure temperature sampling unless asked otherwise: `top_k` is disabled explicitly (the
-transformers default of 50 would make PPO's log-probabilities disagree with the sampling
-distribution), `top_p=1.0` keeps the full distribution.
+Sampling draws from exactly softmax(logits / T) (times the top-p truncation when `top_p < 1`,
+which PPO refuses). `model.generate` fills every `GenerationConfig` field left unset from the
+checkpoint's own `generation_config.json`, and real checkpoints ship `repetition_penalty`,
+`no_repeat_ngram_size`, `top_k`, `min_p`, `min_new_tokens`, `suppress_tokens`... Any of them would
+make the samples disagree with the teacher-forced log-probs that PPO's ratio, the KL penalty and
+evaluation's KL all use. So `generate` hides the checkpoint's generation config for the call and
+sets every sampling field itself; only the token ids come from the tokenizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +76,61 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_
     return ids, mask, ended
 
 
+def sampling_config(tokenizer: Any, max_new_tokens: int, temperature: float, top_p: float):
+    """The full `GenerationConfig` of one call: plain tempered sampling (greedy at T = 0), with every
+    logits processor that transformers could otherwise switch on set to its no-op value."""
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    return GenerationConfig(
+        do_sample=sample,
+        temperature=temperature if sample else 1.0,
+        top_p=top_p if sample else 1.0,
+        top_k=0,  # the transformers default of 50 truncates the distribution
+        min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0, length_penalty=1.0, bad_words_ids=None, suppress_tokens=None,
+        begin_suppress_tokens=None, sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None,
+        min_length=0, min_new_tokens=None, exponential_decay_length_penalty=None, renormalize_logits=False,
+        num_beams=1, num_return_sequences=1, guidance_scale=None, watermarking_config=None,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        use_cache=True,
+    )
+
+
+@contextmanager
+def checkpoint_generation_config_hidden(model: Any) -> Iterator[None]:
+    """Replace `model.generation_config` by an empty one for the duration of a `generate` call, so
+    that nothing the checkpoint carries fills the fields of the call's own config."""
+    from transformers import GenerationConfig
+
+    saved = getattr(model, "generation_config", None)
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def check_prompt_budget(prompt_lengths: Sequence[int], max_new_tokens: int, context: int, key: str) -> None:
+    """Refuse sampling settings that would silently cut prompts: every prompt plus `max_new_tokens`
+    must fit the model's context. `key` names the param in the message."""
+    budget = context - max_new_tokens
+    if budget < 1:
+        raise ValueError(f"{key}={max_new_tokens} leaves no room for a prompt in the model's "
+                         f"{context}-token context; lower it below {context}")
+    cut = [n for n in prompt_lengths if n > budget]
+    if cut:
+        raise ValueError(
+            f"{key}={max_new_tokens} leaves {budget} of the model's {context} context tokens for the prompt, "
+            f"but {len(cut)} of {len(prompt_lengths)} prompts are longer (longest {max(cut)} tokens); "
+            f"lower {key} to at most {context - max(cut)} or shorten the prompts"
+        )
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -82,35 +142,28 @@ def generate(
     batch_size: int = 32,
     seed: int | None = None,
     max_prompt_len: int | None = None,
+    budget_key: str = "max_new_tokens",
 ) -> Samples:
     """Sample one response per prompt, `batch_size` prompts per `model.generate` call.
 
     `temperature=0` decodes greedily. `seed` makes the samples reproducible without moving the
-    global RNG. `max_prompt_len` defaults to the model's context minus `max_new_tokens`. Pass an
-    unwrapped model (`accelerator.unwrap_model`); autocast, if any, is the caller's context.
+    global RNG. With `max_prompt_len` unset, every prompt must fit the model's context together
+    with `max_new_tokens` (a ValueError naming `budget_key` otherwise); set, longer prompts keep
+    BOS and their last tokens. Pass an unwrapped model (`accelerator.unwrap_model`); autocast, if
+    any, is the caller's context.
     """
-    from transformers import GenerationConfig
-
     from rlhf.train.models import max_positions
 
     assert len(prompts) > 0 and max_new_tokens > 0 and temperature >= 0 and 0 < top_p <= 1
     device = next(model.parameters()).device
     if max_prompt_len is None:
-        max_prompt_len = max(1, max_positions(model.config) - max_new_tokens)
-    gen_cfg = GenerationConfig(
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_p=top_p if temperature > 0 else None,
-        top_k=0 if temperature > 0 else None,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        use_cache=True,
-    )
+        context = max_positions(model.config)
+        check_prompt_budget([len(encode_prompt(tokenizer, p)) for p in prompts], max_new_tokens, context, budget_key)
+        max_prompt_len = context - max_new_tokens
+    gen_cfg = sampling_config(tokenizer, max_new_tokens, temperature, top_p)
     devices = [device.index or 0] if device.type == "cuda" else []
     chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None), checkpoint_generation_config_hidden(model):
         if seed is not None:
             torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):

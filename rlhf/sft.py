@@ -202,7 +202,8 @@ def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cf
     policy.eval()
     with accelerator.autocast():
         samples = generate(policy, tokenizer, prompts, max_new_tokens=cfg.sample_max_new_tokens,
-                           temperature=cfg.sample_temperature, top_p=cfg.sample_top_p, seed=cfg.seed)
+                           temperature=cfg.sample_temperature, top_p=cfg.sample_top_p, seed=cfg.seed,
+                           budget_key="sft.sample_max_new_tokens")
     policy.train()
     scores = mean_scores(zip(prompts, samples.texts))
     reference = mean_scores((r["prompt"], r["response"]) for r in picked)

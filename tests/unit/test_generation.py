@@ -63,3 +63,50 @@ def test_greedy_is_deterministic_without_seed(tok_model):
     ids = a.sequences[:, : a.prompt_ids.shape[1] + 1]
     logits = model(input_ids=a.sequences[:, :-1]).logits[0, a.prompt_ids.shape[1] - 1]
     assert int(logits.argmax()) == int(ids[0, -1])
+
+
+def test_sampling_ignores_the_checkpoints_generation_config(tok_model, monkeypatch):
+    """A checkpoint that ships repetition_penalty and no_repeat_ngram_size (and top_k) still samples
+    from exactly softmax(logits / T): every sampling distribution equals the teacher-forced one."""
+    from rlhf.logprobs import forward_logits
+
+    tok, model = tok_model
+    model.generation_config.repetition_penalty = 1.3
+    model.generation_config.no_repeat_ngram_size = 1
+    model.generation_config.top_k = 5
+    drawn: list[torch.Tensor] = []
+    multinomial = torch.multinomial
+
+    def recording(probs, *args, **kwargs):
+        drawn.append(probs.detach().clone())  # (B, V) the distribution of one step
+        return multinomial(probs, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", recording)
+    temperature = 0.7
+    try:
+        samples = generate(model, tok, ["hi", "How do I water a fern?", "tell me"], max_new_tokens=12,
+                           temperature=temperature, seed=0, batch_size=8)
+    finally:
+        model.generation_config.repetition_penalty = None
+        model.generation_config.no_repeat_ngram_size = None
+        model.generation_config.top_k = None
+    assert model.generation_config.top_k is None  # the model's own config is back in place
+    P = samples.prompt_ids.shape[1]
+    with torch.no_grad():
+        logits = forward_logits(model, samples.sequences, samples.attention_mask, temperature)  # (B, P+R, V)
+    teacher = torch.softmax(logits[:, P - 1: -1], dim=-1)  # (B, R, V)
+    compared = 0
+    for t, probs in enumerate(drawn):
+        rows = samples.response_mask[:, t].bool()
+        torch.testing.assert_close(probs[rows], teacher[rows, t], atol=1e-5, rtol=1e-4)
+        compared += int(rows.sum())
+    assert compared == int(samples.response_mask.sum()) > 3
+
+
+def test_prompts_that_do_not_fit_the_context_are_refused(tok_model):
+    tok, model = tok_model  # a 64-token context
+    with pytest.raises(ValueError, match="evaluate.max_new_tokens=64 leaves no room"):
+        generate(model, tok, ["hi"], max_new_tokens=64, budget_key="evaluate.max_new_tokens")
+    with pytest.raises(ValueError, match=r"sft.sample_max_new_tokens=50 .* 1 of 2 prompts are longer"):
+        generate(model, tok, ["hi", "How do I water a fern? " * 3], max_new_tokens=50,
+                 budget_key="sft.sample_max_new_tokens")
