@@ -27,8 +27,11 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
         from rlhf.generation import generate
+        from rlhf.train.models import max_positions
 
-        options = {"max_new_tokens": 64, "temperature": 1.0, "seed": 0, **(params or {})}
+        # default: up to 64 new tokens, never more than half the model's context
+        new_tokens = min(64, max_positions(self.model.config) // 2)
+        options = {"max_new_tokens": new_tokens, "temperature": 1.0, "seed": 0, **(params or {})}
         return generate(self.model, self.tokenizer, list(model_input["prompt"]), **options).texts
 
 
