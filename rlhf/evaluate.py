@@ -98,7 +98,8 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths) -> StageOutput:
         tokenizer = load_tokenizer(model_dir)
         policy = reference if name == "sft" else load_causal_lm(model_dir).eval()
         samples = generate(policy, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed)
+                           top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
+                           budget_key="evaluate.max_new_tokens")
         # 3. score: gold judge, proxy reward model (through text), KL to the reference
         proxy = reward_model.score_pairs(texts, samples.texts)
         kl = sequence_kl(policy, reference, samples, cfg.temperature, cfg.batch_size)  # (N,)
