@@ -1,0 +1,152 @@
+"""Every file of `rlhf/` that a stage's command imports is a dep of that stage in dvc.yaml, so that
+editing it makes DVC rerun the stage; and no code dep is listed that the stage does not import.
+
+What a stage imports: `rlhf <stage>` (flows/cli.py) builds its config with `rlhf.config.load_config`,
+which imports `SECTIONS[stage]`, and runs `tasks.stages.compute`, which calls `LIBRARY[stage]`
+with a `Paths` and returns a `StageOutput`. The walk starts from those modules and follows every
+`import` / `from ... import` statement in `rlhf/`, including those inside functions (the library
+imports heavy or rarely used modules lazily), plus the `__init__.py` of every package on the way,
+since Python runs it. Code in `tasks/` and `flows/` is not required: it is orchestration (Prefect
+runs, MLflow logging) that does not change what a stage writes, and listing it would rerun every
+stage after a change to logging.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from rlhf.config import SECTIONS
+from tasks.stages import LIBRARY
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = "rlhf"
+
+
+def module_file(module: str) -> Path | None:
+    """The file of a project module (`rlhf.train` -> rlhf/train/__init__.py), or None."""
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names of the project modules `path` imports, at any depth of its code."""
+    this = _module_name(path)
+    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: `from .x import y` in package p -> p.x
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{node.module}" if node.module else anchor
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # submodules imported by name
+    return {m for m in found if m.split(".")[0] == PACKAGE and module_file(m) is not None}
+
+
+def with_parents(module: str) -> list[str]:
+    """`rlhf.losses.sft` -> the modules Python runs to import it: rlhf, rlhf.losses, rlhf.losses.sft."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def stage_roots(stage: str) -> list[str]:
+    """The project modules the command of `stage` imports directly, dynamic imports included."""
+    stages_py = ROOT / "tasks" / "stages.py"
+    return sorted(
+        imported_modules(stages_py)
+        | {"rlhf.config", SECTIONS[stage].split(":")[0], LIBRARY[stage].split(":")[0]}
+    )
+
+
+def imported_files(stage: str) -> set[str]:
+    """Every file under rlhf/ that running `stage` imports, relative to the repository root."""
+    seen: set[str] = set()
+    todo = list(stage_roots(stage))
+    while todo:
+        for module in with_parents(todo.pop()):
+            if module in seen:
+                continue
+            seen.add(module)
+            todo.extend(imported_modules(module_file(module)))
+    return {module_file(m).relative_to(ROOT).as_posix() for m in seen}
+
+
+def _covers(dep: str, file: str) -> bool:
+    dep = dep.rstrip("/")
+    return file == dep or file.startswith(dep + "/")
+
+
+def _code_deps(spec: dict) -> list[str]:
+    return [str(d).rstrip("/") for d in spec.get("deps", []) if _covers(PACKAGE, str(d))]
+
+
+def uncovered(stages: dict[str, dict]) -> list[str]:
+    """One line per (stage, imported file) that no dep of the stage covers."""
+    return [
+        f"stage '{name}' imports {file}, which none of its deps covers"
+        for name, spec in stages.items()
+        for file in sorted(imported_files(name))
+        if not any(_covers(dep, file) for dep in spec.get("deps", []))
+    ]
+
+
+def loose(stages: dict[str, dict]) -> list[str]:
+    """Code deps that are wider than what the stage imports: a file it does not import, or a folder
+    holding a Python file it does not import (list the files instead)."""
+    problems = []
+    for name, spec in stages.items():
+        files = imported_files(name)
+        for dep in _code_deps(spec):
+            path = ROOT / dep
+            inside = sorted(p.relative_to(ROOT).as_posix() for p in path.rglob("*.py")) if path.is_dir() else [dep]
+            for file in inside:
+                if file not in files:
+                    problems.append(f"stage '{name}' lists {dep}, but does not import {file}")
+    return problems
+
+
+def _stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+def test_every_imported_project_file_is_a_dep():
+    problems = uncovered(_stages())
+    assert not problems, "dvc.yaml:\n" + "\n".join(problems)
+
+
+def test_code_deps_are_only_what_the_stage_imports():
+    problems = loose(_stages())
+    assert not problems, "dvc.yaml:\n" + "\n".join(problems)
+
+
+def test_the_walk_follows_imports_inside_functions_and_package_inits():
+    sft = imported_files("sft")
+    assert "rlhf/ops.py" in sft  # rlhf/sft.py -> rlhf.losses.sft -> rlhf.ops
+    assert "rlhf/world/judge.py" in sft  # imported inside a function of rlhf/sft.py
+    assert {"rlhf/__init__.py", "rlhf/losses/__init__.py", "rlhf/train/__init__.py"} <= sft
+    assert {"rlhf/config/base.py", "rlhf/config/sft.py", "rlhf/paths.py", "rlhf/stage.py"} <= sft
+    assert "rlhf/config/ppo.py" not in sft  # only the stage's own config section is imported
+    assert "rlhf/train/toy.py" not in sft  # a test helper, not part of any stage
+
+
+def test_a_missing_dep_is_reported_with_stage_and_file():
+    stages = {"sft": {"deps": ["rlhf"]}}
+    assert uncovered(stages) == []
+    stages["sft"]["deps"] = [f for f in sorted(imported_files("sft")) if f != "rlhf/ops.py"]
+    assert uncovered(stages) == ["stage 'sft' imports rlhf/ops.py, which none of its deps covers"]
+    assert any("lists rlhf, but does not import rlhf/train/toy.py" in p for p in loose({"sft": {"deps": ["rlhf"]}}))
