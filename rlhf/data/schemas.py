@@ -7,13 +7,15 @@
 | `prompts` | prompt |
 
 Extra columns are allowed and not checked. Every required column must hold text in every row:
-no nulls, no other types, not empty or whitespace-only, at most `max_chars` characters. Across
-columns: `chosen` differs from `rejected`, and no row repeats an earlier row's required columns.
+no nulls, no other types, not empty or whitespace-only, no control characters (see `CONTROL`), at
+most `max_chars` characters. Across columns: `chosen` differs from `rejected`, and no row repeats an
+earlier row's required columns.
 Checks look only at text values, so a wrong type or a null is reported once, by its own check.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import pandas as pd
@@ -30,6 +32,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "prompts": ("prompt",),
 }
 DEFAULT_MAX_CHARS: int = ValidateConfig.model_fields["max_chars"].default
+# C0 control characters (U+0000-U+001F) other than tab and newline; a carriage return only where it
+# ends a line as "\r\n" (text exported on Windows, e.g. multi-line CSV cells). NUL and the others are
+# invisible in editors and logs, yet the tokenizer turns them into tokens the model learns; a lone
+# "\r" also rewrites the line it is printed on. DEL and C1 controls are not checked.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]|\r(?!\n)")
 
 
 def check_kind(kind: str) -> None:
@@ -50,6 +57,7 @@ def build_schema(kind: Kind, max_chars: int, empty_ok: tuple[str, ...] = ()) -> 
         checks = [pa.Check(is_text, name="is_text")]
         if name not in empty_ok:
             checks.append(pa.Check(not_blank, name="not_blank"))
+        checks.append(pa.Check(no_control, name="no_control"))
         checks.append(pa.Check(lambda s: within(s, max_chars), name="max_chars"))
         columns[name] = pa.Column(nullable=False, checks=checks)
     frame_checks = [pa.Check(lambda df: not_repeated(df, COLUMNS[kind]), name="no_duplicate")]
@@ -65,6 +73,10 @@ def is_text(s: pd.Series) -> pd.Series:
 
 def not_blank(s: pd.Series) -> pd.Series:
     return s.map(lambda v: not isinstance(v, str) or bool(v.strip())).astype(bool)
+
+
+def no_control(s: pd.Series) -> pd.Series:
+    return s.map(lambda v: not isinstance(v, str) or CONTROL.search(v) is None).astype(bool)
 
 
 def within(s: pd.Series, max_chars: int) -> pd.Series:
@@ -131,6 +143,10 @@ def explain(
         return column, f"expected text, got {describe(value)}"
     if check == "not_blank":
         return column, "empty or whitespace-only text"
+    if check == "no_control":
+        found = CONTROL.search(value)
+        return column, (f"control character U+{ord(found.group()):04X} at character {found.start() + 1}; "
+                        "only tab, newline and \\r\\n line ends are allowed")
     if check == "max_chars":
         return column, f"text is {len(value)} characters long; the limit is {max_chars} (max_chars)"
     if check == "chosen_differs":
