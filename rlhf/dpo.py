@@ -199,5 +199,5 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
         metrics=metrics,
         history=history,
         inputs={"pref_train": paths.pref_train, "pref_heldout": paths.pref_heldout},
-        models={"rlhf-dpo": out_dir},
+        models={StageOutput.registered_name("dpo"): out_dir},
     )

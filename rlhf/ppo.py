@@ -310,5 +310,5 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         metrics={"enabled": 1.0, **{k: last[k] for k in keys if k in last}, "beta_final": kl_ctl.value},
         history=history,
         inputs={"rl_prompts": paths.rl_prompts},
-        models={"rlhf-ppo": out_dir},
+        models={StageOutput.registered_name("ppo"): out_dir},
     )

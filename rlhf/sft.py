@@ -186,7 +186,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         history=history,
         inputs={"sft_train": paths.sft_train, "sft_heldout": paths.sft_heldout},
         tables={"sft_samples.json": table} if table else {},
-        models={"sft": out_dir},
+        models={StageOutput.registered_name("sft"): out_dir},
     )
 
 

@@ -27,3 +27,10 @@ class StageOutput:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Trained model directories to log and register in MLflow: {registered name: directory}.
     models: dict[str, Path] = field(default_factory=dict)
+
+    @staticmethod
+    def registered_name(stage: str) -> str:
+        """The MLflow registered-model name of a stage's trained model: `rlhf-sft`, `rlhf-reward`,
+        `rlhf-ppo`, `rlhf-dpo`. The prefix keeps them apart from other projects' models in a shared
+        registry."""
+        return f"rlhf-{stage}"

@@ -182,5 +182,5 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         metrics=metrics,
         history=history,
         inputs={"pref_train": paths.pref_train, "pref_heldout": paths.pref_heldout, "sft_train": paths.sft_train},
-        models={"reward": out_dir},
+        models={StageOutput.registered_name("reward"): out_dir},
     )

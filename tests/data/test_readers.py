@@ -40,12 +40,14 @@ def test_jsonl_rows_are_line_numbers_and_blank_lines_are_skipped(tmp_path):
 
 
 def test_jsonl_lines_split_only_at_newlines(tmp_path):
+    # U+2028 and NEL split lines for str.splitlines, not for JSON Lines (C0 controls such as
+    # form feed are refused by validation: tests/data/test_control_characters.py)
     path = tmp_path / "d.jsonl"
-    rows = [{"prompt": "a\u2028b\x0cc", "response": "ok"}, {"prompt": "d", "response": "ok"}]
+    rows = [{"prompt": "a\u2028b\x85c", "response": "ok"}, {"prompt": "d", "response": "ok"}]
     text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows)  # Windows line ends too
     path.write_text(text, encoding="utf-8", newline="")
     frame = read_dataset(path, "sft")
-    assert frame.index.tolist() == [1, 2] and frame.loc[1, "prompt"] == "a\u2028b\x0cc"
+    assert frame.index.tolist() == [1, 2] and frame.loc[1, "prompt"] == "a\u2028b\x85c"
 
 
 def test_csv_rows_are_data_rows_and_cells_stay_text(tmp_path):

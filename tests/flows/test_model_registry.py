@@ -1,13 +1,42 @@
-"""Trained models are logged to MLflow, registered, and load back for inference."""
+"""Trained models are logged to MLflow under the names the stages give them, registered, and load
+back for inference."""
+
+import ast
+from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 
 from rlhf.reward import RewardModel
+from rlhf.stage import StageOutput
 from rlhf.train.models import build_gpt2, load_tokenizer
 from rlhf.train.toy import make_toy_world
 from tasks.models import log_model_dir
 from tasks.tracking import use_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAINERS = {"sft": "rlhf/sft.py", "reward": "rlhf/reward/stage.py", "ppo": "rlhf/ppo.py", "dpo": "rlhf/dpo.py"}
+SFT, REWARD = StageOutput.registered_name("sft"), StageOutput.registered_name("reward")
+
+
+def models_keys(path: Path) -> list[ast.expr]:
+    """The key expressions of every `models={...}` given to StageOutput in a file."""
+    keys = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "StageOutput":
+            for kw in node.keywords:
+                if kw.arg == "models":
+                    assert isinstance(kw.value, ast.Dict), ast.unparse(kw.value)
+                    keys += kw.value.keys
+    return keys
+
+
+@pytest.mark.parametrize("stage", sorted(TRAINERS))
+def test_each_trainer_registers_its_model_as_rlhf_stage(stage):
+    assert StageOutput.registered_name(stage) == f"rlhf-{stage}"
+    keys = models_keys(ROOT / TRAINERS[stage])
+    assert [ast.unparse(k) for k in keys] == [f"StageOutput.registered_name('{stage}')"]
 
 
 def test_policy_and_reward_model_round_trip(tmp_path, mlflow_sqlite):
@@ -22,15 +51,15 @@ def test_policy_and_reward_model_round_trip(tmp_path, mlflow_sqlite):
 
     use_experiment(tmp_path)  # as the stages do: artifacts under <root>/.state, never ./mlruns
     with mlflow.start_run():
-        log_model_dir(policy_dir, "rlhf-sft")
-        log_model_dir(rm_dir, "rlhf-reward")
+        log_model_dir(policy_dir, SFT)
+        log_model_dir(rm_dir, REWARD)
 
-    policy = mlflow.pyfunc.load_model("models:/rlhf-sft/1")
+    policy = mlflow.pyfunc.load_model(f"models:/{SFT}/1")
     out = policy.predict(pd.DataFrame({"prompt": ["How do I water a fern?", "Explain tides."]}),
                          params={"max_new_tokens": 8})
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
 
-    reward = mlflow.pyfunc.load_model("models:/rlhf-reward/1")
+    reward = mlflow.pyfunc.load_model(f"models:/{REWARD}/1")
     frame = pd.DataFrame({"prompt": ["How do I water a fern?"] * 2, "response": ["Water it weekly.", "No."]})
     scores = reward.predict(frame)
     expected = RewardModel.from_pretrained(rm_dir).score_pairs(list(frame["prompt"]), list(frame["response"]))

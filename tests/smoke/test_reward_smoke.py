@@ -44,7 +44,7 @@ def test_reward_trains_and_saves_a_scoring_model(world, tmp_path):
     assert m["bayes_optimal_accuracy"] == pytest.approx(0.9)  # toy labels: p_chosen in {0.1, 0.9}
     assert m["preference_accuracy_over_bayes"] == pytest.approx(m["preference_accuracy"] / 0.9)
     assert {"margin_mean", "reward_mean", "reward_std", "train_loss", "pairs_per_s"} <= set(m)
-    rm = RewardModel.from_pretrained(out.models["reward"])
+    rm = RewardModel.from_pretrained(out.models["rlhf-reward"])
     assert rm.norm["mean"] == pytest.approx(m["reward_mean"]) and rm.norm["std"] == pytest.approx(m["reward_std"])
     good = ("\n\nHuman: How do I water a fern?\n\nAssistant: "
             "Water the fern lightly once a week and let the soil dry between waterings.")
@@ -59,7 +59,7 @@ def test_frozen_backbone_trains_only_the_head(world, tmp_path):
     paths = _fresh(world, tmp_path)
     init = RewardModel.from_backbone(world.sft / "model", seed=0, max_seq_len=64)
     out = run_reward(RewardConfig(**{**RM, "freeze_backbone": True, "max_steps": 10}), paths)
-    rm = RewardModel.from_pretrained(out.models["reward"])
+    rm = RewardModel.from_pretrained(out.models["rlhf-reward"])
     sft = load_causal_lm(world.sft / "model").transformer.state_dict()
     for k, v in rm.backbone.state_dict().items():
         assert torch.equal(v, sft[k]), f"frozen {k} changed"
@@ -80,7 +80,7 @@ def test_bert_encoder_backbone(world, tmp_path):
     BertModel(config).save_pretrained(bert_dir)
     paths = _fresh(world, tmp_path / "project")
     out = run_reward(RewardConfig(**{**RM, "model_path": str(bert_dir), "max_steps": 10}), paths)
-    rm = RewardModel.from_pretrained(out.models["reward"])
+    rm = RewardModel.from_pretrained(out.models["rlhf-reward"])
     assert type(rm.backbone).__name__ == "BertModel"
     assert rm.backbone.config.hidden_dropout_prob == 0 and rm.backbone.config.attention_probs_dropout_prob == 0
     scores = rm.score(["\n\nHuman: hi\n\nAssistant: hello", "\n\nHuman: hi\n\nAssistant: I do not know."])

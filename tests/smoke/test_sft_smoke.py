@@ -44,7 +44,7 @@ def test_samples_table_has_judged_rows(trained):
 def test_model_directory_loads_and_every_parameter_changed(trained):
     paths, out = trained
     model_dir = paths.sft / "model"
-    assert out.models == {"sft": model_dir}
+    assert out.models == {"rlhf-sft": model_dir}
     cfg = json.loads((model_dir / "stage_config.json").read_text())
     assert cfg == SFTConfig(**TINY).model_dump(mode="json")
     tok = load_tokenizer(model_dir)
