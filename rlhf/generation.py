@@ -51,14 +51,24 @@ class Samples:
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
 
 
+def keep_prompt_tail(seq: list[int], max_prompt_len: int) -> list[int]:
+    """A prompt longer than `max_prompt_len` keeps BOS and its last tokens (the part next to the
+    response)."""
+    return seq if len(seq) <= max_prompt_len else seq[:1] + seq[len(seq) - max_prompt_len + 1:]
+
+
+def left_pad(seqs: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> left-padded (ids, mask), each (B, P), so every row ends at its last token."""
+    return pad(seqs, pad_token_id, "left"), pad([[1] * len(s) for s in seqs], 0, "left")
+
+
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_len: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-format prompts -> left-padded (ids, mask), each (B, P). Prompts longer than
-    `max_prompt_len` keep BOS and their last tokens (the part next to the response)."""
+    """Chat-format prompts -> left-padded (ids, mask), each (B, P); see `keep_prompt_tail`."""
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
     if max_prompt_len is not None:
-        seqs = [s if len(s) <= max_prompt_len else s[:1] + s[len(s) - max_prompt_len + 1:] for s in seqs]
-    return pad(seqs, tokenizer.pad_token_id, "left"), pad([[1] * len(s) for s in seqs], 0, "left")
+        seqs = [keep_prompt_tail(s, max_prompt_len) for s in seqs]
+    return left_pad(seqs, tokenizer.pad_token_id)
 
 
 def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
@@ -156,23 +166,25 @@ def generate(
 
     assert len(prompts) > 0 and max_new_tokens > 0 and temperature >= 0 and 0 < top_p <= 1
     device = next(model.parameters()).device
+    seqs = [encode_prompt(tokenizer, p) for p in prompts]
     if max_prompt_len is None:
         context = max_positions(model.config)
-        check_prompt_budget([len(encode_prompt(tokenizer, p)) for p in prompts], max_new_tokens, context, budget_key)
-        max_prompt_len = context - max_new_tokens
+        check_prompt_budget([len(s) for s in seqs], max_new_tokens, context, budget_key)
+    else:
+        seqs = [keep_prompt_tail(s, max_prompt_len) for s in seqs]
     gen_cfg = sampling_config(tokenizer, max_new_tokens, temperature, top_p)
     devices = [device.index or 0] if device.type == "cuda" else []
-    chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    responses: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None), checkpoint_generation_config_hidden(model):
         if seed is not None:
             torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
-            ids, mask = encode_prompts(tokenizer, prompts[start: start + batch_size], max_prompt_len)
+            ids, mask = left_pad(seqs[start: start + batch_size], tokenizer.pad_token_id)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
-            chunks.append((ids, mask, out[:, ids.shape[1]:].cpu()))  # (b, P_i), (b, P_i), (b, R_i)
-    # join the chunks: prompts re-padded on the left, responses on the right
-    prompt_rows = [row[m.bool()].tolist() for ids, mask, _ in chunks for row, m in zip(ids, mask)]
-    response_rows = [row.tolist() for *_, resp in chunks for row in resp]
+            responses.append(out[:, ids.shape[1]:].cpu())  # (b, R_i)
+    # join the chunks: prompts padded on the left as one batch, responses on the right
+    response_rows = [row.tolist() for chunk in responses for row in chunk]
+    prompt_ids, prompt_mask = left_pad(seqs, tokenizer.pad_token_id)  # (B, P)
     resp = pad(response_rows, tokenizer.pad_token_id, "right")  # (B, R)
     resp, resp_mask, ended = truncate_after_eos(resp, tokenizer.eos_token_id, tokenizer.pad_token_id)
     texts = [
@@ -182,8 +194,8 @@ def generate(
     return Samples(
         prompts=list(prompts),
         texts=texts,
-        prompt_ids=pad(prompt_rows, tokenizer.pad_token_id, "left"),
-        prompt_mask=pad([[1] * len(r) for r in prompt_rows], 0, "left"),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
         response_ids=resp,
         response_mask=resp_mask,
         ended=ended,
