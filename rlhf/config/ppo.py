@@ -18,7 +18,7 @@ class PPOConfig(StageConfig):
     steps: int = Field(64, ge=1, description="PPO iterations (rollout + update)")
     rollout_batch_size: int = Field(32, ge=2, description="N: prompts sampled per iteration")
     temperature: float = Field(0.7, gt=0, le=2, description="T: sampling temperature; log-probs use logits / T")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p; must be 1 (see _check)")
     max_new_tokens: int = Field(64, ge=1, description="longest response in tokens")
     missing_eos_score: float = Field(-1.0, description="score r given to a response with no EOS (normalised RM units)")
 
@@ -54,6 +54,11 @@ class PPOConfig(StageConfig):
             raise ValueError("mini_batch_size must divide rollout_batch_size")
         if self.mini_batch_size % self.micro_batch_size:
             raise ValueError("micro_batch_size must divide mini_batch_size")
+        if self.top_p < 1:
+            # the sampler would draw from the truncated nucleus while the old, new and reference
+            # log-probs use the full softmax(logits / T): off-policy samples and a biased k1 KL
+            raise ValueError("top_p < 1 is not supported by PPO: rollouts must come from the policy whose "
+                             "log-probs are trained (softmax(logits / T)); set top_p: 1.0 and tune temperature")
         if self.missing_eos_score > 0:
             raise ValueError("missing_eos_score is a penalty: it must be <= 0")
         return self

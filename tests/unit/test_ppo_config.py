@@ -19,6 +19,7 @@ def test_params_yaml_sections_load():
     ({"rollout_batch_size": 32, "mini_batch_size": 12}, "mini_batch_size must divide"),
     ({"mini_batch_size": 8, "micro_batch_size": 3}, "micro_batch_size must divide"),
     ({"missing_eos_score": 1.0}, "penalty"),
+    ({"top_p": 0.9}, "top_p < 1 is not supported"),
     ({"kl_estimator": "k2"}, "kl_estimator"),
     ({"clip_eps": 0.0}, "clip_eps"),
     ({"ppo_epoch": 4}, "ppo_epoch"),
