@@ -3,7 +3,8 @@
 The loss (Rafailov et al. 2023, eq. 7; conservative variant; IPO of Azar et al. 2023) lives in
 `rlhf/losses/dpo.py`. What this file adds is the data path, which is where DPO implementations go
 wrong: a sequence log-probability is the SUM over the response tokens (EOS included) of
-log pi(y_t | x, y_<t), with the prompt tokens excluded; chosen and rejected rows go through the model
+log pi(y_t | x, y_<t), with the prompt tokens excluded (IPO, by default, divides it by the number of
+those tokens: `dpo.logp_reduction`); chosen and rejected rows go through the model
 in one forward pass ([chosen; rejected] on the batch axis, docs/architecture.md); the reference
 log-probabilities are computed once, before training, by the frozen SFT model.
 
@@ -74,8 +75,20 @@ def pair_logprobs(model: Any, pairs: list[tuple[dict, dict]], pad_id: int, batch
     return torch.cat(out)
 
 
+def pair_lengths(pairs: list[tuple[dict, dict]]) -> torch.Tensor:
+    """Response tokens (EOS included) of every pair. Returns (N, 2): [chosen, rejected]."""
+    return torch.tensor([[sum(c["loss_mask"]), sum(r["loss_mask"])] for c, r in pairs], dtype=torch.float)
+
+
+def reduce_logps(cfg: DPOConfig, summed: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Summed response log-probs -> what the loss compares: the sums (DPO), or the per-token means
+    (IPO by default: its regression target 1 / (2 tau) is set for length-averaged log-ratios, so a
+    tau tuned elsewhere transfers and long responses are not pulled harder). Any shape, elementwise."""
+    return summed / lengths if cfg.average_logps else summed
+
+
 def preference_loss(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tensor, num_pairs: float):
-    """policy, reference: (2B,) summed log-probs, [chosen; rejected]. Returns (loss, metrics)."""
+    """policy, reference: (2B,) log-probs after `reduce_logps`, [chosen; rejected]. Returns (loss, metrics)."""
     pc, pr = policy.chunk(2)
     rc, rr = reference.chunk(2)
     if cfg.loss_type == "ipo":
@@ -86,7 +99,8 @@ def preference_loss(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tenso
 def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tensor,
                     rows: list[dict]) -> dict[str, float]:
     """Implicit-reward accuracy on pref_heldout: against the rater labels (chosen is right) and
-    against the gold ordering (pairs with equal gold utility left out). policy, reference: (N, 2)."""
+    against the gold ordering (pairs with equal gold utility left out). policy, reference: (N, 2)
+    log-probs after `reduce_logps`, the quantities the loss compares."""
     rewards = cfg.beta * (policy - reference)  # (N, 2) implicit rewards r_hat
     margin = rewards[:, 0] - rewards[:, 1]  # (N,)
     gold = torch.tensor([r["chosen_gold"] - r["rejected_gold"] for r in rows])  # (N,)
@@ -156,7 +170,8 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
         else:
             with torch.no_grad():
                 ref = sequence_logprobs(reference, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
-        return preference_loss(cfg, logps, ref, num_pairs)
+        lengths = mb["loss_mask"].sum(dim=1)  # (2b,)
+        return preference_loss(cfg, reduce_logps(cfg, logps, lengths), reduce_logps(cfg, ref, lengths), num_pairs)
 
     def micro_batch(idx: list[int]) -> dict[str, torch.Tensor]:
         mb = collate_pairs([train[i] for i in idx], pad_id)
@@ -185,7 +200,9 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     model = accelerator.unwrap_model(policy).eval()
     with accelerator.autocast():
         held_policy = pair_logprobs(model, held, pad_id, cfg.eval_batch_size, accelerator.device)
-    metrics = {"enabled": 1.0, **heldout_metrics(cfg, held_policy, ref_held, held_rows)}
+    held_len = pair_lengths(held)  # (N, 2)
+    metrics = {"enabled": 1.0, **heldout_metrics(cfg, reduce_logps(cfg, held_policy, held_len),
+                                                 reduce_logps(cfg, ref_held, held_len), held_rows)}
     last = history[-1] if history else {}
     metrics.update({k: last[k] for k in ("loss/dpo", "rewards/accuracies", "rewards/margins") if k in last})
 

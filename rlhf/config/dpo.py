@@ -16,6 +16,9 @@ class DPOConfig(StageConfig):
     loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO eq. 7; ipo: IPO eq. 17")
     beta: float = Field(0.1, gt=0, description="beta (DPO) or tau (IPO): strength of the KL anchor to pi_ref")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="epsilon: assumed label-flip rate (cDPO)")
+    logp_reduction: Literal["auto", "sum", "mean"] = Field(
+        "auto", description="log pi(y|x) summed or averaged over response tokens; auto: mean for IPO "
+        "(Azar et al.'s convention, so tau transfers and the pull does not grow with length), sum for DPO")
 
     epochs: int = Field(1, ge=1, description="passes over pref_train")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps, overriding epochs (a later epoch reshuffles); null: epochs x (pairs // batch_size)")
@@ -36,6 +39,11 @@ class DPOConfig(StageConfig):
         if self.loss_type == "ipo" and self.label_smoothing > 0:
             raise ValueError("label_smoothing (cDPO) applies to the sigmoid loss only")
         return self
+
+    @property
+    def average_logps(self) -> bool:
+        """Whether sequence log-probs are per-token means (else sums over the response)."""
+        return self.logp_reduction == "mean" or (self.logp_reduction == "auto" and self.loss_type == "ipo")
 
     @property
     def grad_accum_steps(self) -> int:
