@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class StageConfig(BaseModel):
-    """Base of every stage config: strict, immutable, documented fields."""
+    """Base of every stage config: strict, immutable, documented fields. Strict means no coercion:
+    `packing: "yes"` or `max_steps: "1600"` is an error naming the key, not True or 1600."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,14 @@ def read_params(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def format_validation_error(err: ValidationError, section: str, source: str) -> str:
     lines = [f"{source}: invalid section '{section}':"]
     for e in err.errors():
@@ -45,7 +54,10 @@ def format_validation_error(err: ValidationError, section: str, source: str) -> 
             lines.append(f"  - {key}: unknown key")
         else:
             got = e.get("input")
-            lines.append(f"  - {key}: {e['msg']} (got {got!r})")
+            hint = ""
+            if isinstance(got, str) and _is_number(got):
+                hint = "; YAML reads a quoted number, or an exponent without a dot like 1e-4, as text: write 12 or 1.0e-4"
+            lines.append(f"  - {key}: {e['msg']} (got {got!r}{hint})")
     return "\n".join(lines)
 
 

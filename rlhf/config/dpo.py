@@ -21,7 +21,7 @@ class DPOConfig(StageConfig):
         "(Azar et al.'s convention, so tau transfers and the pull does not grow with length), sum for DPO")
 
     epochs: int = Field(1, ge=1, description="passes over pref_train")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps, overriding epochs (a later epoch reshuffles); null: epochs x (pairs // batch_size)")
+    max_steps: int | None = Field(250, ge=1, description="optimizer steps, overriding epochs (a later epoch reshuffles); null: epochs x (pairs // batch_size)")
     batch_size: int = Field(16, ge=1, description="pairs per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass (gradient accumulation)")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate")

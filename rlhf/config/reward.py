@@ -23,7 +23,7 @@ class RewardConfig(StageConfig):
     center_coef: float = Field(0.0, ge=0, description="eta: reward-centering penalty eta * (r_c + r_r)^2 (Eisenstein et al. 2023)")
 
     # --- optimisation ---
-    max_steps: int = Field(250, ge=1, description="optimizer steps")
+    max_steps: int = Field(500, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="preference pairs per optimizer step, all processes together")
     micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass (2x rows: chosen and rejected)")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="peak AdamW learning rate")
@@ -35,7 +35,7 @@ class RewardConfig(StageConfig):
     mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU")
 
     # --- checkpoints, logging, normalisation ---
-    checkpoint_every: int = Field(125, ge=1, description="save a resumable checkpoint every this many steps (and at the end)")
+    checkpoint_every: int = Field(250, ge=1, description="save a resumable checkpoint every this many steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     log_every: int = Field(10, ge=1, description="history rows every this many steps")
     norm_examples: int = Field(512, ge=2, description="SFT demonstrations scored for the reward mean/std stored with the model")

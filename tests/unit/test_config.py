@@ -39,3 +39,36 @@ def test_shipped_params_are_valid():
 
     configs = load_all(Path(__file__).resolve().parents[2] / "params.yaml")
     assert configs["tokenizer"].vocab_size >= 300
+
+
+def test_python_defaults_are_the_shipped_params():
+    """params.yaml is where a value is set: every field of every stage config appears there, and the
+    Python default (used by tests and by a params file that leaves a key out) is that same value."""
+    from pathlib import Path
+
+    from rlhf.config import SECTIONS, config_class
+    from rlhf.config.base import read_params
+
+    params = read_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    problems = []
+    for section in SECTIONS:
+        cls, shipped = config_class(section), params.get(section) or {}
+        default = cls()
+        for key in cls.model_fields:
+            if key not in shipped:
+                problems.append(f"{section}.{key}: not in params.yaml")
+            elif getattr(default, key) != cls.model_validate(shipped).__getattribute__(key):
+                problems.append(f"{section}.{key}: default {getattr(default, key)!r} != params.yaml {shipped[key]!r}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("sft:\n  packing: \"yes\"\n", r"sft\.packing: .*boolean"),
+    ("sft:\n  max_steps: \"1600\"\n", r"sft\.max_steps: .*integer"),
+    ("sft:\n  max_steps: 1600.0\n", r"sft\.max_steps: .*integer"),
+    ("dpo:\n  learning_rate: 1e-4\n", r"dpo\.learning_rate: .*number"),  # YAML 1.1 reads 1e-4 as a string
+    ("ppo:\n  adaptive_kl: 1\n", r"ppo\.adaptive_kl: .*boolean"),
+])
+def test_values_of_the_wrong_type_are_not_coerced(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(text.split(":")[0], write(tmp_path, text))
