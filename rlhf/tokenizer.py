@@ -6,15 +6,11 @@ template of `rlhf/chat.py`, so that every later stage loads it with `AutoTokeniz
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from rlhf.chat import CHAT_TEMPLATE, prompt_text, response_text
 from rlhf.config.tokenizer import TokenizerConfig
+from rlhf.files import atomic_dir, iter_jsonl
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
 
@@ -45,21 +41,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     return tok
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def corpus(paths: Paths) -> Iterator[str]:
     """Every prompt and response of the training splits, formatted as the models will see them."""
-    for row in _read_jsonl(paths.sft_train):
+    for row in iter_jsonl(paths.sft_train):
         yield prompt_text(row["prompt"]) + response_text(row["response"])
-    for row in _read_jsonl(paths.pref_train):
+    for row in iter_jsonl(paths.pref_train):
         yield prompt_text(row["prompt"]) + response_text(row["chosen"])
         yield response_text(row["rejected"])
-    for row in _read_jsonl(paths.rl_prompts):
+    for row in iter_jsonl(paths.rl_prompts):
         yield prompt_text(row["prompt"])
 
 
@@ -69,19 +58,15 @@ def run_tokenizer(cfg: TokenizerConfig, paths: Paths) -> StageOutput:
     # 2. check the special tokens are distinct and round-trip the chat format
     ids = {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}
     assert len(ids) == 3, f"special tokens must be distinct, got {ids}"
-    sample = next(_read_jsonl(paths.sft_train))
+    sample = next(iter_jsonl(paths.sft_train))
     text = prompt_text(sample["prompt"]) + response_text(sample["response"])
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text, "BPE does not round-trip"
     # 3. save atomically: write a temporary directory beside the target, then swap it in
-    paths.tokenizer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=paths.tokenizer.parent))
-    tok.save_pretrained(tmp)
-    if paths.tokenizer.exists():
-        shutil.rmtree(paths.tokenizer)
-    os.replace(tmp, paths.tokenizer)
+    with atomic_dir(paths.tokenizer) as tmp:
+        tok.save_pretrained(tmp)
     # 4. measure how compactly it encodes the demonstrations
     n_chars = n_tokens = 0
-    for row in _read_jsonl(paths.sft_heldout):
+    for row in iter_jsonl(paths.sft_heldout):
         t = prompt_text(row["prompt"]) + response_text(row["response"])
         n_chars += len(t)
         n_tokens += len(tok.encode(t, add_special_tokens=False))

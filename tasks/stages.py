@@ -8,16 +8,13 @@ is not retried blindly) and writes `metrics/<stage>.json`; `track` records the r
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 
 from rlhf.config import load_config
+from rlhf.files import write_json
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
 
@@ -39,15 +36,6 @@ def library_function(stage: str):
     return getattr(importlib.import_module(module), name)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 @task(name="compute", task_run_name="compute-{stage}")
 def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[dict, StageOutput, float]:
     logger = get_run_logger()
@@ -57,7 +45,7 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     start = time.perf_counter()
     output = library_function(stage)(cfg, paths)
     seconds = time.perf_counter() - start
-    write_json_atomic(paths.metrics_file(stage), output.metrics)
+    write_json(paths.metrics_file(stage), output.metrics)
     logger.info("stage %s done in %.1f s: %s", stage, seconds, output.metrics)
     return cfg.model_dump(mode="json"), output, seconds
 

@@ -13,8 +13,6 @@ Warnings (see `rlhf.data.hh`) are reported but never fail a file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from rlhf.data.hh import EMPTY_OK, from_hh_dialogues, is_hh_frame
 from rlhf.data.readers import DataFileError, read_table
 from rlhf.data.report import Problem, ValidationReport, listed, plural
 from rlhf.data.schemas import COLUMNS, DEFAULT_MAX_CHARS, Kind, check_frame, check_kind, missing_columns
+from rlhf.files import write_text
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
 
@@ -226,8 +225,8 @@ def write_outputs(folder: Path, reports: list[ValidationReport], cfg: ValidateCo
         "reports": [r.to_dict() for r in reports],
     }
     out = [folder / name for name in OUTPUTS]
-    write_atomic(out[0], json.dumps(full, indent=2) + "\n")
-    write_atomic(out[1], summary_markdown(reports, cfg))
+    write_text(out[0], json.dumps(full, indent=2) + "\n")
+    write_text(out[1], summary_markdown(reports, cfg))
     return out
 
 
@@ -249,14 +248,3 @@ def summary_markdown(reports: list[ValidationReport], cfg: ValidateConfig) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,9 +4,11 @@
 | --- | --- |
 | `runtime` | `make_accelerator(mixed_precision)`, `seed_everything(seed)`, RNG state save/restore, `progress_bar` |
 | `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
-| `batching` | `read_jsonl`, chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
+| `batching` | chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
 | `optim` | `build_optimizer`, `build_scheduler`, `optimizer_step` (gradient accumulation normalised over the whole step), `Throughput` |
-| `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir`, `write_json` |
+| `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir` |
+
+`atomic_dir`, `read_jsonl` and `write_json` are re-exported from `rlhf.files`.
 
 A trainer's loop, in outline (rlhf/sft.py is the worked example):
 
@@ -35,11 +37,10 @@ from rlhf.train.batching import (
     pack_examples,
     pad,
     position_ids,
-    read_jsonl,
     shard_and_split,
 )
+from rlhf.files import atomic_dir, read_jsonl, write_json
 from rlhf.train.checkpoint import (
-    atomic_dir,
     find_resumable,
     inputs_digest,
     latest_checkpoint,
@@ -48,7 +49,6 @@ from rlhf.train.checkpoint import (
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
-    write_json,
 )
 from rlhf.train.models import (
     build_gpt2,

@@ -19,54 +19,23 @@ step (`rlhf.train.batching.BatchOrder`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhf.files import atomic_dir, write_json
 from rlhf.train.runtime import quiet_transformers, rng_state, set_rng_state
 
 STAGE_CONFIG = "stage_config.json"
 TRAINER_STATE = "trainer_state.json"
 _PREFIX = "step-"
-
-
-@contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `target`; on success it replaces `target`
-    (rename), on error it is removed and `target` is left untouched."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():  # rename cannot replace a non-empty directory: move the old one aside first
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "x")
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_model_dir(target: str | Path, model: Any, tokenizer: Any = None, config: Any = None,

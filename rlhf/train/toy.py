@@ -6,11 +6,11 @@ It is not the embedded world (`rlhf/world/`); it only has the same file formats
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
+from rlhf.files import write_jsonl
 from rlhf.paths import Paths
 
 _THINGS = ["cactus", "fern", "tomato", "orchid", "basil", "lemon tree", "rose", "tulip"]
@@ -48,12 +48,6 @@ def pref_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
                      "harmful": False, "chosen_gold": gold_c, "rejected_gold": gold_r,
                      "p_chosen": 0.1 if flip else 0.9})
     return rows
-
-
-def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def make_toy_world(root: str | Path, n_sft: int = 64, n_pref: int = 64, vocab_size: int = 400) -> Paths:

@@ -15,14 +15,12 @@ noisy labels; reward-model accuracy should be read against it, not against 1.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlhf.config.data import DataConfig
+from rlhf.files import write_jsonl, write_text
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
 from rlhf.world.harms import HARM_BY_NAME, HARMS
@@ -132,22 +130,6 @@ def check_disjoint(splits: dict[str, list[dict[str, Any]]]) -> int:
     if overlap:
         raise ValueError(f"{len(overlap)} prompt(s) shared by training and held-out splits, e.g. {min(overlap)!r}")
     return len(overlap)
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write JSON Lines atomically: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def summary_markdown(metrics: dict[str, float], splits: dict[str, list[dict[str, Any]]]) -> str:
