@@ -7,7 +7,6 @@ import torch
 from rlhf.config.sft import SFTConfig
 from rlhf.train import (
     BatchOrder,
-    atomic_dir,
     build_optimizer,
     build_scheduler,
     collate_pairs,
@@ -62,20 +61,6 @@ def test_rng_state_roundtrip():
     set_rng_state(state)
     b = (random.random(), torch.rand(3))
     assert a[0] == b[0] and torch.equal(a[1], b[1])
-
-
-def test_atomic_dir_leaves_old_contents_on_error(tmp_path):
-    target = tmp_path / "out"
-    with atomic_dir(target) as tmp:
-        (tmp / "a.txt").write_text("one")
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
-        (tmp / "a.txt").write_text("two")
-        raise RuntimeError("killed")
-    assert (target / "a.txt").read_text() == "one"
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary leftovers
-    with atomic_dir(target) as tmp:
-        (tmp / "b.txt").write_text("three")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
 
 
 class _Linear(torch.nn.Linear):
