@@ -9,6 +9,8 @@ same seed and sampling settings for all:
   - the KL to the reference (SFT) on the policy's own samples:
         KL(pi || pi_ref) ~ mean over prompts of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]
     with both log-probs of the tempered distributions (logits / T), as in PPO's objective/kl.
+Models and inputs live on the device of the stage's accelerator (CUDA when present), and every
+forward pass runs under its autocast (bf16 on CUDA, fp32 on the CPU), as in the other stages.
 Only evaluation may call the gold judge (docs/architecture.md).
 """
 
@@ -27,7 +29,7 @@ from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
 from rlhf.stage import StageOutput
-from rlhf.train import atomic_dir, load_causal_lm, load_tokenizer, read_jsonl
+from rlhf.train import atomic_dir, load_causal_lm, load_tokenizer, make_accelerator, read_jsonl
 
 
 def policy_dirs(paths: Paths) -> dict[str, Path]:
@@ -43,17 +45,18 @@ def policy_dirs(paths: Paths) -> dict[str, Path]:
 
 @torch.no_grad()
 def sequence_kl(policy: Any, reference: Any, samples: Any, temperature: float, batch_size: int) -> torch.Tensor:
-    """sum_t (log pi - log pi_ref) over each sampled response. Returns (N,)."""
+    """sum_t (log pi - log pi_ref) over each sampled response, on the policy's device. Returns (N,) on the CPU."""
     out = []
+    device = next(policy.parameters()).device
     prompt_len = samples.prompt_ids.shape[1]
     for i in range(0, len(samples.texts), batch_size):
-        seqs = samples.sequences[i: i + batch_size]  # (b, P + R)
-        attn = samples.attention_mask[i: i + batch_size]
-        mask = samples.response_mask[i: i + batch_size].float()  # (b, R)
+        seqs = samples.sequences[i: i + batch_size].to(device)  # (b, P + R)
+        attn = samples.attention_mask[i: i + batch_size].to(device)
+        mask = samples.response_mask[i: i + batch_size].to(device).float()  # (b, R)
         targets = seqs[:, prompt_len:]  # (b, R)
         logp = logprobs_from_logits(forward_logits(policy, seqs, attn, temperature)[:, prompt_len - 1: -1], targets)
         ref = logprobs_from_logits(forward_logits(reference, seqs, attn, temperature)[:, prompt_len - 1: -1], targets)
-        out.append(((logp - ref) * mask).sum(dim=1))  # (b,)
+        out.append(((logp - ref) * mask).sum(dim=1).cpu())  # (b,)
     return torch.cat(out)
 
 
@@ -83,12 +86,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
 def run_evaluate(cfg: EvaluateConfig, paths: Paths) -> StageOutput:
     from rlhf.world.judge import judge
 
+    # 0. runtime: device and precision chosen as for the training stages ('auto': CUDA with bf16
+    #    autocast when present, else fp32 on the CPU). One process: evaluation is not sharded.
+    accelerator = make_accelerator("auto")
+    assert accelerator.num_processes == 1, "evaluation runs in one process (it is not sharded)"
+    device = accelerator.device
+
     # 1. what to evaluate: the policies that exist, the eval prompts, the reference and the proxy RM
     policies = policy_dirs(paths)
     prompts = read_jsonl(paths.eval_prompts)[: cfg.max_prompts]
     texts = [p["prompt"] for p in prompts]
-    reference = load_causal_lm(policies["sft"]).eval()
-    reward_model = RewardModel.from_pretrained(paths.reward / "model").eval()
+    reference = load_causal_lm(policies["sft"]).to(device).eval()
+    reward_model = RewardModel.from_pretrained(paths.reward / "model").to(device).eval()
 
     metrics: dict[str, dict[str, float]] = {}
     all_rows: list[dict[str, Any]] = []
@@ -96,13 +105,14 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths) -> StageOutput:
     for name, model_dir in policies.items():
         # 2. sample: same seed and settings for every policy
         tokenizer = load_tokenizer(model_dir)
-        policy = reference if name == "sft" else load_causal_lm(model_dir).eval()
-        samples = generate(policy, tokenizer, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
-                           budget_key="evaluate.max_new_tokens")
-        # 3. score: gold judge, proxy reward model (through text), KL to the reference
-        proxy = reward_model.score_pairs(texts, samples.texts)
-        kl = sequence_kl(policy, reference, samples, cfg.temperature, cfg.batch_size)  # (N,)
+        policy = reference if name == "sft" else load_causal_lm(model_dir).to(device).eval()
+        with accelerator.autocast():
+            samples = generate(policy, tokenizer, texts, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                               seed=cfg.seed, budget_key="evaluate.max_new_tokens")
+            # 3. score: gold judge, proxy reward model (through text), KL to the reference
+            proxy = reward_model.score_pairs(texts, samples.texts)
+            kl = sequence_kl(policy, reference, samples, cfg.temperature, cfg.batch_size)  # (N,)
         rows = []
         for i, (row, response) in enumerate(zip(prompts, samples.texts)):
             j = judge(row["prompt"], response)
