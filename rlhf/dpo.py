@@ -26,8 +26,6 @@ from rlhf.paths import Paths
 from rlhf.stage import StageOutput
 from rlhf.train import (
     BatchOrder,
-    build_optimizer,
-    build_scheduler,
     collate_sft,
     encode_sft_example,
     find_resumable,
@@ -36,6 +34,7 @@ from rlhf.train import (
     load_checkpoint,
     load_tokenizer,
     make_accelerator,
+    optimizer_from,
     optimizer_step,
     progress_bar,
     read_jsonl,
@@ -43,6 +42,7 @@ from rlhf.train import (
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
+    scheduler_from,
     seed_everything,
     shard_and_split,
 )
@@ -124,7 +124,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
         return StageOutput(metrics={"enabled": 0.0})
 
     # 1. runtime; policy from the newest checkpoint of this config or from SFT; reference = SFT
-    accelerator = make_accelerator("auto")
+    accelerator = make_accelerator(cfg.mixed_precision)
     seed_everything(cfg.seed)
     sft_dir = paths.sft / "model"
     ckpt_root = run_checkpoint_root(paths.checkpoints("dpo"), [paths.pref_train, sft_dir],
@@ -156,8 +156,8 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     steps_per_epoch = len(train) // cfg.batch_size
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     assert total_steps > 0, f"pref_train has {len(train)} pairs, fewer than batch_size={cfg.batch_size}"
-    optimizer = build_optimizer(policy, cfg.learning_rate)
-    scheduler = build_scheduler(optimizer, total_steps, min(cfg.warmup_steps, total_steps), "linear", 0.0)
+    optimizer = optimizer_from(policy, cfg)
+    scheduler = scheduler_from(optimizer, cfg, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
     history: list[dict[str, float]] = state["history"]
@@ -187,13 +187,14 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
                                 accelerator.num_processes)
         stats = optimizer_step(policy, optimizer, scheduler, accelerator, [micro_batch(p) for p in parts],
                                loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
-        history.append({"step": step + 1, "epoch": order.epoch(step + 1), "loss": stats["loss"],
-                        **{k: v for k, v in stats.items() if k != "loss"}})
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+            history.append({"step": step + 1, "epoch": order.epoch(step + 1), "loss": stats["loss"],
+                            **{k: v for k, v in stats.items() if k != "loss"}})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss/dpo']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             save_checkpoint(ckpt_root, step + 1, accelerator, policy, optimizer, scheduler, cfg,
-                            {"history": history}, tokenizer=tokenizer)
+                            {"history": history}, tokenizer=tokenizer, keep_last=cfg.keep_checkpoints)
     bar.close()
 
     # 6. held-out implicit-reward accuracy

@@ -8,10 +8,10 @@ doing the checking).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class StageConfig(BaseModel):
@@ -66,3 +66,45 @@ def build_config(cls: type[StageConfig], section: str, data: dict[str, Any] | No
         return cls.model_validate(data or {})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, section, source)) from None
+
+
+# Shared field types: the constraint and the doc live here once; a stage sets only its default.
+Seed = Annotated[int, Field(ge=0, description="seed of initialisation, data order and sampling")]
+MaxSteps = Annotated[int, Field(ge=1, description="optimizer steps (PPO: iterations of rollout + update)")]
+LearningRate = Annotated[float, Field(gt=0, le=1, description="peak learning rate of AdamW")]
+WeightDecay = Annotated[float, Field(ge=0, le=1, description="AdamW decoupled weight decay, matrices only")]
+WarmupSteps = Annotated[int, Field(ge=0, description="linear warmup steps")]
+ScheduleName = Annotated[Literal["cosine", "linear", "constant"], Field(description="learning-rate decay after warmup")]
+MinLrRatio = Annotated[float, Field(ge=0, le=1, description="final learning rate / peak")]
+CheckpointEvery = Annotated[int, Field(ge=1, description="save a resumable checkpoint every this many steps")]
+LogEvery = Annotated[int, Field(ge=1, description="a history row every this many steps")]
+Precision = Annotated[Literal["auto", "no", "bf16"], Field(description="'auto': bf16 autocast on CUDA, fp32 on CPU")]
+
+
+class TrainConfig(StageConfig):
+    """What every training stage (SFT, reward, PPO, DPO) shares: AdamW, the learning-rate schedule,
+    gradient clipping, precision, checkpoints and logging. Trainers build their optimizer and
+    schedule from it (`rlhf.train.optim.optimizer_from`, `scheduler_from`), so none can ignore a
+    field. Stages override the defaults; params.yaml sets every value."""
+
+    seed: Seed = 0
+    learning_rate: LearningRate
+    weight_decay: WeightDecay = 0.0
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="beta_1 of AdamW (Kingma & Ba 2015)")
+    adam_beta2: float = Field(0.95, ge=0, lt=1, description="beta_2 of AdamW")
+    adam_eps: float = Field(1e-8, gt=0, description="epsilon of AdamW")
+    warmup_steps: WarmupSteps = 0
+    schedule: ScheduleName = "constant"
+    min_lr_ratio: MinLrRatio = 0.0
+    max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip, per model")
+    mixed_precision: Precision = "auto"
+    checkpoint_every: CheckpointEvery
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    log_every: LogEvery = 1
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "TrainConfig":
+        max_steps = getattr(self, "max_steps", None)  # None: DPO counts its steps from the epochs
+        if max_steps is not None and self.warmup_steps > max_steps:
+            raise ValueError("warmup_steps must not exceed max_steps")
+        return self

@@ -4,15 +4,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf.config.base import StageConfig
+from rlhf.config.base import CheckpointEvery, LearningRate, LogEvery, ScheduleName, TrainConfig, WarmupSteps
 
 
-class DPOConfig(StageConfig):
+class DPOConfig(TrainConfig):
     """`dpo` section: direct preference optimisation (Rafailov et al. 2023), its conservative
     variant (label smoothing) and IPO (Azar et al. 2023)."""
 
     enabled: bool = Field(True, description="false: write SKIPPED and train nothing")
-    seed: int = Field(0, ge=0, description="seed of shuffling")
     loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO eq. 7; ipo: IPO eq. 17")
     beta: float = Field(0.1, gt=0, description="beta (DPO) or tau (IPO): strength of the KL anchor to pi_ref")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="epsilon: assumed label-flip rate (cDPO)")
@@ -24,13 +23,14 @@ class DPOConfig(StageConfig):
     max_steps: int | None = Field(250, ge=1, description="optimizer steps, overriding epochs (a later epoch reshuffles); null: epochs x (pairs // batch_size)")
     batch_size: int = Field(16, ge=1, description="pairs per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="pairs per forward pass (gradient accumulation)")
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate")
-    warmup_steps: int = Field(5, ge=0, description="linear warm-up steps of the learning rate")
-    max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
+    learning_rate: LearningRate = 1e-4
+    warmup_steps: WarmupSteps = 5
+    schedule: ScheduleName = "linear"
     max_length: int = Field(160, ge=8, description="longest prompt + response in tokens (longer pairs are cut)")
     precompute_ref_logprobs: bool = Field(True, description="compute log pi_ref once before training and cache it")
     eval_batch_size: int = Field(32, ge=1, description="pairs per forward pass on pref_heldout")
-    checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every this many steps")
+    checkpoint_every: CheckpointEvery = 50
+    log_every: LogEvery = 1
 
     @model_validator(mode="after")
     def _check(self) -> "DPOConfig":
@@ -44,7 +44,3 @@ class DPOConfig(StageConfig):
     def average_logps(self) -> bool:
         """Whether sequence log-probs are per-token means (else sums over the response)."""
         return self.logp_reduction == "mean" or (self.logp_reduction == "auto" and self.loss_type == "ipo")
-
-    @property
-    def grad_accum_steps(self) -> int:
-        return self.batch_size // self.micro_batch_size

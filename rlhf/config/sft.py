@@ -4,14 +4,22 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf.config.base import StageConfig
+from rlhf.config.base import (
+    CheckpointEvery,
+    LearningRate,
+    LogEvery,
+    MaxSteps,
+    MinLrRatio,
+    ScheduleName,
+    TrainConfig,
+    WarmupSteps,
+    WeightDecay,
+)
 
 
-class SFTConfig(StageConfig):
+class SFTConfig(TrainConfig):
     """`sft` section: supervised fine-tuning on the demonstrations, loss on response tokens only
     (Ouyang et al. 2022, sec. 3.5). Defaults train the embedded GPT-2 in a few CPU minutes."""
-
-    seed: int = Field(0, ge=0, description="seed of initialisation, data order and sampling")
 
     # --- model: a local HF causal LM directory, or the embedded GPT-2 built from this config ---
     model_path: str | None = Field(None, description="local HF causal LM directory (relative to the project root); null: build GPT-2 below")
@@ -24,22 +32,17 @@ class SFTConfig(StageConfig):
     max_seq_len: int = Field(128, ge=8, description="longest training sequence in tokens (prompt + response + EOS)")
     packing: bool = Field(True, description="pack whole examples into rows of max_seq_len tokens (less padding)")
 
-    # --- optimisation ---
-    max_steps: int = Field(1600, ge=1, description="optimizer steps")
+    # --- optimisation (the shared fields are documented in TrainConfig) ---
+    max_steps: MaxSteps = 1600
     batch_size: int = Field(4, ge=1, description="sequences (packed rows) per optimizer step, all processes together")
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward pass (gradient accumulation)")
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="peak AdamW learning rate")
-    weight_decay: float = Field(0.1, ge=0, le=1, description="AdamW decoupled weight decay, matrices only")
-    warmup_steps: int = Field(50, ge=0, description="linear warmup steps")
-    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak")
-    max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip")
-    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU")
-
-    # --- checkpoints and logging ---
-    checkpoint_every: int = Field(400, ge=1, description="save a resumable checkpoint every this many steps (and at the end)")
-    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
-    log_every: int = Field(20, ge=1, description="history rows every this many steps")
+    learning_rate: LearningRate = 2e-3
+    weight_decay: WeightDecay = 0.1
+    warmup_steps: WarmupSteps = 50
+    schedule: ScheduleName = "cosine"
+    min_lr_ratio: MinLrRatio = 0.1
+    checkpoint_every: CheckpointEvery = 400
+    log_every: LogEvery = 20
 
     # --- evaluation ---
     eval_examples: int = Field(512, ge=1, description="examples of each split used for the train/held-out loss")
@@ -52,8 +55,6 @@ class SFTConfig(StageConfig):
     def _check(self) -> "SFTConfig":
         if self.batch_size % self.micro_batch_size:
             raise ValueError("micro_batch_size must divide batch_size")
-        if self.warmup_steps > self.max_steps:
-            raise ValueError("warmup_steps must not exceed max_steps")
         if self.model_path is None:
             if self.n_embd % self.n_head:
                 raise ValueError("n_head must divide n_embd")
@@ -62,7 +63,3 @@ class SFTConfig(StageConfig):
             if self.sample_count and self.sample_max_new_tokens >= self.n_positions:
                 raise ValueError("sample_max_new_tokens must leave room for the prompt in n_positions")
         return self
-
-    @property
-    def grad_accum_steps(self) -> int:
-        return self.batch_size // self.micro_batch_size

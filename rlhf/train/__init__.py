@@ -58,7 +58,15 @@ from rlhf.train.models import (
     load_causal_lm,
     load_tokenizer,
 )
-from rlhf.train.optim import Throughput, build_optimizer, build_scheduler, lr_factor, optimizer_step
+from rlhf.train.optim import (
+    Throughput,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    optimizer_from,
+    optimizer_step,
+    scheduler_from,
+)
 from rlhf.train.runtime import (
     make_accelerator,
     progress_bar,
@@ -73,9 +81,9 @@ __all__ = [
     "BatchOrder", "Throughput", "atomic_dir", "build_gpt2", "build_optimizer", "build_scheduler",
     "collate_pairs", "collate_sft", "count_parameters", "disable_dropout", "encode_dialogue",
     "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "load_causal_lm",
-    "load_checkpoint", "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_step", "pack_examples", "pad",
+    "load_checkpoint", "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_from", "optimizer_step", "pack_examples", "pad",
     "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "retire_checkpoints", "rng_state",
     "run_checkpoint_root",
     "save_checkpoint",
-    "save_model_dir", "seed_everything", "set_rng_state", "shard_and_split", "torch_threads", "write_json",
+    "save_model_dir", "scheduler_from", "seed_everything", "set_rng_state", "shard_and_split", "torch_threads", "write_json",
 ]

@@ -39,6 +39,18 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
+def optimizer_from(model: torch.nn.Module, cfg: Any, learning_rate: float | None = None) -> torch.optim.AdamW:
+    """`build_optimizer` with every AdamW field of a `TrainConfig` (`learning_rate` overrides the
+    config's, e.g. for PPO's critic)."""
+    lr = cfg.learning_rate if learning_rate is None else learning_rate
+    return build_optimizer(model, lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
+
+
+def scheduler_from(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """`build_scheduler` with the warmup, schedule and final ratio of a `TrainConfig`."""
+    return build_scheduler(optimizer, total_steps, min(cfg.warmup_steps, total_steps), cfg.schedule, cfg.min_lr_ratio)
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: Schedule, min_lr_ratio: float) -> float:
     """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup over
     `warmup_steps`, then cosine or linear decay to `min_lr_ratio` at `total_steps`."""

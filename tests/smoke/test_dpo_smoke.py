@@ -31,8 +31,8 @@ def _params(model):
     {}, {"loss_type": "ipo"}, {"label_smoothing": 0.1, "precompute_ref_logprobs": False},
 ])
 def test_dpo_few_steps(world, extra):
-    cfg = DPOConfig(epochs=1, batch_size=8, micro_batch_size=4, learning_rate=1e-3, warmup_steps=0,
-                    eval_batch_size=8, **extra)
+    cfg = DPOConfig(epochs=1, max_steps=None, batch_size=8, micro_batch_size=4, learning_rate=1e-3,
+                    warmup_steps=0, eval_batch_size=8, **extra)
     before = _params(load_causal_lm(world.sft / "model"))
     out = run_dpo(cfg, world)
     assert out.models == {"rlhf-dpo": world.dpo / "model"}
@@ -51,8 +51,8 @@ def test_dpo_few_steps(world, extra):
 
 
 def test_dpo_resumes_to_the_same_weights(world, monkeypatch):
-    cfg = DPOConfig(epochs=2, batch_size=8, micro_batch_size=8, learning_rate=1e-3, warmup_steps=0,
-                    eval_batch_size=8, checkpoint_every=2)
+    cfg = DPOConfig(epochs=2, max_steps=None, batch_size=8, micro_batch_size=8, learning_rate=1e-3,
+                    warmup_steps=0, eval_batch_size=8, checkpoint_every=2)
     run_dpo(cfg, world)
     full = _params(load_causal_lm(world.dpo / "model"))
     (kept,) = as_if_killed(world.checkpoints("dpo"))  # killed after the step-2 checkpoint
@@ -79,3 +79,30 @@ def test_dpo_max_steps_overrides_epochs(world, max_steps):
     out = run_dpo(cfg, world)
     assert [h["step"] for h in out.history] == list(range(1, max_steps + 1))
     assert out.history[-1]["epoch"] == pytest.approx(max_steps / 3)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_dpo_honours_the_shared_training_fields(world, schedule, monkeypatch):
+    """Schedule, AdamW settings, log_every and keep_checkpoints come from the config (DPO once
+    hard-coded a linear schedule and the optimizer defaults)."""
+    built = []
+    real = torch.optim.AdamW
+
+    def spy(*args, **kwargs):
+        built.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    cfg = DPOConfig(max_steps=4, batch_size=8, micro_batch_size=8, learning_rate=1e-3, warmup_steps=0,
+                    schedule=schedule, min_lr_ratio=0.5, adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-6,
+                    eval_batch_size=8, log_every=2, checkpoint_every=1, keep_checkpoints=1)
+    out = run_dpo(cfg, world)
+    assert built == [{"lr": 1e-3, "betas": (0.8, 0.9), "eps": 1e-6}]
+    assert [h["step"] for h in out.history] == [2, 4]
+    lrs = [h["lr"] for h in out.history]
+    if schedule == "constant":
+        assert lrs == [1e-3, 1e-3]
+    else:
+        assert 1e-3 > lrs[0] > lrs[1] >= 0.5e-3
+    (finished,) = world.checkpoints("dpo").iterdir()
+    assert len([p for p in finished.iterdir() if p.name.startswith("step-")]) == 1
