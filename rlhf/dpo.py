@@ -14,7 +14,6 @@ tokenizer to `paths.dpo / "model"` and resumable checkpoints to `paths.checkpoin
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from rlhf.config.dpo import DPOConfig
 from rlhf.logprobs import sequence_logprobs
 from rlhf.losses.dpo import dpo_loss, ipo_loss
 from rlhf.paths import Paths
-from rlhf.stage import StageOutput
+from rlhf.stage import SKIPPED, StageOutput, skip_stage
 from rlhf.train import (
     BatchOrder,
     collate_sft,
@@ -118,10 +117,7 @@ def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tenso
 def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     out_dir = paths.dpo / "model"
     if not cfg.enabled:  # a SKIPPED marker and no model: evaluation then leaves DPO out
-        shutil.rmtree(paths.dpo, ignore_errors=True)
-        paths.dpo.mkdir(parents=True)
-        (paths.dpo / "SKIPPED").write_text("dpo.enabled is false in params.yaml\n", encoding="utf-8")
-        return StageOutput(metrics={"enabled": 0.0})
+        return skip_stage(paths.dpo, "dpo")
 
     # 1. runtime; policy from the newest checkpoint of this config or from SFT; reference = SFT
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -210,7 +206,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     # 7. the final policy + tokenizer, atomically; checkpoints are no longer needed
     if accelerator.is_main_process:
         save_model_dir(out_dir, model, tokenizer, cfg)
-        (paths.dpo / "SKIPPED").unlink(missing_ok=True)
+        (paths.dpo / SKIPPED).unlink(missing_ok=True)  # left by an earlier run with enabled: false
         retire_checkpoints(ckpt_root)  # a later run trains afresh
     accelerator.wait_for_everyone()
     return StageOutput(

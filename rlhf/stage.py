@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf.files import atomic_dir
+
 
 @dataclass
 class StageOutput:
@@ -34,3 +36,18 @@ class StageOutput:
         `rlhf-ppo`, `rlhf-dpo`. The prefix keeps them apart from other projects' models in a shared
         registry."""
         return f"rlhf-{stage}"
+
+
+SKIPPED = "SKIPPED"  # marker file of a stage that params switched off; evaluation leaves it out
+
+
+def skip_stage(stage_dir: Path, stage: str) -> StageOutput:
+    """The output of a stage switched off with `<stage>.enabled: false`: its folder holds only the
+    SKIPPED marker (no model), and its one metric `enabled` is 0."""
+    with atomic_dir(stage_dir) as tmp:
+        (tmp / SKIPPED).write_text(f"{stage}.enabled is false in params.yaml\n", encoding="utf-8")
+    return StageOutput(metrics={"enabled": 0.0})
+
+
+def is_skipped(stage_dir: Path) -> bool:
+    return (stage_dir / SKIPPED).exists()
