@@ -34,10 +34,13 @@ def print_summary(root: Path = Path(".")) -> None:
             continue
         metrics = json.loads(file.read_text())
         if stage == "evaluate":
-            print(f"  {stage:<10} policy  helpfulness  safety  reward_proxy  kl_to_ref")
+            columns = {"helpfulness": "helpfulness_gold", "safety": "safety_gold",
+                       "ppo_score": "eval/proxy/ppo_score", "rm_score": "eval/proxy/rm_score",
+                       "kl_to_ref": "kl_to_ref"}
+            print(f"  {stage:<10} {'policy':<7} " + "  ".join(f"{c:>10}" for c in columns))
             for policy, m in metrics.items():
                 if isinstance(m, dict):
-                    row = [m.get(k) for k in ("helpfulness_gold", "safety_gold", "reward_proxy", "kl_to_ref")]
+                    row = [m.get(k) for k in columns.values()]
                     print(f"  {'':<10} {policy:<7} " + "  ".join(f"{_fmt(v):>10}" for v in row))
             continue
         shown = {k: metrics[k] for k in KEY_METRICS.get(stage, []) if k in metrics}

@@ -5,7 +5,9 @@ same seed and sampling settings for all:
   - gold helpfulness and safety (1-5) from the world's gold judge, averaged as the judge's
     `mean_scores` does: helpfulness over benign prompts, safety over harmful prompts (Bai et al.
     2022's split), with the other halves and the all-prompt means beside them;
-  - the proxy reward-model score (normalised units, the one PPO optimised);
+  - the proxy reward-model score (normalised units) twice: as PPO optimised it (a response without
+    EOS scores ppo.missing_eos_score, `rlhf.rl.penalise_missing_eos`) and as the reward model
+    gives it to every response;
   - the KL to the reference (SFT) on the policy's own samples:
         KL(pi || pi_ref) ~ mean over prompts of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]
     with both log-probs of the tempered distributions (logits / T), as in PPO's objective/kl.
@@ -24,12 +26,15 @@ from typing import Any
 import torch
 
 from rlhf.config.evaluate import EvaluateConfig
+from rlhf.config.ppo import PPOConfig
 from rlhf.generation import generate
 from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
+from rlhf.rl import penalise_missing_eos
 from rlhf.stage import StageOutput
 from rlhf.train import atomic_dir, load_causal_lm, load_tokenizer, make_accelerator, read_jsonl
+from rlhf.train.checkpoint import STAGE_CONFIG
 
 
 def policy_dirs(paths: Paths) -> dict[str, Path]:
@@ -41,6 +46,23 @@ def policy_dirs(paths: Paths) -> dict[str, Path]:
             found[name] = model
     assert "sft" in found, f"no SFT model in {paths.sft / 'model'}: run the sft stage first"
     return found
+
+
+def proxy_missing_eos_score(ppo: PPOConfig, policies: dict[str, Path]) -> float:
+    """The `missing_eos_score` of the proxy score: the ppo section's, for every policy.
+
+    Every policy is scored under the one proxy so that their scores compare. The PPO stage's saved
+    config (stage_config.json beside its model) cannot define it alone: SFT and DPO have none, nor
+    has a disabled PPO stage. Where it exists it must agree: a PPO model trained with another value
+    (a stale stage) would be reported under a score it did not optimise, so it is refused.
+    """
+    saved = policies["ppo"] / STAGE_CONFIG if "ppo" in policies else None
+    if saved is not None and saved.is_file():
+        trained = json.loads(saved.read_text(encoding="utf-8")).get("missing_eos_score")
+        if trained is not None and trained != ppo.missing_eos_score:
+            raise ValueError(f"the PPO model in {policies['ppo']} was trained with missing_eos_score={trained}, but "
+                             f"ppo.missing_eos_score is {ppo.missing_eos_score}: rerun the ppo stage")
+    return ppo.missing_eos_score
 
 
 @torch.no_grad()
@@ -76,14 +98,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
         "helpfulness_gold_all": _mean([r["helpfulness"] for r in rows]),
         "safety_gold_all": _mean([r["safety"] for r in rows]),
         "utility_gold": _mean([r["utility"] for r in rows]),
-        "reward_proxy": _mean([r["reward_proxy"] for r in rows]),
+        "eval/proxy/ppo_score": _mean([r["ppo_score"] for r in rows]),
+        "eval/proxy/rm_score": _mean([r["rm_score"] for r in rows]),
         "kl_to_ref": _mean([r["kl_to_ref"] for r in rows]),
         "response_length": _mean([r["response_tokens"] for r in rows]),
         "eos_share": _mean([float(r["ended"]) for r in rows]),
     }
 
 
-def run_evaluate(cfg: EvaluateConfig, paths: Paths) -> StageOutput:
+def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutput:
+    """`ppo` is the ppo section of the same params: the proxy is scored as PPO defines it."""
     from rlhf.world.judge import judge
 
     # 0. runtime: device and precision chosen as for the training stages ('auto': CUDA with bf16
@@ -96,6 +120,7 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths) -> StageOutput:
     policies = policy_dirs(paths)
     prompts = read_jsonl(paths.eval_prompts)[: cfg.max_prompts]
     texts = [p["prompt"] for p in prompts]
+    missing_eos_score = proxy_missing_eos_score(ppo, policies)
     reference = load_causal_lm(policies["sft"]).to(device).eval()
     reward_model = RewardModel.from_pretrained(paths.reward / "model").to(device).eval()
 
@@ -110,16 +135,18 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths) -> StageOutput:
             samples = generate(policy, tokenizer, texts, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
                                seed=cfg.seed, budget_key="evaluate.max_new_tokens")
-            # 3. score: gold judge, proxy reward model (through text), KL to the reference
-            proxy = reward_model.score_pairs(texts, samples.texts)
+            # 3. score: gold judge, proxy reward model (through text; also as PPO scores it), KL to the reference
+            rm_score = torch.tensor(reward_model.score_pairs(texts, samples.texts))  # (N,)
             kl = sequence_kl(policy, reference, samples, cfg.temperature, cfg.batch_size)  # (N,)
+        ppo_score = penalise_missing_eos(rm_score, samples.ended, missing_eos_score)  # (N,)
         rows = []
         for i, (row, response) in enumerate(zip(prompts, samples.texts)):
             j = judge(row["prompt"], response)
             rows.append({"policy": name, "prompt": row["prompt"], "topic": row.get("topic"),
                          "harmful": bool(row["harmful"]), "response": response,
                          "helpfulness": j.helpfulness, "safety": j.safety, "utility": j.utility,
-                         "reward_proxy": proxy[i], "kl_to_ref": float(kl[i]),
+                         "ppo_score": float(ppo_score[i]), "rm_score": float(rm_score[i]),
+                         "kl_to_ref": float(kl[i]),
                          "response_tokens": int(samples.response_mask[i].sum()), "ended": bool(samples.ended[i])})
         metrics[name] = summarise(rows)
         all_rows += rows

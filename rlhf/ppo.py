@@ -35,7 +35,14 @@ from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
 from rlhf.ops import masked_mean, masked_sum, masked_whiten
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
-from rlhf.rl import AdaptiveKLController, FixedKLController, gae, kl_estimate, kl_shaped_rewards
+from rlhf.rl import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_estimate,
+    kl_shaped_rewards,
+    penalise_missing_eos,
+)
 from rlhf.stage import StageOutput
 from rlhf.train import (
     BatchOrder,
@@ -122,7 +129,7 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
     ref_logprobs, _, _ = response_forward(reference, None, seqs, attn, prompt_len, cfg.temperature)
     scores = torch.tensor(reward_model.score_pairs(prompts, samples.texts), device=device)  # (N,)
     ended = samples.ended.to(device)
-    scores = torch.where(ended, scores, torch.full_like(scores, cfg.missing_eos_score))  # EOS trick
+    scores = penalise_missing_eos(scores, ended, cfg.missing_eos_score)  # EOS trick
     if cfg.score_clip is not None:
         scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
     # 3. per-token rewards: -beta * KL_t everywhere, + score on the last response token

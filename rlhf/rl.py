@@ -1,4 +1,5 @@
-"""Pure RL helpers for PPO on language models: KL estimators, KL-shaped rewards, GAE, the KL controller.
+"""Pure RL helpers for PPO on language models: KL estimators, the missing-EOS score, KL-shaped
+rewards, GAE, the KL controller.
 
 Conventions (all tensors are about the *response* tokens of a batch of `B` sequences, right-padded
 to `R` tokens):
@@ -37,6 +38,21 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLEsti
     if kind == "k3":
         return torch.expm1(log_ratio) - log_ratio
     raise ValueError(f"unknown KL estimator {kind!r}; expected 'k1', 'k2' or 'k3'")
+
+
+def penalise_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, missing_eos_score: float) -> torch.Tensor:
+    """The sequence score r(x, y) PPO optimises: the reward model's, unless the response has no EOS.
+
+    r(x, y) = r_RM(x, y)          if y ended with EOS within max_new_tokens
+            = missing_eos_score   otherwise
+    The "EOS trick" of Huang et al. (2024, "N+ implementation details"): a response cut off by the
+    length limit is not scored by the reward model, so the policy cannot gain by rambling on.
+    Evaluation reports its proxy with this same function, so that it is the score PPO optimised.
+    Shapes: scores (B,), has_eos (B,) bool (or 0/1) -> (B,), dtype and device of `scores`.
+    """
+    assert scores.shape == has_eos.shape, f"one EOS flag per score: {tuple(has_eos.shape)} vs {tuple(scores.shape)}"
+    has_eos = has_eos.to(device=scores.device, dtype=torch.bool)
+    return torch.where(has_eos, scores, torch.full_like(scores, missing_eos_score))
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

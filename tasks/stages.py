@@ -41,9 +41,11 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     logger = get_run_logger()
     cfg = load_config(stage, params)  # a bad params file stops here, before any work
     paths = Paths(Path(root))
+    # evaluation reports the proxy score as PPO defines it, so it also reads the ppo section
+    extra = {"ppo": load_config("ppo", params)} if stage == "evaluate" else {}
     logger.info("stage %s: %s", stage, cfg.model_dump())
     start = time.perf_counter()
-    output = library_function(stage)(cfg, paths)
+    output = library_function(stage)(cfg, paths, **extra)
     seconds = time.perf_counter() - start
     write_json(paths.metrics_file(stage), output.metrics)
     logger.info("stage %s done in %.1f s: %s", stage, seconds, output.metrics)

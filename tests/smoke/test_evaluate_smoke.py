@@ -1,5 +1,6 @@
-"""Evaluation on a toy world: every existing policy is scored, a skipped one is left out, and every
-model runs on the device (and under the autocast) of the stage's accelerator."""
+"""Evaluation on a toy world: every existing policy is scored, a skipped one is left out, the proxy
+score is PPO's (missing-EOS score included) beside the reward model's own, and every model runs on
+the device (and under the autocast) of the stage's accelerator."""
 
 import contextlib
 import json
@@ -11,12 +12,14 @@ from accelerate import Accelerator
 
 import rlhf.evaluate
 from rlhf.config.evaluate import EvaluateConfig
-from rlhf.evaluate import run_evaluate
+from rlhf.config.ppo import PPOConfig
+from rlhf.evaluate import proxy_missing_eos_score, run_evaluate
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_tokenizer, save_model_dir
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 
 CFG = EvaluateConfig(max_new_tokens=8, batch_size=4, table_rows=2)
+PPO = PPOConfig()
 
 
 @pytest.fixture()
@@ -36,11 +39,12 @@ def world(tmp_path):
 
 
 def test_evaluate_scores_existing_policies(world):
-    out = run_evaluate(CFG, world)
+    out = run_evaluate(CFG, world, PPO)
     assert set(out.metrics) == {"sft", "dpo"}
     for name, m in out.metrics.items():
         assert 1.0 <= m["helpfulness_gold"] <= 5.0 and 1.0 <= m["safety_gold"] <= 5.0
-        assert math.isfinite(m["reward_proxy"]) and math.isfinite(m["kl_to_ref"])
+        for key in ("eval/proxy/ppo_score", "eval/proxy/rm_score", "kl_to_ref"):
+            assert math.isfinite(m[key]), key
     assert out.metrics["sft"]["kl_to_ref"] == pytest.approx(0.0, abs=1e-6)  # the reference itself
     samples = [json.loads(line) for line in (world.evaluate / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 7 * 2 and len(out.tables["eval_samples.json"]) == 4
@@ -101,7 +105,7 @@ def test_evaluate_runs_every_model_on_the_stage_device(world, monkeypatch):
     monkeypatch.setattr(rlhf.evaluate, "load_causal_lm", spied(rlhf.evaluate.load_causal_lm))
     monkeypatch.setattr(RewardModel, "from_pretrained", spied(RewardModel.from_pretrained))
 
-    run_evaluate(CFG, world)
+    run_evaluate(CFG, world, PPO)
     assert len(accelerators) == 1, "evaluation builds one accelerator, as the training stages do"
     device = accelerators[0].device
     assert len(loaded) == 3  # SFT (policy and reference), DPO, reward model
@@ -113,3 +117,46 @@ def test_evaluate_runs_every_model_on_the_stage_device(world, monkeypatch):
         for _, param_device, input_devices, autocast_on in calls:
             assert input_devices == {param_device}, f"inputs on {input_devices}, weights on {param_device}"
             assert autocast_on, "a forward pass outside the accelerator's autocast"
+
+
+def _always_eos(model, tok):
+    """The model's first token is EOS at every step: every position's final hidden state is a large
+    multiple of the EOS embedding, so the EOS logit dominates by a wide margin."""
+    with torch.no_grad():
+        eos = model.get_output_embeddings().weight[tok.eos_token_id]
+        eos.copy_(10.0 * eos / eos.norm())
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(eos)
+    return model
+
+
+def test_proxy_is_the_score_ppo_optimised(world):
+    """Responses without EOS score ppo.missing_eos_score, as in PPO; the reward model's own score is
+    reported beside it. SFT (random) never ends within 8 tokens; the DPO stand-in always ends at once."""
+    tok = load_tokenizer(world.tokenizer)
+    save_model_dir(world.dpo / "model", _always_eos(build_gpt2(tok, 2, 2, 32, 128, seed=1), tok), tok)
+    out = run_evaluate(CFG, world, PPOConfig(missing_eos_score=-3.0))
+    rows = [json.loads(line) for line in (world.evaluate / "samples.jsonl").read_text().splitlines()]
+    by_policy = {name: [r for r in rows if r["policy"] == name] for name in ("sft", "dpo")}
+    assert not any(r["ended"] for r in by_policy["sft"]) and all(r["ended"] for r in by_policy["dpo"])
+    rm = RewardModel.from_pretrained(world.reward / "model")
+    for name, policy_rows in by_policy.items():
+        rm_scores = rm.score_pairs([r["prompt"] for r in policy_rows], [r["response"] for r in policy_rows])
+        assert [r["rm_score"] for r in policy_rows] == pytest.approx(rm_scores, abs=1e-5)
+        expected = [r["rm_score"] if r["ended"] else -3.0 for r in policy_rows]
+        assert [r["ppo_score"] for r in policy_rows] == expected
+        m = out.metrics[name]
+        assert m["eval/proxy/ppo_score"] == pytest.approx(sum(expected) / len(expected))
+        assert m["eval/proxy/rm_score"] == pytest.approx(sum(rm_scores) / len(rm_scores), abs=1e-5)
+    assert out.metrics["sft"]["eval/proxy/ppo_score"] == pytest.approx(-3.0)
+
+
+def test_a_ppo_model_trained_with_another_missing_eos_score_is_refused(world):
+    tok = load_tokenizer(world.tokenizer)
+    (world.ppo / "SKIPPED").unlink()
+    save_model_dir(world.ppo / "model", build_gpt2(tok, 2, 2, 32, 128, seed=2), tok, PPOConfig(missing_eos_score=-2.0))
+    policies = {"sft": world.sft / "model", "ppo": world.ppo / "model"}
+    assert proxy_missing_eos_score(PPOConfig(missing_eos_score=-2.0), policies) == -2.0
+    assert proxy_missing_eos_score(PPOConfig(missing_eos_score=-1.0), {"sft": world.sft / "model"}) == -1.0
+    with pytest.raises(ValueError, match=r"trained with missing_eos_score=-2.0, but ppo.missing_eos_score is -1.0"):
+        run_evaluate(CFG, world, PPOConfig(missing_eos_score=-1.0))

@@ -136,3 +136,18 @@ def test_update_with_accumulation_equals_one_large_batch(world):
         results.append((_params(policy), _params(critic)))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
+
+
+def test_responses_without_eos_score_missing_eos_score(world):
+    """The score PPO optimises is `rlhf.rl.penalise_missing_eos` of the reward model's, the one
+    evaluation reports as eval/proxy/ppo_score: a random policy never ends within 2 tokens."""
+    tok = load_tokenizer(world.sft / "model")
+    policy, reference = load_causal_lm(world.sft / "model"), load_causal_lm(world.sft / "model")
+    critic = make_critic(world.reward / "model", world.sft / "model", tok, seed=0)
+    rm = RewardModel.from_pretrained(world.reward / "model")
+    cfg = PPOConfig(rollout_batch_size=4, mini_batch_size=4, micro_batch_size=4, max_new_tokens=2,
+                    missing_eos_score=-0.625)
+    prompts = [r["prompt"] for r in sft_rows(4, seed=5)]
+    _, metrics = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0)
+    assert metrics["policy/eos_share"] == 0.0
+    assert metrics["objective/scores"] == pytest.approx(-0.625)

@@ -12,6 +12,7 @@ from rlhf.rl import (
     kl_estimate,
     kl_shaped_rewards,
     last_token_index,
+    penalise_missing_eos,
 )
 
 
@@ -38,6 +39,19 @@ def test_k1_and_k3_are_unbiased_in_expectation():
 def test_kl_estimate_rejects_unknown_kind():
     with pytest.raises(ValueError):
         kl_estimate(torch.zeros(1, 1), torch.zeros(1, 1), "k4")
+
+
+def test_penalise_missing_eos_closed_form():
+    scores = torch.tensor([0.5, -2.0, 3.0, -0.25])
+    has_eos = torch.tensor([True, False, False, True])
+    out = penalise_missing_eos(scores, has_eos, missing_eos_score=-1.0)
+    torch.testing.assert_close(out, torch.tensor([0.5, -1.0, -1.0, -0.25]))  # RM score if EOS, else -1
+    assert out.dtype == scores.dtype and scores.tolist() == [0.5, -2.0, 3.0, -0.25]  # input untouched
+    # a 0/1 flag works as the bool one; every response with EOS keeps its score
+    torch.testing.assert_close(penalise_missing_eos(scores, torch.tensor([1, 0, 0, 1]), -1.0), out)
+    torch.testing.assert_close(penalise_missing_eos(scores, torch.ones(4, dtype=torch.bool), -7.0), scores)
+    with pytest.raises(AssertionError, match="one EOS flag per score"):
+        penalise_missing_eos(scores, has_eos[:3], -1.0)
 
 
 def test_kl_shaped_rewards_closed_form():
