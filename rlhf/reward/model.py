@@ -1,10 +1,21 @@
-"""`RewardModel`: a transformer backbone and a scalar head on the last real token.
+"""`RewardModel`: a transformer backbone and a scalar head on one pooled token.
 
 Any local Hugging Face model that returns `last_hidden_state` works as the backbone: a causal LM
 directory (the SFT model; `AutoModel` keeps its transformer and drops the LM head) or an encoder
 such as BERT. The head follows Huang et al. 2024 ("N+ implementation details", reward-model
-details): a linear layer with weights ~ N(0, 1/(d_model+1)) and zero bias, reading the hidden
-state of the last non-padding token, which is the EOS closing the response. Dropout is off.
+details): a linear layer with weights ~ N(0, 1/(d_model+1)) and zero bias. Dropout is off.
+
+Pooling follows the tokenizer the model scores with (both encode the chat text of rlhf/chat.py):
+- "last": a tokenizer with EOS (the project's, a causal LM's). Text = bos + prompt + response +
+  eos, and the head reads the last real token, the EOS closing the response; a causal model has
+  seen the whole dialogue only there.
+- "cls": an encoder's own tokenizer with [CLS] and no EOS (BERT, all-MiniLM-L6-v2). Text =
+  the tokenizer's own frame around prompt + response ([CLS] ... [SEP]), and the head reads the
+  first real token, [CLS], where such encoders were pre-trained to summarise the sequence.
+Over-long texts lose prompt tokens from the front, never the pooled token. The pooling and the
+tokenizer's origin are saved in `reward_config.json`, so a reloaded model (PPO, evaluation)
+encodes and pools as the trained one did. Callers score text (`score`, `score_pairs`), never a
+policy's token ids: the reward model's vocabulary need not be the policy's.
 
 Normalised scores. After training, the stage measures the raw rewards of SFT demonstrations and
 stores their mean and std in `reward_norm.json`; `score`, `score_pairs` and `compare` return
@@ -27,13 +38,42 @@ from typing import Any
 
 import torch
 
-from rlhf.chat import split_hh_dialogue
+from rlhf.chat import prompt_text, response_text, split_hh_dialogue
 from rlhf.train.batching import encode_dialogue, pad, position_ids
 from rlhf.train.checkpoint import write_json
-from rlhf.train.models import disable_dropout, load_tokenizer, max_positions
+from rlhf.train.models import disable_dropout, has_tokenizer, load_reward_tokenizer, max_positions
 from rlhf.train.runtime import quiet_transformers
 
 HEAD_FILE, NORM_FILE, CONFIG_FILE = "reward_head.safetensors", "reward_norm.json", "reward_config.json"
+POOLINGS = ("last", "cls")
+
+
+def pooling_for(tokenizer: Any) -> str:
+    """"cls" for an encoder tokenizer ([CLS], no EOS), else "last" (the EOS closing the response)."""
+    return "cls" if tokenizer.eos_token is None and tokenizer.cls_token is not None else "last"
+
+
+def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's own post-processor puts before and after one text, e.g.
+    ([CLS], [SEP]) for BERT: found by encoding a probe with and without special tokens."""
+    body = tokenizer.encode("a", add_special_tokens=False)
+    full = tokenizer.encode("a", add_special_tokens=True)
+    for i in range(len(full) - len(body) + 1):
+        if full[i: i + len(body)] == body:
+            return full[:i], full[i + len(body):]
+    raise ValueError(f"cannot locate the text inside the tokenizer's special tokens: {full}")
+
+
+def encode_framed(tokenizer: Any, frame: tuple[list[int], list[int]], prompt: str, response: str,
+                  max_len: int) -> list[int]:
+    """prefix + prompt_text + response_text + suffix (e.g. [CLS] ... [SEP]); over-long texts lose
+    tokens from the front of the prompt, so [CLS] (the pooled token) and the response's end stay."""
+    prefix, suffix = frame
+    body = (tokenizer.encode(prompt_text(prompt), add_special_tokens=False)
+            + tokenizer.encode(response_text(response), add_special_tokens=False))
+    keep = max_len - len(prefix) - len(suffix)
+    assert keep > 0, f"max_seq_len {max_len} leaves no room besides the special tokens"
+    return prefix + body[max(len(body) - keep, 0):] + suffix
 
 
 def _load_backbone(path: str | Path):
@@ -49,13 +89,28 @@ def _load_backbone(path: str | Path):
 
 class RewardModel(torch.nn.Module):
     def __init__(self, backbone: Any, tokenizer: Any, max_seq_len: int | None = None,
-                 norm: dict[str, float] | None = None):
+                 norm: dict[str, float] | None = None, pooling: str | None = None,
+                 tokenizer_source: str = "backbone"):
         super().__init__()
+        rows = backbone.get_input_embeddings().num_embeddings
+        if len(tokenizer) > rows:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the backbone's embedding "
+                             f"matrix has {rows} rows")
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.tokenizer_source = tokenizer_source  # "backbone" (its own) or "project"; saved, for the record
         self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
         self.max_seq_len = max_seq_len or max_positions(backbone.config)
         self.norm = dict(norm or {"mean": 0.0, "std": 1.0})
+        self.pooling = pooling or pooling_for(tokenizer)
+        assert self.pooling in POOLINGS, self.pooling
+        if self.pooling == "cls":
+            self._frame = special_frame(tokenizer)
+            if not self._frame[0] or self._frame[0][0] != tokenizer.cls_token_id:
+                raise ValueError(f"pooling at [CLS] needs a tokenizer that puts {tokenizer.cls_token} first; "
+                                 f"it frames text as {self._frame}")
+        elif tokenizer.eos_token is None:
+            raise ValueError("pooling at the last token needs a tokenizer with an eos token")
         # decoders and BERT-like encoders both take positions; count them over real tokens only
         self._positions = "position_ids" in inspect.signature(backbone.forward).parameters
 
@@ -63,9 +118,13 @@ class RewardModel(torch.nn.Module):
     @classmethod
     def from_backbone(cls, path: str | Path, tokenizer: Any = None, seed: int = 0,
                       max_seq_len: int | None = None) -> "RewardModel":
-        """A new reward model on the backbone in `path` (tokenizer from `path` unless given)."""
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
-        model = cls(_load_backbone(path), tokenizer, max_seq_len)
+        """A new reward model on the backbone in `path`, with the tokenizer saved in `path` unless
+        `tokenizer` (the project's) is given; pooling follows the tokenizer (module docstring)."""
+        if tokenizer is None and not has_tokenizer(path):
+            raise ValueError(f"{path}: no tokenizer saved with the backbone; pass one")
+        source = "backbone" if tokenizer is None else "project"
+        tokenizer = tokenizer if tokenizer is not None else load_reward_tokenizer(path)
+        model = cls(_load_backbone(path), tokenizer, max_seq_len, tokenizer_source=source)
         d_model = model.head.in_features
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -81,7 +140,9 @@ class RewardModel(torch.nn.Module):
         path = Path(path)
         extra = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         norm = json.loads((path / NORM_FILE).read_text(encoding="utf-8")) if (path / NORM_FILE).is_file() else None
-        model = cls(_load_backbone(path), load_tokenizer(path), extra["max_seq_len"], norm)
+        # directories saved before pooling was recorded pooled the last token
+        model = cls(_load_backbone(path), load_reward_tokenizer(path), extra["max_seq_len"], norm,
+                    extra.get("pooling", "last"), extra.get("tokenizer", "backbone"))
         model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
         return model
 
@@ -93,7 +154,8 @@ class RewardModel(torch.nn.Module):
         self.tokenizer.save_pretrained(path)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
         write_json(path / NORM_FILE, self.norm)
-        write_json(path / CONFIG_FILE, {"max_seq_len": self.max_seq_len})
+        write_json(path / CONFIG_FILE, {"max_seq_len": self.max_seq_len, "pooling": self.pooling,
+                                        "tokenizer": self.tokenizer_source})
 
     # ---------- forward ----------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -102,13 +164,23 @@ class RewardModel(torch.nn.Module):
         if self._positions:
             kwargs["position_ids"] = position_ids(attention_mask)  # (B, T), same as unpadded
         hidden = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
-        cols = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
-        last = (attention_mask.long() * cols).argmax(dim=1)  # (B,) index of the last real token
-        pooled = hidden[torch.arange(len(last), device=last.device), last]  # (B, H)
+        index = self.pooled_index(attention_mask)  # (B,)
+        pooled = hidden[torch.arange(len(index), device=index.device), index]  # (B, H)
         return self.head(pooled).squeeze(-1).float()  # (B,)
+
+    def pooled_index(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) mask -> (B,) column the head reads: the first real token ([CLS]) or the last."""
+        mask = attention_mask.long()
+        if self.pooling == "cls":
+            return mask.argmax(dim=1)  # argmax returns the first maximum: the first real token
+        cols = torch.arange(mask.shape[1], device=mask.device)  # (T,)
+        return (mask * cols).argmax(dim=1)
 
     # ---------- scoring API ----------
     def encode(self, prompt: str, response: str) -> list[int]:
+        """Token ids of one (prompt, response) in this model's own tokenizer, at most max_seq_len."""
+        if self.pooling == "cls":
+            return encode_framed(self.tokenizer, self._frame, prompt, response, self.max_seq_len)
         return encode_dialogue(self.tokenizer, prompt, response, self.max_seq_len)
 
     @torch.no_grad()
@@ -131,7 +203,9 @@ class RewardModel(torch.nn.Module):
         return (raw - self.norm["mean"]) / self.norm["std"]
 
     def score_pairs(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
-        """Normalised scores of (prompt, response) pairs; prompts are plain user text."""
+        """Normalised scores of (prompt, response) pairs; prompts are plain user text. Texts are
+        encoded with this model's tokenizer, so a policy with another vocabulary scores its
+        decoded samples here (PPO and evaluation do)."""
         assert len(prompts) == len(responses), "one response per prompt"
         seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
         return self.normalise(self.raw_scores(seqs, batch_size)).tolist()

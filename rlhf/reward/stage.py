@@ -3,6 +3,10 @@
 Reads `paths.pref_train` / `paths.pref_heldout` (and a sample of `paths.sft_train` for the reward
 normalisation), starts from the SFT model (or `cfg.model_path`), writes the model to
 `paths.reward/"model"` and resumable checkpoints to `paths.checkpoints("reward")`.
+
+The reward model encodes text with the backbone's own tokenizer when its directory has one (an
+encoder such as all-MiniLM-L6-v2 then pools at [CLS]); otherwise with the project's tokenizer,
+which must fit the backbone's embedding matrix.
 """
 
 from __future__ import annotations
@@ -74,6 +78,23 @@ def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], bayes: float
     }
 
 
+def project_tokenizer_for(cfg: RewardConfig, paths: Paths, source: Path) -> Any:
+    """None when the backbone in `source` has its own tokenizer (the model uses that one), else the
+    project's tokenizer, refused when its ids would index past the backbone's embedding rows."""
+    from transformers import AutoConfig
+
+    if has_tokenizer(source):
+        return None
+    tokenizer = load_tokenizer(paths.tokenizer)
+    rows = getattr(AutoConfig.from_pretrained(str(source), local_files_only=True), "vocab_size", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise ValueError(
+            f"reward.model_path ({cfg.model_path or 'null: the SFT model'}): {source} has no tokenizer, and the "
+            f"project's tokenizer ({len(tokenizer)} tokens) does not fit the backbone's embedding matrix "
+            f"({rows} rows); save the backbone's own tokenizer in that directory")
+    return tokenizer
+
+
 def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 1. runtime: device, precision, seeds
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -84,8 +105,9 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
 
     # 2. model: the newest checkpoint of this config and these inputs, or a new head on the
     #    backbone (SFT by default)
-    ckpt_root = run_checkpoint_root(paths.checkpoints("reward"), [paths.pref_train, source],
-                                    remove_others=accelerator.is_main_process)
+    project_tokenizer = project_tokenizer_for(cfg, paths, source)
+    inputs = [paths.pref_train, source] + ([paths.tokenizer] if project_tokenizer is not None else [])
+    ckpt_root = run_checkpoint_root(paths.checkpoints("reward"), inputs, remove_others=accelerator.is_main_process)
     if accelerator.is_main_process:
         find_resumable(ckpt_root, cfg)
     accelerator.wait_for_everyone()
@@ -93,13 +115,12 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     if ckpt is not None:
         model = RewardModel.from_pretrained(ckpt)
     else:
-        tokenizer = load_tokenizer(source if has_tokenizer(source) else paths.tokenizer)
-        model = RewardModel.from_backbone(source, tokenizer, cfg.seed, cfg.max_seq_len)
+        model = RewardModel.from_backbone(source, project_tokenizer, cfg.seed, cfg.max_seq_len)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
     tokenizer = model.tokenizer
 
-    # 3. data: (chosen, rejected) token ids per pair in the one chat format
+    # 3. data: (chosen, rejected) token ids per pair in the one chat format, in the model's tokenizer
     train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)
     pairs = [(model.encode(r["prompt"], r["chosen"]), model.encode(r["prompt"], r["rejected"])) for r in train_rows]
     assert pairs, "no preference pairs"
@@ -154,6 +175,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         metrics = heldout_metrics(rm, held_rows, bayes_optimal_accuracy(paths, held_rows), eval_batch)
 
     # 7. reward normalisation: raw rewards of SFT demonstrations -> mean, std stored with the model
+    #    (scored where the prepared model lives: raw_scores moves each batch to its device)
     demos = read_jsonl(paths.sft_train)
     demos = random.Random(cfg.seed).sample(demos, min(cfg.norm_examples, len(demos)))
     with accelerator.autocast():

@@ -1,6 +1,8 @@
 """Loading and building the models every trainer starts from; never touches the Hub.
 
 - `load_tokenizer(dir)`: any local Hugging Face tokenizer, with bos/eos/pad guaranteed.
+- `load_reward_tokenizer(dir)`: the same, or an encoder's tokenizer ([CLS]/[SEP], no EOS) for a
+  reward model that pools at [CLS] (rlhf/reward/model.py).
 - `build_gpt2(tokenizer, ...)`: the embedded default, a GPT-2 from a config (random init, seeded).
 - `load_causal_lm(dir)`: any local causal LM directory (GPT-2, Llama, SmolLM2 saved as safetensors).
 Everything loads with `local_files_only=True`: a typo in a path fails at once instead of
@@ -47,9 +49,31 @@ def load_tokenizer(path: str | Path):
     """
     from transformers import AutoTokenizer
 
+    return _with_chat_tokens(AutoTokenizer.from_pretrained(str(path), local_files_only=True), path)
+
+
+def load_reward_tokenizer(path: str | Path):
+    """The tokenizer a reward model encodes its text with.
+
+    A causal LM's tokenizer loads as in `load_tokenizer` (the reward head reads the EOS closing
+    the response). An encoder's tokenizer with a [CLS] token and no EOS (BERT, all-MiniLM-L6-v2)
+    loads as it is: the reward head reads [CLS], which the tokenizer's own post-processor puts
+    first. Such a tokenizer without PAD pads with [SEP] (masks come from lengths, as above).
+    """
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.eos_token is None and tok.cls_token is not None:
+        if tok.pad_token is None:
+            tok.pad_token = tok.sep_token or tok.cls_token
+        return tok
+    return _with_chat_tokens(tok, path)
+
+
+def _with_chat_tokens(tok: Any, path: str | Path) -> Any:
     if tok.eos_token is None:
-        raise ValueError(f"{path}: the tokenizer has no eos token; the chat format needs one")
+        hint = " (an encoder tokenizer with [CLS] serves only a reward model)" if tok.cls_token else ""
+        raise ValueError(f"{path}: the tokenizer has no eos token; the chat format needs one{hint}")
     if tok.bos_token is None:
         tok.bos_token = tok.eos_token
     if tok.pad_token is None:

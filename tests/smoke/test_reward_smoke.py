@@ -85,3 +85,50 @@ def test_bert_encoder_backbone(world, tmp_path):
     assert rm.backbone.config.hidden_dropout_prob == 0 and rm.backbone.config.attention_probs_dropout_prob == 0
     scores = rm.score(["\n\nHuman: hi\n\nAssistant: hello", "\n\nHuman: hi\n\nAssistant: I do not know."])
     assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+
+def test_encoder_with_its_own_tokenizer_trains_pools_at_cls_and_reloads(world, tmp_path):
+    import json
+    import math
+    import random
+
+    from rlhf.chat import prompt_text, response_text
+    from rlhf.reward.model import _load_backbone
+    from rlhf.train import read_jsonl
+    from tests.encoders import save_tiny_bert, train_wordpiece
+
+    rows = read_jsonl(world.pref_train)
+    wp = train_wordpiece([prompt_text(r["prompt"]) + response_text(r["chosen"]) for r in rows], vocab_size=150)
+    bert_dir = save_tiny_bert(tmp_path / "encoder", len(wp), wp)
+    paths = _fresh(world, tmp_path / "project")
+    cfg = RewardConfig(**{**RM, "model_path": str(bert_dir), "max_steps": 6, "checkpoint_every": 6})
+    out = run_reward(cfg, paths)
+    assert all(math.isfinite(h["loss/reward"]) for h in out.history)
+
+    model_dir = out.models["rlhf-reward"]
+    saved = json.loads((model_dir / "reward_config.json").read_text(encoding="utf-8"))
+    assert saved["pooling"] == "cls" and saved["tokenizer"] == "backbone"
+    rm = RewardModel.from_pretrained(model_dir)
+    assert rm.tokenizer.get_vocab() == wp.get_vocab() and rm.tokenizer.eos_token is None  # not the project's
+    assert rm.encode("hi", "hello")[0] == wp.cls_token_id
+    init = _load_backbone(bert_dir).state_dict()
+    assert any(not torch.equal(v, rm.backbone.state_dict()[k]) for k, v in init.items())  # trained
+    # the reloaded model scores the stage's own normalisation sample as the trained model did
+    demos = read_jsonl(world.sft_train)
+    demos = random.Random(cfg.seed).sample(demos, min(cfg.norm_examples, len(demos)))
+    raw = rm.raw_scores([rm.encode(r["prompt"], r["response"]) for r in demos])
+    assert float(raw.mean()) == pytest.approx(out.metrics["reward_mean"], abs=1e-5)
+    assert float(raw.std()) == pytest.approx(out.metrics["reward_std"], abs=1e-5)
+    assert rm.score_pairs([r["prompt"] for r in demos], [r["response"] for r in demos]) == \
+        pytest.approx(((raw - rm.norm["mean"]) / rm.norm["std"]).tolist(), abs=1e-5)
+
+
+def test_project_tokenizer_too_large_for_the_backbone_is_refused(world, tmp_path):
+    from rlhf.train import load_tokenizer
+    from tests.encoders import save_tiny_bert
+
+    n = len(load_tokenizer(world.tokenizer))
+    bert_dir = save_tiny_bert(tmp_path / "small", vocab_size=n - 10)  # no tokenizer saved with it
+    paths = _fresh(world, tmp_path / "project")
+    with pytest.raises(ValueError, match=rf"reward\.model_path.*{n} tokens.*{n - 10} rows"):
+        run_reward(RewardConfig(**{**RM, "model_path": str(bert_dir), "max_steps": 2}), paths)
