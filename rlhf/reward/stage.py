@@ -26,8 +26,6 @@ from rlhf.stage import StageOutput
 from rlhf.train import (
     BatchOrder,
     Throughput,
-    build_optimizer,
-    build_scheduler,
     collate_pairs,
     find_resumable,
     has_tokenizer,
@@ -35,6 +33,7 @@ from rlhf.train import (
     load_checkpoint,
     load_tokenizer,
     make_accelerator,
+    optimizer_from,
     optimizer_step,
     progress_bar,
     read_jsonl,
@@ -42,6 +41,7 @@ from rlhf.train import (
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
+    scheduler_from,
     seed_everything,
     shard_and_split,
 )
@@ -126,8 +126,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     assert pairs, "no preference pairs"
 
     # 4. optimizer, schedule, and the rest of the training state when resuming
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+    optimizer = optimizer_from(model, cfg)
+    scheduler = scheduler_from(optimizer, cfg, cfg.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
     history: list[dict[str, float]] = state["history"]
