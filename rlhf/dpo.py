@@ -134,7 +134,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)
 
     # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens
-    max_len = min(cfg.max_length, max_positions(policy.config))
+    max_len = min(cfg.max_seq_len, max_positions(policy.config))
     train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)
     train, held = encode_pairs(tokenizer, train_rows, max_len), encode_pairs(tokenizer, held_rows, max_len)
     pad_id = tokenizer.pad_token_id

@@ -43,7 +43,7 @@ from rlhf.rl import (
     kl_shaped_rewards,
     penalise_missing_eos,
 )
-from rlhf.stage import StageOutput
+from rlhf.stage import SKIPPED, StageOutput, skip_stage
 from rlhf.train import (
     BatchOrder,
     atomic_dir,
@@ -52,12 +52,14 @@ from rlhf.train import (
     load_causal_lm,
     load_tokenizer,
     make_accelerator,
+    optimizer_from,
     progress_bar,
     read_jsonl,
     retire_checkpoints,
     rng_state,
     run_checkpoint_root,
     save_model_dir,
+    scheduler_from,
     seed_everything,
     set_rng_state,
     write_json,
@@ -178,7 +180,7 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
     Each minibatch is split into micro-batches whose losses are normalised by the minibatch's
     token count, so gradient accumulation equals one large-batch step (STYLE rule 8).
     """
-    n, prompt_len = batch["seqs"].shape[0], batch["prompt_len"]
+    n = batch["seqs"].shape[0]
     policy.train()
     critic.train()
     stats: list[dict[str, float]] = []
@@ -215,26 +217,31 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
 
 
 # ---------------------------------------------------------------- checkpoints
-def save_ppo_checkpoint(root: Path, step: int, policy: Any, critic: RewardModel, tokenizer: Any, opt_policy: Any,
-                        opt_value: Any, cfg: PPOConfig, state: dict[str, Any], keep_last: int = 2) -> None:
-    """policy (HF dir) + critic (`value/`) + both optimizers + RNG + trainer state, atomically."""
+def save_ppo_checkpoint(root: Path, step: int, policy: Any, critic: RewardModel, tokenizer: Any,
+                        optimizers: dict[str, Any], schedulers: dict[str, Any], cfg: PPOConfig,
+                        state: dict[str, Any]) -> None:
+    """policy (HF dir) + critic (`value/`) + both optimizers and schedules + RNG + trainer state,
+    atomically; the newest `cfg.keep_checkpoints` are kept."""
     with atomic_dir(root / f"step-{step:08d}") as tmp:
         policy.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         critic.save_pretrained(tmp / VALUE_DIR)
-        torch.save({"policy": opt_policy.state_dict(), "value": opt_value.state_dict()}, tmp / "optimizer.pt")
+        torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()}}, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng_state.pt")
         write_json(tmp / STAGE_CONFIG, cfg.model_dump(mode="json"))
         write_json(tmp / TRAINER_STATE, {**state, "step": step})  # last: marks it complete
-    for old in list_checkpoints(root)[:-keep_last]:
+    for old in list_checkpoints(root)[:-cfg.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_ppo_checkpoint(ckpt: Path, opt_policy: Any, opt_value: Any) -> dict[str, Any]:
-    """Restore both optimizers and the RNG states; return the trainer state (step, history, beta)."""
+def load_ppo_checkpoint(ckpt: Path, optimizers: dict[str, Any], schedulers: dict[str, Any]) -> dict[str, Any]:
+    """Restore both optimizers, their schedules and the RNG states; return the trainer state
+    (step, history, beta)."""
     saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-    opt_policy.load_state_dict(saved["policy"])
-    opt_value.load_state_dict(saved["value"])
+    for key, opt in optimizers.items():
+        opt.load_state_dict(saved["optimizers"][key])
+        schedulers[key].load_state_dict(saved["schedulers"][key])
     set_rng_state(torch.load(ckpt / "rng_state.pt", map_location="cpu", weights_only=True))
     return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
 
@@ -243,15 +250,12 @@ def load_ppo_checkpoint(ckpt: Path, opt_policy: Any, opt_value: Any) -> dict[str
 def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     out_dir = paths.ppo / "model"
     if not cfg.enabled:  # a SKIPPED marker and no model: evaluation then leaves PPO out
-        shutil.rmtree(paths.ppo, ignore_errors=True)
-        paths.ppo.mkdir(parents=True)
-        (paths.ppo / "SKIPPED").write_text("ppo.enabled is false in params.yaml\n", encoding="utf-8")
-        return StageOutput(metrics={"enabled": 0.0})
+        return skip_stage(paths.ppo, "ppo")
 
     # 0. runtime and models: policy/critic from the newest checkpoint of this config, else SFT/RM.
-    #    fp32 throughout: with bf16 autocast in the update but not in the rollout, the ratio
-    #    pi / pi_old would not be 1 on the first minibatch. One process: rollouts are not sharded.
-    accelerator = make_accelerator("no")
+    #    The rollout runs under the same autocast as the update (fp32 by default, ppo.mixed_precision),
+    #    so the ratio pi / pi_old is 1 on the first minibatch. One process: rollouts are not sharded.
+    accelerator = make_accelerator(cfg.mixed_precision)
     assert accelerator.num_processes == 1, "PPO runs in one process (data-parallel rollouts are not implemented)"
     seed_everything(cfg.seed)
     sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
@@ -269,47 +273,54 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     prompts = [r["prompt"] for r in read_jsonl(paths.rl_prompts)]
     assert len(prompts) >= cfg.rollout_batch_size, "fewer RL prompts than rollout_batch_size"
 
-    opt_policy = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)  # eps as in PPO baselines
-    opt_value = torch.optim.Adam(critic.parameters(), lr=cfg.value_learning_rate, eps=1e-5)
+    opt_policy = optimizer_from(policy, cfg)
+    opt_value = optimizer_from(critic, cfg, cfg.value_learning_rate)
     policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
+    optimizers = {"policy": opt_policy, "value": opt_value}
+    schedulers = {k: scheduler_from(o, cfg, cfg.max_steps) for k, o in optimizers.items()}  # per iteration
     reference.to(accelerator.device)
     reward_model.to(accelerator.device)
-    kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
-              else FixedKLController(cfg.init_kl_coef))
-    state = load_ppo_checkpoint(ckpt, opt_policy, opt_value) if ckpt else {"step": 0, "history": [], "kl_ctl": None}
+    kl_ctl = (AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.beta))
+    state = load_ppo_checkpoint(ckpt, optimizers, schedulers) if ckpt else {"step": 0, "history": [], "kl_ctl": None}
     if state["kl_ctl"] is not None:
         kl_ctl.load_state_dict(state["kl_ctl"])
     history: list[dict[str, float]] = state["history"]
     order = BatchOrder(len(prompts), cfg.rollout_batch_size, cfg.seed)
 
-    bar = progress_bar(cfg.steps, state["step"], "ppo", accelerator)
-    for step in range(state["step"], cfg.steps):
+    bar = progress_bar(cfg.max_steps, state["step"], "ppo", accelerator)
+    for step in range(state["step"], cfg.max_steps):
         t0 = time.perf_counter()
         # 1-4. rollout, scores, KL-shaped rewards, GAE (all frozen)
         batch_prompts = [prompts[i] for i in order.batch(step)]
-        batch, metrics = make_experience(
-            cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model,
-            tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)  # sampling seed: f(seed, step)
+        with accelerator.autocast():
+            batch, metrics = make_experience(
+                cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model,
+                tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)  # sampling seed: f(seed, step)
         t1 = time.perf_counter()
         # 5. K epochs of clipped updates
         stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch)
+        metrics["lr"] = schedulers["policy"].get_last_lr()[0]
+        for sched in schedulers.values():
+            sched.step()
         # 6. log (update metrics averaged over its optimizer steps), adapt beta, checkpoint
         for key in stats[0]:
             metrics[key] = sum(s[key] for s in stats) / len(stats)
         metrics.update({"time/rollout_s": t1 - t0, "time/update_s": time.perf_counter() - t1})
-        history.append({"step": step + 1, **metrics})
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            history.append({"step": step + 1, **metrics})
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
             save_ppo_checkpoint(ckpt_root, step + 1, accelerator.unwrap_model(policy),
-                                accelerator.unwrap_model(critic), tokenizer, opt_policy, opt_value, cfg,
+                                accelerator.unwrap_model(critic), tokenizer, optimizers, schedulers, cfg,
                                 {"history": history, "kl_ctl": kl_ctl.state_dict()})
     bar.close()
 
     # 7. the final policy + tokenizer, atomically
     save_model_dir(out_dir, accelerator.unwrap_model(policy), tokenizer, cfg)
-    (paths.ppo / "SKIPPED").unlink(missing_ok=True)
+    (paths.ppo / SKIPPED).unlink(missing_ok=True)  # left by an earlier run with enabled: false
     retire_checkpoints(ckpt_root)  # a later run trains afresh
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")

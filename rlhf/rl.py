@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-KLEstimator = Literal["k1", "k2", "k3"]
+KLEstimator = Literal["k1", "k3"]
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLEstimator = "k1") -> torch.Tensor:
@@ -25,7 +25,6 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLEsti
 
     With log r = log pi_ref(y_t) - log pi(y_t) (Schulman 2020, "Approximating KL Divergence"):
       k1 = -log r                 unbiased, high variance, can be negative per token
-      k2 = (log r)^2 / 2          biased, low variance, >= 0
       k3 = (r - 1) - log r        unbiased, low variance, >= 0
     Ziegler et al. (2019) eq. 2 penalise with k1; k3 is the variant used by GRPO-style trainers.
     Shapes: (B, R), (B, R) -> (B, R).
@@ -33,11 +32,9 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLEsti
     log_ratio = ref_logprobs - logprobs  # log r, (B, R)
     if kind == "k1":
         return -log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio.pow(2)
     if kind == "k3":
         return torch.expm1(log_ratio) - log_ratio
-    raise ValueError(f"unknown KL estimator {kind!r}; expected 'k1', 'k2' or 'k3'")
+    raise ValueError(f"unknown KL estimator {kind!r}; expected 'k1' or 'k3'")
 
 
 def penalise_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, missing_eos_score: float) -> torch.Tensor:

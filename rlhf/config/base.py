@@ -78,6 +78,8 @@ ScheduleName = Annotated[Literal["cosine", "linear", "constant"], Field(descript
 MinLrRatio = Annotated[float, Field(ge=0, le=1, description="final learning rate / peak")]
 CheckpointEvery = Annotated[int, Field(ge=1, description="save a resumable checkpoint every this many steps")]
 LogEvery = Annotated[int, Field(ge=1, description="a history row every this many steps")]
+AdamBeta2 = Annotated[float, Field(ge=0, lt=1, description="beta_2 of AdamW")]
+AdamEps = Annotated[float, Field(gt=0, description="epsilon of AdamW")]
 Precision = Annotated[Literal["auto", "no", "bf16"], Field(description="'auto': bf16 autocast on CUDA, fp32 on CPU")]
 
 
@@ -91,8 +93,8 @@ class TrainConfig(StageConfig):
     learning_rate: LearningRate
     weight_decay: WeightDecay = 0.0
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="beta_1 of AdamW (Kingma & Ba 2015)")
-    adam_beta2: float = Field(0.95, ge=0, lt=1, description="beta_2 of AdamW")
-    adam_eps: float = Field(1e-8, gt=0, description="epsilon of AdamW")
+    adam_beta2: AdamBeta2 = 0.95
+    adam_eps: AdamEps = 1e-8
     warmup_steps: WarmupSteps = 0
     schedule: ScheduleName = "constant"
     min_lr_ratio: MinLrRatio = 0.0

@@ -26,7 +26,7 @@ class DPOConfig(TrainConfig):
     learning_rate: LearningRate = 1e-4
     warmup_steps: WarmupSteps = 5
     schedule: ScheduleName = "linear"
-    max_length: int = Field(160, ge=8, description="longest prompt + response in tokens (longer pairs are cut)")
+    max_seq_len: int = Field(160, ge=8, description="longest prompt + response in tokens (longer pairs are cut)")
     precompute_ref_logprobs: bool = Field(True, description="compute log pi_ref once before training and cache it")
     eval_batch_size: int = Field(32, ge=1, description="pairs per forward pass on pref_heldout")
     checkpoint_every: CheckpointEvery = 50

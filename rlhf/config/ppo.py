@@ -4,18 +4,19 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf.config.base import StageConfig
+from rlhf.config.base import AdamBeta2, AdamEps, CheckpointEvery, LearningRate, MaxSteps, Precision, TrainConfig
 
 
-class PPOConfig(StageConfig):
+class PPOConfig(TrainConfig):
     """`ppo` section: PPO with a KL-shaped reward (Ziegler et al. 2019; Ouyang et al. 2022;
-    the "N+ implementation details" of Huang et al. 2024)."""
+    the "N+ implementation details" of Huang et al. 2024). The shared training fields (AdamW,
+    schedule, clipping, precision, checkpoints) are documented in TrainConfig; here a step is one
+    PPO iteration (rollout + update), and the learning-rate schedule advances once per iteration."""
 
     enabled: bool = Field(True, description="false: write SKIPPED and train nothing")
-    seed: int = Field(0, ge=0, description="seed of sampling, shuffling and initialisation")
 
     # --- rollouts ---
-    steps: int = Field(64, ge=1, description="PPO iterations (rollout + update)")
+    max_steps: MaxSteps = 64
     rollout_batch_size: int = Field(32, ge=2, description="N: prompts sampled per iteration")
     temperature: float = Field(0.7, gt=0, le=2, description="T: sampling temperature; log-probs use logits / T")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p; must be 1 (see _check)")
@@ -24,7 +25,7 @@ class PPOConfig(StageConfig):
 
     # --- reward shaping ---
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the penalty (Schulman 2020)")
-    init_kl_coef: float = Field(0.2, ge=0, description="beta (initial value when adaptive)")
+    beta: float = Field(0.2, ge=0, description="beta: KL coefficient of the penalty (initial value when adaptive)")
     adaptive_kl: bool = Field(False, description="adapt beta with Ziegler's proportional controller")
     target_kl: float = Field(4.0, gt=0, description="KL_target of the adaptive controller (nats per sequence)")
     kl_horizon: int = Field(1_000, ge=1, description="H: controller horizon, in episodes")
@@ -43,10 +44,14 @@ class PPOConfig(StageConfig):
     ppo_epochs: int = Field(4, ge=1, description="K: passes over each rollout batch")
     mini_batch_size: int = Field(8, ge=1, description="sequences per optimizer step")
     micro_batch_size: int = Field(8, ge=1, description="sequences per forward pass (gradient accumulation)")
-    learning_rate: float = Field(3e-5, gt=0, description="policy Adam learning rate")
-    value_learning_rate: float = Field(1e-4, gt=0, description="critic Adam learning rate")
-    max_grad_norm: float = Field(1.0, gt=0, description="global gradient-norm clip, per model")
-    checkpoint_every: int = Field(16, ge=1, description="save a resumable checkpoint every this many iterations")
+    learning_rate: LearningRate = 3e-5
+    value_learning_rate: float = Field(1e-4, gt=0, le=1, description="critic learning rate (same schedule as the policy's)")
+    adam_beta2: AdamBeta2 = 0.999  # Adam's own defaults, with eps 1e-5 as in the PPO baselines
+    adam_eps: AdamEps = 1e-5
+    # fp32 by default: rollout and update run under the same autocast either way, so the ratio
+    # pi / pi_old is exactly 1 on the first minibatch; bf16 trades that precision for speed on CUDA
+    mixed_precision: Precision = "no"
+    checkpoint_every: CheckpointEvery = 16
 
     @model_validator(mode="after")
     def _check(self) -> "PPOConfig":
@@ -62,7 +67,3 @@ class PPOConfig(StageConfig):
         if self.missing_eos_score > 0:
             raise ValueError("missing_eos_score is a penalty: it must be <= 0")
         return self
-
-    @property
-    def grad_accum_steps(self) -> int:
-        return self.mini_batch_size // self.micro_batch_size

@@ -33,7 +33,7 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-TINY = dict(steps=2, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ppo_epochs=2,
+TINY = dict(max_steps=2, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ppo_epochs=2,
             max_new_tokens=8, checkpoint_every=1)
 
 
@@ -56,7 +56,7 @@ def test_ppo_few_steps(world):
 
 
 def test_ppo_resumes_to_the_same_weights(world, monkeypatch):
-    cfg = PPOConfig(**{**TINY, "steps": 3}, learning_rate=1e-3)
+    cfg = PPOConfig(**{**TINY, "max_steps": 3}, learning_rate=1e-3)
     run_ppo(cfg, world)
     full = _params(load_causal_lm(world.ppo / "model"))
     (kept,) = as_if_killed(world.checkpoints("ppo"))  # killed right after the step-1 checkpoint
@@ -151,3 +151,24 @@ def test_responses_without_eos_score_missing_eos_score(world):
     _, metrics = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0)
     assert metrics["policy/eos_share"] == 0.0
     assert metrics["objective/scores"] == pytest.approx(-0.625)
+
+
+def test_ppo_honours_the_shared_training_fields(world, monkeypatch):
+    """AdamW settings, the schedule (one step per iteration), log_every and keep_checkpoints come
+    from the config (PPO once hard-coded Adam with eps 1e-5 and a constant learning rate)."""
+    built = []
+    real = torch.optim.AdamW
+
+    def spy(*args, **kwargs):
+        built.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    cfg = PPOConfig(**{**TINY, "max_steps": 4, "checkpoint_every": 1}, learning_rate=1e-3, value_learning_rate=2e-3,
+                    schedule="linear", adam_beta1=0.8, adam_eps=1e-6, log_every=2, keep_checkpoints=1)
+    out = run_ppo(cfg, world)
+    assert built == [{"lr": 1e-3, "betas": (0.8, 0.999), "eps": 1e-6}, {"lr": 2e-3, "betas": (0.8, 0.999), "eps": 1e-6}]
+    assert [h["step"] for h in out.history] == [2, 4]
+    assert out.history[0]["lr"] == pytest.approx(1e-3 * 3 / 4) and out.history[1]["lr"] == pytest.approx(1e-3 / 4)
+    (finished,) = world.checkpoints("ppo").iterdir()
+    assert len([p for p in finished.iterdir() if p.name.startswith("step-")]) == 1
