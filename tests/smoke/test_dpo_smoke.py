@@ -13,6 +13,7 @@ from rlhf.dpo import run_dpo
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, save_model_dir
 from rlhf.train.toy import make_toy_world
 from tests.checkpoints import as_if_killed
+from tests.spies import record_adamw
 
 
 @pytest.fixture()
@@ -85,14 +86,7 @@ def test_dpo_max_steps_overrides_epochs(world, max_steps):
 def test_dpo_honours_the_shared_training_fields(world, schedule, monkeypatch):
     """Schedule, AdamW settings, log_every and keep_checkpoints come from the config (DPO once
     hard-coded a linear schedule and the optimizer defaults)."""
-    built = []
-    real = torch.optim.AdamW
-
-    def spy(*args, **kwargs):
-        built.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    built = record_adamw(monkeypatch)
     cfg = DPOConfig(max_steps=4, batch_size=8, micro_batch_size=8, learning_rate=1e-3, warmup_steps=0,
                     schedule=schedule, min_lr_ratio=0.5, adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-6,
                     eval_batch_size=8, log_every=2, checkpoint_every=1, keep_checkpoints=1)

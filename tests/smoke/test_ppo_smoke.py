@@ -17,6 +17,7 @@ from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator, save_model_dir
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 from tests.checkpoints import as_if_killed
+from tests.spies import record_adamw
 
 
 @pytest.fixture()
@@ -156,14 +157,7 @@ def test_responses_without_eos_score_missing_eos_score(world):
 def test_ppo_honours_the_shared_training_fields(world, monkeypatch):
     """AdamW settings, the schedule (one step per iteration), log_every and keep_checkpoints come
     from the config (PPO once hard-coded Adam with eps 1e-5 and a constant learning rate)."""
-    built = []
-    real = torch.optim.AdamW
-
-    def spy(*args, **kwargs):
-        built.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    built = record_adamw(monkeypatch)
     cfg = PPOConfig(**{**TINY, "max_steps": 4, "checkpoint_every": 1}, learning_rate=1e-3, value_learning_rate=2e-3,
                     schedule="linear", adam_beta1=0.8, adam_eps=1e-6, log_every=2, keep_checkpoints=1)
     out = run_ppo(cfg, world)
