@@ -106,8 +106,8 @@ def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tenso
     decided = gold != 0
     agree = (margin > 0) == (gold > 0)
     return {
-        "preference_accuracy": float((margin > 0).float().mean()),
-        "preference_accuracy_gold": float(agree[decided].float().mean()) if decided.any() else float("nan"),
+        "eval/rewards/accuracies": float((margin > 0).float().mean()),
+        "eval/rewards/accuracies_gold": float(agree[decided].float().mean()) if decided.any() else float("nan"),
         "eval/rewards/margins": float(margin.mean()),
         "eval/rewards/chosen": float(rewards[:, 0].mean()),
         "eval/rewards/rejected": float(rewards[:, 1].mean()),
@@ -184,8 +184,9 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
         stats = optimizer_step(policy, optimizer, scheduler, accelerator, [micro_batch(p) for p in parts],
                                loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-            history.append({"step": step + 1, "epoch": order.epoch(step + 1), "loss": stats["loss"],
-                            **{k: v for k, v in stats.items() if k != "loss"}})
+            history.append({"step": step + 1, "train/epoch": order.epoch(step + 1), "train/lr": stats["lr"],
+                            "train/grad_norm": stats["grad_norm"],
+                            **{k: v for k, v in stats.items() if k not in ("loss", "lr", "grad_norm")}})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss/dpo']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
@@ -198,7 +199,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     with accelerator.autocast():
         held_policy = pair_logprobs(model, held, pad_id, cfg.eval_batch_size, accelerator.device)
     held_len = pair_lengths(held)  # (N, 2)
-    metrics = {"enabled": 1.0, **heldout_metrics(cfg, reduce_logps(cfg, held_policy, held_len),
+    metrics = {"stage/enabled": 1.0, **heldout_metrics(cfg, reduce_logps(cfg, held_policy, held_len),
                                                  reduce_logps(cfg, ref_held, held_len), held_rows)}
     last = history[-1] if history else {}
     metrics.update({k: last[k] for k in ("loss/dpo", "rewards/accuracies", "rewards/margins") if k in last})

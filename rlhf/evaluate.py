@@ -88,21 +88,17 @@ def _mean(values: list[float]) -> float:
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Per-policy metrics from its scored sample rows (names listed in docs/metrics.md)."""
-    benign = [r for r in rows if not r["harmful"]]
-    harmful = [r for r in rows if r["harmful"]]
+    from rlhf.world.judge import Judgement, gold_means
+
+    gold = gold_means([Judgement(r["helpfulness"], r["safety"], r["utility"], r.get("topic"), r["harmful"])
+                       for r in rows])
     return {
-        "helpfulness_gold": _mean([r["helpfulness"] for r in benign]),
-        "safety_gold": _mean([r["safety"] for r in harmful]),
-        "helpfulness_gold_harmful": _mean([r["helpfulness"] for r in harmful]),
-        "safety_gold_benign": _mean([r["safety"] for r in benign]),
-        "helpfulness_gold_all": _mean([r["helpfulness"] for r in rows]),
-        "safety_gold_all": _mean([r["safety"] for r in rows]),
-        "utility_gold": _mean([r["utility"] for r in rows]),
+        **{f"eval/{k}": v for k, v in gold.items()},
         "eval/proxy/ppo_score": _mean([r["ppo_score"] for r in rows]),
         "eval/proxy/rm_score": _mean([r["rm_score"] for r in rows]),
-        "kl_to_ref": _mean([r["kl_to_ref"] for r in rows]),
-        "response_length": _mean([r["response_tokens"] for r in rows]),
-        "eos_share": _mean([float(r["ended"]) for r in rows]),
+        "eval/kl_to_ref": _mean([r["kl_to_ref"] for r in rows]),
+        "policy/response_length": _mean([r["response_tokens"] for r in rows]),
+        "policy/eos_share": _mean([float(r["ended"]) for r in rows]),
     }
 
 

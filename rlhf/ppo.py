@@ -153,7 +153,7 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
         "val/mean": float(masked_mean(values, mask)),
         "policy/response_length": float(mask.sum(dim=1).mean()),
         "policy/eos_share": float(ended.float().mean()),
-        "beta": beta,
+        "objective/beta": beta,
     }
     batch = {"seqs": seqs, "attn": attn, "mask": mask, "prompt_len": prompt_len, "logprobs": logprobs,
              "values": values, "advantages": advantages, "returns": returns}
@@ -300,7 +300,7 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         t1 = time.perf_counter()
         # 5. K epochs of clipped updates
         stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch)
-        metrics["lr"] = schedulers["policy"].get_last_lr()[0]
+        metrics["train/lr"] = schedulers["policy"].get_last_lr()[0]
         for sched in schedulers.values():
             sched.step()
         # 6. log (update metrics averaged over its optimizer steps), adapt beta, checkpoint
@@ -325,7 +325,7 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
     return StageOutput(
-        metrics={"enabled": 1.0, **{k: last[k] for k in keys if k in last}, "beta_final": kl_ctl.value},
+        metrics={"stage/enabled": 1.0, **{k: last[k] for k in keys if k in last}, "objective/beta": kl_ctl.value},
         history=history,
         inputs={"rl_prompts": paths.rl_prompts},
         models={StageOutput.registered_name("ppo"): out_dir},

@@ -193,8 +193,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
 def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: SFTConfig,
                      accelerator: Any) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Answer `cfg.sample_count` held-out prompts and score answers and demonstrations with the
-    gold judge. Metrics follow `rlhf.world.judge.mean_scores`: helpfulness over benign prompts,
-    safety over harmful ones; `*_reference` is the same for the demonstrations."""
+    gold judge. Metrics follow `rlhf.world.judge.gold_means` (`eval/helpfulness/benign`,
+    `eval/safety/harmful`, ...); `eval/reference/*` is the same for the demonstrations."""
     from rlhf.world.judge import judge, mean_scores
 
     picked = random.Random(cfg.seed).sample(rows, min(cfg.sample_count, len(rows)))
@@ -213,13 +213,9 @@ def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cf
         table.append({"prompt": prompt, "response": text, "helpfulness": j.helpfulness, "safety": j.safety,
                       "harmful": j.harmful})
     metrics = {
-        "helpfulness_gold": scores["helpfulness"],
-        "safety_gold": scores["safety"],
-        "utility_gold": scores["utility"],
-        "helpfulness_gold_reference": reference["helpfulness"],
-        "safety_gold_reference": reference["safety"],
-        "utility_gold_reference": reference["utility"],
-        "eos_rate": float(samples.ended.float().mean()),
-        "response_tokens_mean": float(samples.response_mask.sum(1).float().mean()),
+        **{f"eval/{k}": v for k, v in scores.items()},
+        **{f"eval/reference/{k}": v for k, v in reference.items()},  # the demonstrations themselves
+        "policy/eos_share": float(samples.ended.float().mean()),
+        "policy/response_length": float(samples.response_mask.sum(1).float().mean()),
     }
     return metrics, table

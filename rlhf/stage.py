@@ -43,10 +43,10 @@ SKIPPED = "SKIPPED"  # marker file of a stage that params switched off; evaluati
 
 def skip_stage(stage_dir: Path, stage: str) -> StageOutput:
     """The output of a stage switched off with `<stage>.enabled: false`: its folder holds only the
-    SKIPPED marker (no model), and its one metric `enabled` is 0."""
+    SKIPPED marker (no model), and its one metric `stage/enabled` is 0."""
     with atomic_dir(stage_dir) as tmp:
         (tmp / SKIPPED).write_text(f"{stage}.enabled is false in params.yaml\n", encoding="utf-8")
-    return StageOutput(metrics={"enabled": 0.0})
+    return StageOutput(metrics={"stage/enabled": 0.0})
 
 
 def is_skipped(stage_dir: Path) -> bool:

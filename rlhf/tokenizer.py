@@ -71,8 +71,8 @@ def run_tokenizer(cfg: TokenizerConfig, paths: Paths) -> StageOutput:
         n_chars += len(t)
         n_tokens += len(tok.encode(t, add_special_tokens=False))
     metrics = {
-        "vocab_size": float(len(tok)),
-        "chars_per_token_heldout": n_chars / max(n_tokens, 1),
+        "tokenizer/vocab_size": float(len(tok)),
+        "tokenizer/chars_per_token_heldout": n_chars / max(n_tokens, 1),
     }
     return StageOutput(
         metrics=metrics,

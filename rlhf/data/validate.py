@@ -191,9 +191,9 @@ def run_validate(cfg: ValidateConfig, paths: Paths) -> StageOutput:
     written = write_outputs(paths.validation, reports, cfg)
     metrics = {f"rows/{name}": c.report.n_rows for name, c in checked.items()}
     metrics |= {
-        "files_validated": len(checked),
-        "n_problems": 0,
-        "n_warnings": sum(r.n_warnings for r in reports),
+        "validate/files": len(checked),
+        "validate/problems": 0,
+        "validate/warnings": sum(r.n_warnings for r in reports),
     }
     return StageOutput(metrics=metrics, inputs=files, reports=written)
 

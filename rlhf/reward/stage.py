@@ -48,11 +48,11 @@ from rlhf.train import (
 
 
 def bayes_optimal_accuracy(paths: Paths, heldout: list[dict[str, Any]]) -> float:
-    """The data stage's `bayes_optimal_accuracy` if it wrote one, else mean(max(p, 1-p)) over the
+    """The data stage's `data/bayes_optimal_accuracy` if it wrote one, else mean(max(p, 1-p)) over the
     held-out pairs: the accuracy of a model that knows every pair's true preference probability."""
     metrics_file = paths.metrics_file("data")
     if metrics_file.is_file():
-        value = json.loads(metrics_file.read_text(encoding="utf-8")).get("bayes_optimal_accuracy")
+        value = json.loads(metrics_file.read_text(encoding="utf-8")).get("data/bayes_optimal_accuracy")
         if isinstance(value, (int, float)) and value > 0:
             return float(value)
     return sum(max(r["p_chosen"], 1.0 - r["p_chosen"]) for r in heldout) / len(heldout)
@@ -69,12 +69,12 @@ def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], bayes: float
             if r["chosen_gold"] != r["rejected_gold"]]
     accuracy = float(wins.float().mean())
     return {
-        "preference_accuracy": accuracy,
-        "preference_accuracy_gold": sum(bool(wins[i]) == g for i, g in gold) / max(len(gold), 1),
-        "bayes_optimal_accuracy": bayes,
-        "preference_accuracy_over_bayes": accuracy / bayes,
-        "heldout_loss": float(loss),
-        "margin_mean": float(m["rewards/margins"]),
+        "eval/rewards/accuracies": accuracy,
+        "eval/rewards/accuracies_gold": sum(bool(wins[i]) == g for i, g in gold) / max(len(gold), 1),
+        "data/bayes_optimal_accuracy": bayes,
+        "eval/rewards/accuracies_over_bayes": accuracy / bayes,
+        "eval/loss/reward": float(loss),
+        "eval/rewards/margins": float(m["rewards/margins"]),
     }
 
 
@@ -160,8 +160,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             keys = ("loss/reward", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
             history.append({"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
-                            "lr": stats["lr"], "grad_norm": stats["grad_norm"], "epoch": order.epoch(step + 1),
-                            "throughput/pairs_per_s": speed["samples_per_s"]})
+                            "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
+                            "train/epoch": order.epoch(step + 1), "throughput/pairs_per_s": speed["samples_per_s"]})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
             save_checkpoint(ckpt_root, step + 1, accelerator, model, optimizer, scheduler, cfg,
                             {"history": history, "samples_seen": (step + 1) * cfg.batch_size},
@@ -191,14 +191,14 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 9. what happened, for the task to write and log
     last = history[-1] if history else {}
     metrics.update({
-        "train_loss": float(last.get("loss/reward", float("nan"))),
-        "train_accuracy": float(last.get("rewards/accuracies", float("nan"))),
-        "reward_mean": rm.norm["mean"],
-        "reward_std": rm.norm["std"],
-        "epochs": order.epoch(cfg.max_steps),
-        "pairs_per_s": meter.metrics()["samples_per_s"],
-        "tokens_per_s": meter.metrics()["tokens_per_s"],
-        "train_time_s": meter.metrics()["train_time_s"],
+        "loss/reward": float(last.get("loss/reward", float("nan"))),
+        "rewards/accuracies": float(last.get("rewards/accuracies", float("nan"))),
+        "reward_model/norm_mean": rm.norm["mean"],
+        "reward_model/norm_std": rm.norm["std"],
+        "train/epoch": order.epoch(cfg.max_steps),
+        "throughput/pairs_per_s": meter.metrics()["samples_per_s"],
+        "throughput/tokens_per_s": meter.metrics()["tokens_per_s"],
+        "time/train_s": meter.metrics()["train_time_s"],
     })
     return StageOutput(
         metrics=metrics,

@@ -111,15 +111,8 @@ def gold_agreement(pairs: list[dict[str, Any]]) -> float:
 
 
 def demo_gold(demos: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean gold of demonstrations, with the evaluation convention of `judge.mean_scores`."""
-    m = mean_scores((d["prompt"], d["response"]) for d in demos)
-    return {
-        "helpfulness_gold": m["helpfulness"],  # benign prompts
-        "safety_gold": m["safety"],  # harmful prompts
-        "helpfulness_gold_all": m["helpfulness_all"],
-        "safety_gold_all": m["safety_all"],
-        "utility_gold": m["utility"],
-    }
+    """Mean gold of demonstrations, with the evaluation convention of `judge.gold_means`."""
+    return mean_scores((d["prompt"], d["response"]) for d in demos)
 
 
 def check_disjoint(splits: dict[str, list[dict[str, Any]]]) -> int:
@@ -175,19 +168,18 @@ def run_data(cfg: DataConfig, paths: Paths) -> StageOutput:
     gold = demo_gold(splits["sft_train"])
     demos = splits["sft_train"]
     metrics: dict[str, float] = {
-        "bayes_optimal_accuracy": bayes_optimal_accuracy(splits["pref_heldout"]),
-        "bayes_optimal_accuracy_train": bayes_optimal_accuracy(splits["pref_train"]),
-        "label_gold_agreement": gold_agreement(splits["pref_heldout"]),
-        "label_gold_agreement_train": gold_agreement(splits["pref_train"]),
-        "bt_temperature": cfg.bt_temperature,
-        **{f"sft_demos_{k}": v for k, v in gold.items()},
-        "sft_demos_harmful_share": sum(d["harmful"] for d in demos) / len(demos),
-        **{f"n_{name}": float(len(rows)) for name, rows in splits.items()},
-        "n_topics": float(len(TOPICS)),
-        "n_harmful_categories": float(len(HARMS)),
-        "n_prompt_strings": float(len(train_pool) + len(heldout_pool)),
-        "n_vocabulary_words": float(len(VOCABULARY)),
-        "prompt_overlap": float(overlap),
+        "data/bayes_optimal_accuracy": bayes_optimal_accuracy(splits["pref_heldout"]),
+        "data/bayes_optimal_accuracy_train": bayes_optimal_accuracy(splits["pref_train"]),
+        "data/label_gold_agreement": gold_agreement(splits["pref_heldout"]),
+        "data/label_gold_agreement_train": gold_agreement(splits["pref_train"]),
+        **{f"data/sft_demos/{k}": v for k, v in gold.items()},
+        "data/sft_demos/harmful_share": sum(d["harmful"] for d in demos) / len(demos),
+        **{f"rows/{name}": float(len(rows)) for name, rows in splits.items()},
+        "data/prompt_overlap": float(overlap),
+        "world/topics": float(len(TOPICS)),
+        "world/harm_categories": float(len(HARMS)),
+        "world/prompt_strings": float(len(train_pool) + len(heldout_pool)),
+        "world/vocabulary_words": float(len(VOCABULARY)),
     }
     # a split without harmful (or benign) prompts has no safety (or helpfulness) mean: leave it out
     # rather than write NaN into metrics/data.json

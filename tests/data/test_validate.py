@@ -90,7 +90,7 @@ def test_run_validate_writes_reports_on_success(tmp_path):
     paths = Paths(tmp_path)
     rows = world(paths)
     out = run_validate(CFG, paths)
-    assert out.metrics["files_validated"] == 6 and out.metrics["n_problems"] == 0
+    assert out.metrics["validate/files"] == 6 and out.metrics["validate/problems"] == 0
     assert out.metrics["rows/rl_prompts"] == len(rows["rl_prompts"]) == 5
     assert out.inputs == {name: getattr(paths, name) for name in rows}
     assert out.reports == [paths.validation / "report.json", paths.validation / "summary.md"]

@@ -52,11 +52,11 @@ def test_dvc_repro_in_a_fresh_clone(tmp_path, prefect_harness, mlflow_sqlite):
     for stage in ("data", "validate", "tokenizer"):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((clone / "metrics/data.json").read_text())
-    for key in ("bayes_optimal_accuracy", "sft_demos_helpfulness_gold", "sft_demos_safety_gold"):
+    for key in ("data/bayes_optimal_accuracy", "data/sft_demos/helpfulness/benign", "data/sft_demos/safety/harmful"):
         assert key in metrics
     assert (clone / "artifacts/tokenizer/tokenizer.json").exists()
     shown = _dvc(clone, env, "metrics", "show")
-    assert "bayes_optimal_accuracy" in shown
+    assert "data/bayes_optimal_accuracy" in shown
 
     second = _dvc(clone, env, "repro", "tokenizer")
     assert "Running stage" not in second

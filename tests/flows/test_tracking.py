@@ -18,7 +18,7 @@ def test_log_stage_records_params_metrics_inputs_tables_and_nesting(tmp_path, ml
     report = tmp_path / "report.json"
     report.write_text("{}")
     out = StageOutput(
-        metrics={"preference_accuracy": 0.8, "sft": {"helpfulness_gold": 2.5}},
+        metrics={"eval/rewards/accuracies": 0.8, "sft": {"eval/helpfulness/benign": 2.5}},
         history=[{"step": 1, "loss/policy": 0.5}, {"step": 2, "loss/policy": 0.25}],
         inputs={"pref_heldout": data},
         reports=[report],
@@ -32,8 +32,8 @@ def test_log_stage_records_params_metrics_inputs_tables_and_nesting(tmp_path, ml
     assert run.data.tags["mlflow.parentRunId"] == parent_id
     assert run.data.tags["stage"] == "reward"
     assert run.data.params["model/n_layer"] == "2"
-    assert run.data.metrics["preference_accuracy"] == 0.8
-    assert run.data.metrics["sft/helpfulness_gold"] == 2.5
+    assert run.data.metrics["eval/rewards/accuracies"] == 0.8
+    assert run.data.metrics["sft/eval/helpfulness/benign"] == 2.5
     assert [m.value for m in client.get_metric_history(run_id, "loss/policy")] == [0.5, 0.25]
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "pref_heldout"

@@ -41,7 +41,7 @@ def test_dpo_few_steps(world, extra):
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                 "logps/chosen", "logps/rejected"):
         assert key in out.history[-1]
-    assert 0.0 <= out.metrics["preference_accuracy"] <= 1.0
+    assert 0.0 <= out.metrics["eval/rewards/accuracies"] <= 1.0
     # the first step starts at the reference: loss log 2 (DPO) or (1/(2 beta))^2 (IPO)
     first = out.history[0]["loss/dpo"]
     expected = (1 / (2 * cfg.beta)) ** 2 if cfg.loss_type == "ipo" else math.log(2)
@@ -79,7 +79,7 @@ def test_dpo_max_steps_overrides_epochs(world, max_steps):
                     warmup_steps=0, eval_batch_size=8)
     out = run_dpo(cfg, world)
     assert [h["step"] for h in out.history] == list(range(1, max_steps + 1))
-    assert out.history[-1]["epoch"] == pytest.approx(max_steps / 3)
+    assert out.history[-1]["train/epoch"] == pytest.approx(max_steps / 3)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
@@ -93,7 +93,7 @@ def test_dpo_honours_the_shared_training_fields(world, schedule, monkeypatch):
     out = run_dpo(cfg, world)
     assert built == [{"lr": 1e-3, "betas": (0.8, 0.9), "eps": 1e-6}]
     assert [h["step"] for h in out.history] == [2, 4]
-    lrs = [h["lr"] for h in out.history]
+    lrs = [h["train/lr"] for h in out.history]
     if schedule == "constant":
         assert lrs == [1e-3, 1e-3]
     else:

@@ -42,10 +42,10 @@ def test_evaluate_scores_existing_policies(world):
     out = run_evaluate(CFG, world, PPO)
     assert set(out.metrics) == {"sft", "dpo"}
     for name, m in out.metrics.items():
-        assert 1.0 <= m["helpfulness_gold"] <= 5.0 and 1.0 <= m["safety_gold"] <= 5.0
-        for key in ("eval/proxy/ppo_score", "eval/proxy/rm_score", "kl_to_ref"):
+        assert 1.0 <= m["eval/helpfulness/benign"] <= 5.0 and 1.0 <= m["eval/safety/harmful"] <= 5.0
+        for key in ("eval/proxy/ppo_score", "eval/proxy/rm_score", "eval/kl_to_ref"):
             assert math.isfinite(m[key]), key
-    assert out.metrics["sft"]["kl_to_ref"] == pytest.approx(0.0, abs=1e-6)  # the reference itself
+    assert out.metrics["sft"]["eval/kl_to_ref"] == pytest.approx(0.0, abs=1e-6)  # the reference itself
     samples = [json.loads(line) for line in (world.evaluate / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 7 * 2 and len(out.tables["eval_samples.json"]) == 4
 

@@ -47,7 +47,7 @@ def test_ppo_few_steps(world):
     assert [h["step"] for h in out.history] == [1, 2]
     for key in ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
                 "objective/non_score_reward", "policy/approxkl", "policy/clipfrac", "loss/policy",
-                "loss/value", "val/explained_variance", "val/clipfrac", "beta", "policy/response_length",
+                "loss/value", "val/explained_variance", "val/clipfrac", "objective/beta", "policy/response_length",
                 "policy/eos_share"):
         assert math.isfinite(out.history[-1][key]), key
     assert out.history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at first
@@ -163,6 +163,6 @@ def test_ppo_honours_the_shared_training_fields(world, monkeypatch):
     out = run_ppo(cfg, world)
     assert built == [{"lr": 1e-3, "betas": (0.8, 0.999), "eps": 1e-6}, {"lr": 2e-3, "betas": (0.8, 0.999), "eps": 1e-6}]
     assert [h["step"] for h in out.history] == [2, 4]
-    assert out.history[0]["lr"] == pytest.approx(1e-3 * 3 / 4) and out.history[1]["lr"] == pytest.approx(1e-3 / 4)
+    assert out.history[0]["train/lr"] == pytest.approx(1e-3 * 3 / 4) and out.history[1]["train/lr"] == pytest.approx(1e-3 / 4)
     (finished,) = world.checkpoints("ppo").iterdir()
     assert len([p for p in finished.iterdir() if p.name.startswith("step-")]) == 1

@@ -40,12 +40,13 @@ def test_reward_trains_and_saves_a_scoring_model(world, tmp_path):
     losses = [h["loss/reward"] for h in out.history]
     assert losses[-1] < losses[0]
     m = out.metrics
-    assert m["preference_accuracy"] >= 0.75 and m["preference_accuracy_gold"] >= 0.75
-    assert m["bayes_optimal_accuracy"] == pytest.approx(0.9)  # toy labels: p_chosen in {0.1, 0.9}
-    assert m["preference_accuracy_over_bayes"] == pytest.approx(m["preference_accuracy"] / 0.9)
-    assert {"margin_mean", "reward_mean", "reward_std", "train_loss", "pairs_per_s"} <= set(m)
+    assert m["eval/rewards/accuracies"] >= 0.75 and m["eval/rewards/accuracies_gold"] >= 0.75
+    assert m["data/bayes_optimal_accuracy"] == pytest.approx(0.9)  # toy labels: p_chosen in {0.1, 0.9}
+    assert m["eval/rewards/accuracies_over_bayes"] == pytest.approx(m["eval/rewards/accuracies"] / 0.9)
+    assert {"eval/rewards/margins", "reward_model/norm_mean", "reward_model/norm_std", "loss/reward",
+            "throughput/pairs_per_s"} <= set(m)
     rm = RewardModel.from_pretrained(out.models["rlhf-reward"])
-    assert rm.norm["mean"] == pytest.approx(m["reward_mean"]) and rm.norm["std"] == pytest.approx(m["reward_std"])
+    assert rm.norm["mean"] == pytest.approx(m["reward_model/norm_mean"]) and rm.norm["std"] == pytest.approx(m["reward_model/norm_std"])
     good = ("\n\nHuman: How do I water a fern?\n\nAssistant: "
             "Water the fern lightly once a week and let the soil dry between waterings.")
     bad = "\n\nHuman: How do I water a fern?\n\nAssistant: I do not know."
@@ -117,8 +118,8 @@ def test_encoder_with_its_own_tokenizer_trains_pools_at_cls_and_reloads(world, t
     demos = read_jsonl(world.sft_train)
     demos = random.Random(cfg.seed).sample(demos, min(cfg.norm_examples, len(demos)))
     raw = rm.raw_scores([rm.encode(r["prompt"], r["response"]) for r in demos])
-    assert float(raw.mean()) == pytest.approx(out.metrics["reward_mean"], abs=1e-5)
-    assert float(raw.std()) == pytest.approx(out.metrics["reward_std"], abs=1e-5)
+    assert float(raw.mean()) == pytest.approx(out.metrics["reward_model/norm_mean"], abs=1e-5)
+    assert float(raw.std()) == pytest.approx(out.metrics["reward_model/norm_std"], abs=1e-5)
     assert rm.score_pairs([r["prompt"] for r in demos], [r["response"] for r in demos]) == \
         pytest.approx(((raw - rm.norm["mean"]) / rm.norm["std"]).tolist(), abs=1e-5)
 

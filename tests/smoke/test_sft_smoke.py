@@ -30,7 +30,7 @@ def test_loss_falls_and_metrics_are_reported(trained):
     m = out.metrics
     assert m["heldout_loss"] < 6.0 and m["heldout_perplexity"] == pytest.approx(2.718281828 ** m["heldout_loss"])
     assert m["tokens_per_s"] > 0 and m["samples_per_s"] > 0
-    assert {"helpfulness_gold", "safety_gold", "helpfulness_gold_reference"} <= set(m)
+    assert {"eval/helpfulness/benign", "eval/safety/harmful", "eval/reference/helpfulness/benign"} <= set(m)
 
 
 def test_samples_table_has_judged_rows(trained):

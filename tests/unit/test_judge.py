@@ -136,10 +136,10 @@ def test_mean_scores_split_helpfulness_and_safety_by_prompt_kind():
     pairs = [(RICE, f"Happy to help. {F1} {F2} {F3}"), (RICE, "I can't help with that."),
              (HACK, f"{HARM1} {HARM2}")]
     m = mean_scores(pairs)
-    assert m["helpfulness"] == 3.0  # (5 + 1) / 2 over the benign prompts
-    assert m["safety"] == 1.0  # the harmful prompt only
-    assert m["n"] == 3 and m["n_harmful"] == 1
-    assert math.isnan(mean_scores([(RICE, F1)])["safety"])
+    assert m["helpfulness/benign"] == 3.0  # (5 + 1) / 2 over the benign prompts
+    assert m["safety/harmful"] == 1.0  # the harmful prompt only
+    assert m["helpfulness/all"] == pytest.approx((5 + 1 + m["helpfulness/harmful"]) / 3)
+    assert math.isnan(mean_scores([(RICE, F1)])["safety/harmful"])
 
 
 def test_training_code_never_imports_the_world():

@@ -45,4 +45,4 @@ def test_run_tokenizer_saves_loadable_directory(tmp_path):
     tok = AutoTokenizer.from_pretrained(paths.tokenizer)
     assert tok.pad_token == "<|pad|>" and tok.eos_token == "<|eos|>" and tok.bos_token == "<|bos|>"
     assert tok.chat_template is not None
-    assert out.metrics["chars_per_token_heldout"] > 1.0
+    assert out.metrics["tokenizer/chars_per_token_heldout"] > 1.0

@@ -45,7 +45,7 @@ def test_files_fields_and_counts(default_run):
     for split in SPLITS:
         assert len(data[split]) == getattr(cfg, f"n_{split}")
         assert all(list(row) == FIELDS[split] for row in data[split]), split
-        assert out.metrics[f"n_{split}"] == len(data[split])
+        assert out.metrics[f"rows/{split}"] == len(data[split])
     assert not list(paths.data.glob("*.tmp")), "temporary files left behind"
     assert out.inputs == {} and all(p.is_file() for p in out.reports)
 
@@ -54,7 +54,7 @@ def test_no_prompt_shared_between_training_and_heldout(default_run):
     *_, out, data = default_run
     train = {r["prompt"] for s in TRAIN_SPLITS for r in data[s]}
     heldout = {r["prompt"] for s in HELDOUT_SPLITS for r in data[s]}
-    assert not train & heldout and out.metrics["prompt_overlap"] == 0
+    assert not train & heldout and out.metrics["data/prompt_overlap"] == 0
 
 
 def test_overlap_check_raises():
@@ -66,8 +66,8 @@ def test_overlap_check_raises():
 
 def test_demonstrations_are_mediocre_but_hold_good_behaviour(default_run):
     *_, out, data = default_run
-    assert 2.0 <= out.metrics["sft_demos_helpfulness_gold"] <= 2.5
-    assert 2.0 <= out.metrics["sft_demos_safety_gold"] <= 2.5
+    assert 2.0 <= out.metrics["data/sft_demos/helpfulness/benign"] <= 2.5
+    assert 2.0 <= out.metrics["data/sft_demos/safety/harmful"] <= 2.5
     judged = [judge(d["prompt"], d["response"]) for d in data["sft_train"]]
     good = sum((j.safety if j.harmful else j.helpfulness) == 5 for j in judged) / len(judged)
     assert 0.10 <= good <= 0.25
@@ -75,19 +75,19 @@ def test_demonstrations_are_mediocre_but_hold_good_behaviour(default_run):
 
 def test_preference_labels(default_run):
     cfg, _, out, data = default_run
-    assert 0.75 <= out.metrics["bayes_optimal_accuracy"] <= 0.90
+    assert 0.75 <= out.metrics["data/bayes_optimal_accuracy"] <= 0.90
     for row in data["pref_train"] + data["pref_heldout"]:
         assert row["chosen"] != row["rejected"] and row["chosen_gold"] != row["rejected_gold"]
         expected = bt_probability(row["chosen_gold"], row["rejected_gold"], cfg.bt_temperature)
         assert row["p_chosen"] == pytest.approx(expected)
         assert row["chosen_gold"] == judge(row["prompt"], row["chosen"]).utility
     # noisy like human raters: some labels go against the gold ordering, most do not
-    assert 0.6 < out.metrics["label_gold_agreement_train"] < 0.95
+    assert 0.6 < out.metrics["data/label_gold_agreement_train"] < 0.95
 
 
 def test_world_size_and_text_lengths(default_run):
     *_, out, data = default_run
-    assert out.metrics["n_topics"] >= 30 and out.metrics["n_harmful_categories"] >= 8
+    assert out.metrics["world/topics"] >= 30 and out.metrics["world/harm_categories"] >= 8
     prompts = [r for s in SPLITS for r in data[s]]
     assert 0.25 <= sum(r["harmful"] for r in prompts) / len(prompts) <= 0.30
     assert max(len(r["prompt"].split()) for r in prompts) < 30
