@@ -5,8 +5,8 @@ training seeds (same data, same evaluation prompts and sampling seed) and print 
 
 Each seed runs `dvc repro evaluate` in its own copy of the project under `.state/seeds/<seed>`
 (the data, validation and tokenizer outputs are copied, so only the training stages rerun).
-Prints per-seed SFT, reward-model and DPO figures, then a table per policy: helpfulness_gold,
-safety_gold, reward_proxy, kl_to_ref as mean ± std. With --parallel N each run gets cores / N threads.
+Prints per-seed SFT, reward-model and DPO figures, then a table per policy: eval/helpfulness/benign,
+eval/safety/harmful, eval/proxy/ppo_score, eval/kl_to_ref as mean ± std. With --parallel N each run gets cores / N threads.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ("sft", "reward", "ppo", "dpo")
-KEYS = ("helpfulness_gold", "safety_gold", "reward_proxy", "kl_to_ref")
+KEYS = ("eval/helpfulness/benign", "eval/safety/harmful", "eval/proxy/ppo_score", "eval/kl_to_ref")
 # per-stage figures also reported per seed: (stage, metric)
-STAGE_KEYS = (("sft", "helpfulness_gold"), ("sft", "safety_gold"), ("reward", "preference_accuracy"),
-              ("reward", "preference_accuracy_gold"), ("reward", "preference_accuracy_over_bayes"),
-              ("dpo", "preference_accuracy"))
+STAGE_KEYS = (("sft", "eval/helpfulness/benign"), ("sft", "eval/safety/harmful"),
+              ("reward", "eval/rewards/accuracies"), ("reward", "eval/rewards/accuracies_gold"),
+              ("reward", "eval/rewards/accuracies_over_bayes"), ("dpo", "eval/rewards/accuracies"))
 
 
 def prepare(seed: int) -> Path:

@@ -10,13 +10,13 @@ from flows.dag import stage_order
 from rlhf.paths import Paths
 
 KEY_METRICS = {
-    "data": ["sft_demos_helpfulness_gold", "sft_demos_safety_gold", "bayes_optimal_accuracy"],
-    "validate": ["files_validated", "n_problems"],
-    "tokenizer": ["vocab_size", "chars_per_token_heldout"],
-    "sft": ["helpfulness_gold", "safety_gold", "heldout_loss"],
-    "reward": ["preference_accuracy", "preference_accuracy_gold", "preference_accuracy_over_bayes"],
+    "data": ["data/sft_demos/helpfulness/benign", "data/sft_demos/safety/harmful", "data/bayes_optimal_accuracy"],
+    "validate": ["validate/files", "validate/problems"],
+    "tokenizer": ["tokenizer/vocab_size", "tokenizer/chars_per_token_heldout"],
+    "sft": ["eval/helpfulness/benign", "eval/safety/harmful", "eval/loss/sft"],
+    "reward": ["eval/rewards/accuracies", "eval/rewards/accuracies_gold", "eval/rewards/accuracies_over_bayes"],
     "ppo": ["objective/scores", "objective/kl"],
-    "dpo": ["rewards/accuracies", "heldout_accuracy"],
+    "dpo": ["eval/rewards/accuracies", "eval/rewards/accuracies_gold"],
 }
 
 
@@ -34,9 +34,9 @@ def print_summary(root: Path = Path(".")) -> None:
             continue
         metrics = json.loads(file.read_text())
         if stage == "evaluate":
-            columns = {"helpfulness": "helpfulness_gold", "safety": "safety_gold",
+            columns = {"helpfulness": "eval/helpfulness/benign", "safety": "eval/safety/harmful",
                        "ppo_score": "eval/proxy/ppo_score", "rm_score": "eval/proxy/rm_score",
-                       "kl_to_ref": "kl_to_ref"}
+                       "kl_to_ref": "eval/kl_to_ref"}
             print(f"  {stage:<10} {'policy':<7} " + "  ".join(f"{c:>10}" for c in columns))
             for policy, m in metrics.items():
                 if isinstance(m, dict):

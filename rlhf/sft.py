@@ -144,8 +144,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss/sft']:.3f}", tok_s=f"{speed['tokens_per_s']:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            history.append({"step": step + 1, "loss/sft": last["loss/sft"], "lr": last["lr"],
-                            "grad_norm": last["grad_norm"], "epoch": order.epoch(step + 1),
+            history.append({"step": step + 1, "loss/sft": last["loss/sft"], "train/lr": last["lr"],
+                            "train/grad_norm": last["grad_norm"], "train/epoch": order.epoch(step + 1),
                             "throughput/tokens_per_s": speed["tokens_per_s"]})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
             save_checkpoint(ckpt_root, step + 1, accelerator, model, optimizer, scheduler, cfg,
@@ -167,13 +167,15 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
 
     # 8. sample held-out prompts (fixed seed) and score them with the gold judge (evaluation only)
     metrics: dict[str, float] = {
-        "train_loss": train_loss,
-        "heldout_loss": held_loss,
-        "train_perplexity": math.exp(min(train_loss, 50.0)),
-        "heldout_perplexity": math.exp(min(held_loss, 50.0)),
-        "final_step_loss": float(last.get("loss/sft", math.nan)),
-        "epochs": order.epoch(cfg.max_steps),
-        **meter.metrics(),
+        "eval/loss/sft": held_loss,
+        "eval/loss/sft_train": train_loss,
+        "eval/perplexity/sft": math.exp(min(held_loss, 50.0)),
+        "eval/perplexity/sft_train": math.exp(min(train_loss, 50.0)),
+        "loss/sft": float(last.get("loss/sft", math.nan)),  # of the last optimizer step
+        "train/epoch": order.epoch(cfg.max_steps),
+        "throughput/tokens_per_s": meter.metrics()["tokens_per_s"],
+        "throughput/dialogues_per_s": meter.metrics()["samples_per_s"],
+        "time/train_s": meter.metrics()["train_time_s"],
     }
     table: list[dict[str, Any]] = []
     if cfg.sample_count and accelerator.is_main_process:

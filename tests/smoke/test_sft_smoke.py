@@ -28,8 +28,8 @@ def test_loss_falls_and_metrics_are_reported(trained):
     assert [h["step"] for h in out.history] == [5, 10, 15, 20, 25]
     assert losses[-1] < losses[0] - 0.5
     m = out.metrics
-    assert m["heldout_loss"] < 6.0 and m["heldout_perplexity"] == pytest.approx(2.718281828 ** m["heldout_loss"])
-    assert m["tokens_per_s"] > 0 and m["samples_per_s"] > 0
+    assert m["eval/loss/sft"] < 6.0 and m["eval/perplexity/sft"] == pytest.approx(2.718281828 ** m["eval/loss/sft"])
+    assert m["throughput/tokens_per_s"] > 0 and m["throughput/dialogues_per_s"] > 0
     assert {"eval/helpfulness/benign", "eval/safety/harmful", "eval/reference/helpfulness/benign"} <= set(m)
 
 
