@@ -24,8 +24,6 @@ from rlhf.train import (
     BatchOrder,
     Throughput,
     build_gpt2,
-    build_optimizer,
-    build_scheduler,
     collate_sft,
     encode_sft_example,
     find_resumable,
@@ -35,6 +33,7 @@ from rlhf.train import (
     load_checkpoint,
     load_tokenizer,
     make_accelerator,
+    optimizer_from,
     optimizer_step,
     pack_examples,
     progress_bar,
@@ -43,15 +42,36 @@ from rlhf.train import (
     run_checkpoint_root,
     save_checkpoint,
     save_model_dir,
+    scheduler_from,
     seed_everything,
     shard_and_split,
 )
+from rlhf.train.batching import additive_mask
+
+
+def model_attention_mask(model: Any, mask: torch.Tensor) -> torch.Tensor:
+    """The `attention_mask` to give `model`: a (b, T) padding mask as it is; a packed rows' (b, 1, T, T)
+    boolean block-diagonal mask as additive offsets in the dtype the attention scores are computed in
+    (the autocast dtype inside autocast, else the weights').
+
+    Hugging Face hands a 4-D mask to the attention function untouched; eager attention adds it to
+    the scores, so a boolean one would let every token see the whole row (the future and the other
+    examples). The additive form is read the same way by eager and SDPA attention; flash and flex
+    attention do not take a 4-D tensor, and are refused rather than left unmasked.
+    """
+    if mask.dim() != 4:
+        return mask
+    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
+    assert impl in ("eager", "sdpa"), f"packed SFT rows need eager or sdpa attention, not {impl!r} (set sft.packing false)"
+    device = mask.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else next(model.parameters()).dtype
+    return additive_mask(mask, dtype)  # (b, 1, T, T)
 
 
 def micro_batch_loss(model: Any, mb: dict[str, torch.Tensor], num_tokens: float):
     """This micro-batch's share of the step's SFT loss (the `loss_fn` of `optimizer_step`)."""
     # packed rows bring a (b, 1, T, T) block-diagonal mask and per-example position_ids
-    logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+    logits = model(input_ids=mb["input_ids"], attention_mask=model_attention_mask(model, mb["attention_mask"]),
                    position_ids=mb.get("position_ids")).logits  # (b, T, V)
     return sft_loss(logits, mb["input_ids"], mb["loss_mask"], num_tokens)
 
@@ -118,8 +138,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     assert len(train) >= 1, "no SFT training examples"
 
     # 4. optimizer, schedule, and the rest of the training state when resuming
-    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+    optimizer = optimizer_from(model, cfg)
+    scheduler = scheduler_from(optimizer, cfg, cfg.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
     history: list[dict[str, float]] = state["history"]
