@@ -64,6 +64,17 @@ def _base_row(record: PromptRecord, **middle: Any) -> dict[str, Any]:
     return {"prompt": record.prompt, **middle, "topic": record.topic, "harmful": record.harmful}
 
 
+def check_styles(cfg: DataConfig) -> None:
+    """Every style of the two mixes is one the world can write (a ConfigError naming the key)."""
+    from rlhf.config.base import ConfigError
+
+    for key, mix, styles in (("benign_mix", cfg.benign_mix, BENIGN_STYLES),
+                             ("harmful_mix", cfg.harmful_mix, HARMFUL_STYLES)):
+        unknown = sorted(set(mix) - set(styles))
+        if unknown:
+            raise ConfigError(f"data.{key}: unknown style(s) {unknown}; expected some of {sorted(styles)}")
+
+
 def make_demos(prompts: list[PromptRecord], cfg: DataConfig, rng: random.Random) -> list[dict[str, Any]]:
     """One demonstration per prompt, its style drawn from the benign or harmful mix."""
     rows = []
@@ -138,6 +149,7 @@ def summary_markdown(metrics: dict[str, float], splits: dict[str, list[dict[str,
 
 
 def run_data(cfg: DataConfig, paths: Paths) -> StageOutput:
+    check_styles(cfg)
     # 1. split the prompt universe by string
     train_pool, heldout_pool = split_pools(cfg.seed, cfg.heldout_fraction)
 

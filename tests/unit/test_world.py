@@ -148,7 +148,6 @@ def test_unknown_config_key_is_rejected(tmp_path):
     "body,message",
     [
         ("  benign_mix: {good: 0.5, partial: 0.4}\n", "sum to 1"),
-        ("  harmful_mix: {comply: 0.5, lovely: 0.5}\n", "unknown style"),
         ("  bt_temperature: 0\n", "greater than 0"),
         ("  harmful_share: 1.5\n", "less than or equal to 1"),
     ],
@@ -156,3 +155,10 @@ def test_unknown_config_key_is_rejected(tmp_path):
 def test_bad_config_values_are_rejected(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):
         load_config("data", write_params(tmp_path, body))
+
+
+def test_a_style_the_world_cannot_write_is_refused_naming_the_key(tmp_path):
+    cfg = load_config("data", write_params(tmp_path, "  harmful_mix: {comply: 0.5, lovely: 0.5}\n"))
+    with pytest.raises(ConfigError, match=r"data\.harmful_mix: unknown style\(s\) \['lovely'\]"):
+        run_data(cfg, Paths(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before anything was written
