@@ -56,13 +56,14 @@ def model_attention_mask(model: Any, mask: torch.Tensor) -> torch.Tensor:
 
     Hugging Face hands a 4-D mask to the attention function untouched; eager attention adds it to
     the scores, so a boolean one would let every token see the whole row (the future and the other
-    examples). The additive form is read the same way by eager and SDPA attention; flash and flex
-    attention do not take a 4-D tensor, and are refused rather than left unmasked.
+    examples). The additive form is read the same way by eager and SDPA attention (tested on GPT-2
+    and Llama); other implementations (flash attention, ...) are refused rather than trusted with it.
     """
     if mask.dim() != 4:
         return mask
     impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
-    assert impl in ("eager", "sdpa"), f"packed SFT rows need eager or sdpa attention, not {impl!r} (set sft.packing false)"
+    assert impl in ("eager", "sdpa"), (
+        f"packed SFT rows need eager or sdpa attention, not {impl!r} (or set sft.packing: false)")
     device = mask.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else next(model.parameters()).dtype
     return additive_mask(mask, dtype)  # (b, 1, T, T)
@@ -90,7 +91,7 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
     sums = torch.zeros(2, device=accelerator.device)  # [sum of NLL, number of tokens]
     for i in range(0, len(mine), micro_batch_size):
         mb = {k: v.to(accelerator.device) for k, v in collate_sft(mine[i: i + micro_batch_size], pad_id).items()}
-        with accelerator.autocast():
+        with accelerator.autocast():  # unpacked: a (b, T) padding mask, made causal by the model itself
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits  # (b, T, V)
         mask = mb["loss_mask"][:, 1:]  # (b, T-1)
         sums += torch.stack([masked_sum(-shifted_token_logprobs(logits, mb["input_ids"]), mask), mask.sum().float()])

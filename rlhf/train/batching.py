@@ -57,7 +57,8 @@ def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> lis
     Each row carries `segment_ids` (0, 1, 2, ... one per example); `collate_sft` turns them into a
     block-diagonal causal mask and per-example positions, so an example attends only to itself
     and its loss equals the unpacked one (packing without the cross-example attention of plain
-    concatenation). On short dialogues packing multiplies tokens/s severalfold.
+    concatenation) once the mask reaches the model as `additive_mask` makes it. On short dialogues
+    packing multiplies tokens/s severalfold.
     """
     rows: list[dict[str, list[int]]] = []
     row: dict[str, list[int]] = {"input_ids": [], "loss_mask": [], "segment_ids": []}
@@ -92,8 +93,9 @@ def collate_sft(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[s
     """Right-padded SFT micro-batch: input_ids, attention_mask, loss_mask, each (B, T).
 
     Packed rows (with `segment_ids`) also get `position_ids` (B, T) restarting at every example and
-    a block-diagonal causal `attention_mask` of shape (B, 1, T, T) (True = may attend), which
-    Hugging Face decoders accept in place of the (B, T) padding mask.
+    a block-diagonal causal `attention_mask` of shape (B, 1, T, T) (True = may attend). Give the
+    model `additive_mask` of it, not the boolean itself: Hugging Face passes a 4-D mask through
+    untouched, and eager attention adds it to the scores (True/False -> +1/+0: no mask at all).
     """
     ids = [e["input_ids"] for e in examples]
     batch = {
@@ -112,6 +114,19 @@ def collate_sft(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[s
         causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
         batch["attention_mask"] = ((seg[:, :, None] == seg[:, None, :]) & causal)[:, None]  # (B, 1, T, T)
     return batch
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, T, T) boolean mask (True = may attend) -> the same mask as attention-score offsets,
+    0 where allowed and the most negative `dtype` value elsewhere, in the model's compute dtype.
+
+    Eager attention adds a 4-D mask to the scores and SDPA adds a float one (it also needs it in the
+    query's dtype), so this one form means the same under both. Every row keeps its diagonal, so no
+    softmax row is all masked (which would give NaN).
+    """
+    assert allowed.dtype == torch.bool and allowed.dim() == 4, (allowed.dtype, allowed.shape)
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)  # (B, 1, T, T)
+    return blocked.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def collate_pairs(

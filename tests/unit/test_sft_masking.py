@@ -5,6 +5,7 @@ import torch
 
 from rlhf.chat import encode_prompt, encode_response, response_text
 from rlhf.losses.sft import sft_loss
+from rlhf.sft import evaluate_loss, loss_tokens, micro_batch_loss
 from rlhf.tokenizer import train_tokenizer
 from rlhf.train import build_gpt2, collate_sft, encode_sft_example, pack_examples
 from rlhf.train.toy import sft_rows
@@ -80,15 +81,124 @@ def test_packing_keeps_whole_examples_in_order(tok):
     assert all(r["segment_ids"][0] == 0 and r["segment_ids"] == sorted(r["segment_ids"]) for r in rows)
 
 
-def test_packed_rows_score_each_example_as_if_alone(tok):
-    model = build_gpt2(tok, n_layer=2, n_head=2, n_embd=32, n_positions=128, seed=0)
+# Both attention implementations Hugging Face decoders offer for a 4-D mask, on two families:
+# GPT-2 (learned positions) and Llama (rotary positions, grouped-query attention).
+MODELS = [(family, impl) for family in ("gpt2", "llama") for impl in ("eager", "sdpa")]
+
+
+def tiny_model(tok, family: str, impl: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=impl)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                             attn_implementation=impl)
+        model = LlamaForCausalLM(config)
+    assert model.config._attn_implementation == impl
+    return model.eval()
+
+
+def loss_and_logits(model, batch, num_tokens):
+    """`micro_batch_loss` as training calls it, and the logits the model gave it (b, T, V)."""
+    seen = []
+    hook = model.register_forward_hook(lambda module, args, out: seen.append(out.logits.detach()))
+    try:
+        loss, _ = micro_batch_loss(model, batch, num_tokens)
+    finally:
+        hook.remove()
+    return loss, seen[0]
+
+
+def segments(row):
+    """[(start, end)] of each example of a packed row."""
+    ids, bounds = row["segment_ids"], []
+    for i, s in enumerate(ids):
+        if i == 0 or s != ids[i - 1]:
+            bounds.append([i, i + 1])
+        else:
+            bounds[-1][1] = i + 1
+    return [tuple(b) for b in bounds]
+
+
+@pytest.mark.parametrize("family,impl", MODELS)
+def test_packed_rows_score_each_example_as_if_alone(tok, family, impl):
+    model = tiny_model(tok, family, impl)
     exs = [encode_sft_example(tok, r["prompt"], r["response"], 64) for r in sft_rows(6)]
-    packed = collate_sft(pack_examples(exs, 128), tok.pad_token_id)
-    assert packed["attention_mask"].dim() == 4
-    logits = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
-                   position_ids=packed["position_ids"]).logits
-    loss_packed = sft_loss(logits, packed["input_ids"], packed["loss_mask"])[0]
-    plain = collate_sft(exs, tok.pad_token_id)
-    logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
-    loss_plain = sft_loss(logits, plain["input_ids"], plain["loss_mask"])[0]
+    rows = pack_examples(exs, 128)
+    packed = collate_sft(rows, tok.pad_token_id)
+    assert packed["attention_mask"].dim() == 4 and len(rows) < len(exs)
+    n = float(loss_tokens(packed))
+    with torch.no_grad():
+        loss_packed, logits = loss_and_logits(model, packed, n)
+        k = 0
+        for r, row in enumerate(rows):
+            for start, end in segments(row):
+                alone = collate_sft([exs[k]], tok.pad_token_id)
+                loss_alone, logits_alone = loss_and_logits(model, alone, float(loss_tokens(alone)))
+                assert end - start == len(exs[k]["input_ids"])
+                torch.testing.assert_close(logits[r, start:end], logits_alone[0], atol=1e-4, rtol=1e-4)
+                # the example's loss inside the packed row equals its loss alone
+                one = {key: v[r: r + 1, start:end] for key, v in packed.items() if key != "attention_mask"}
+                one["attention_mask"] = packed["attention_mask"][r: r + 1, :, start:end, start:end]
+                assert loss_and_logits(model, one, float(loss_tokens(one)))[0].item() == pytest.approx(
+                    loss_alone.item(), rel=1e-5)
+                k += 1
+        plain = collate_sft(exs, tok.pad_token_id)
+        loss_plain, _ = loss_and_logits(model, plain, n)
+    assert k == len(exs)
     assert loss_packed.item() == pytest.approx(loss_plain.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("family,impl", MODELS)
+def test_a_later_token_never_changes_an_earlier_logit(tok, family, impl):
+    model = tiny_model(tok, family, impl)
+    exs = [encode_sft_example(tok, r["prompt"], r["response"], 64) for r in sft_rows(3)]
+    (row,) = pack_examples(exs, 192)
+    packed = collate_sft([row], tok.pad_token_id)
+    (first, second, _) = segments(row)
+    with torch.no_grad():
+        _, logits = loss_and_logits(model, packed, 1.0)
+        for t in (first[1] - 1, second[0] + 3, second[1] - 1):  # inside the first example, then the second
+            changed = dict(packed, input_ids=packed["input_ids"].clone())
+            changed["input_ids"][0, t] = (changed["input_ids"][0, t] + 1) % len(tok)
+            _, after = loss_and_logits(model, changed, 1.0)
+            torch.testing.assert_close(after[0, :t], logits[0, :t], atol=1e-5, rtol=1e-5)  # causality
+            assert not torch.allclose(after[0, t], logits[0, t])  # the change does reach its own position
+            end = next(e for s, e in (first, second) if s <= t < e)
+            torch.testing.assert_close(after[0, end:], logits[0, end:], atol=1e-5, rtol=1e-5)  # later examples
+
+
+@pytest.mark.parametrize("family,impl", MODELS)
+def test_evaluate_loss_on_padded_examples_is_the_per_token_mean(tok, family, impl):
+    from rlhf.train import make_accelerator
+
+    model = tiny_model(tok, family, impl)
+    exs = [encode_sft_example(tok, r["prompt"], r["response"], 64) for r in sft_rows(5)]
+    exs[0] = {k: v[:-3] for k, v in exs[0].items()}  # unequal lengths -> padding
+    got = evaluate_loss(model, exs, tok.pad_token_id, 5, make_accelerator("no"))
+    with torch.no_grad():
+        sums = [loss_and_logits(model, collate_sft([e], tok.pad_token_id), 1.0)[0].item() for e in exs]
+    assert got == pytest.approx(sum(sums) / sum(sum(e["loss_mask"][1:]) for e in exs), rel=1e-5)
+
+
+def test_a_packed_mask_reaches_the_model_as_additive_offsets(tok):
+    from rlhf.sft import model_attention_mask
+
+    allowed = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)[None, None]  # (1, 1, 3, 3)
+    model = tiny_model(tok, "gpt2", "eager")
+    got = model_attention_mask(model, allowed)
+    low = torch.finfo(torch.float32).min
+    assert got.dtype == torch.float32 and torch.equal(got[0, 0], torch.tensor(
+        [[0.0, low, low], [0.0, 0.0, low], [low, low, 0.0]]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model_attention_mask(model, allowed).dtype == torch.bfloat16  # the dtype scores are computed in
+    padding = torch.ones(2, 3, dtype=torch.long)
+    assert model_attention_mask(model, padding) is padding  # a (B, T) mask is the model's to expand
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(AssertionError, match="eager or sdpa"):
+        model_attention_mask(model, allowed)
