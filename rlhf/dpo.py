@@ -22,29 +22,23 @@ from rlhf.config.dpo import DPOConfig
 from rlhf.logprobs import sequence_logprobs
 from rlhf.losses.dpo import dpo_loss, ipo_loss
 from rlhf.paths import Paths
-from rlhf.stage import SKIPPED, StageOutput, skip_stage
+from rlhf.stage import StageOutput, skip_stage
 from rlhf.train import (
     BatchOrder,
     collate_sft,
     encode_sft_example,
-    find_resumable,
-    latest_checkpoint,
     load_causal_lm,
-    load_checkpoint,
     load_tokenizer,
     make_accelerator,
     optimizer_from,
     optimizer_step,
     progress_bar,
     read_jsonl,
-    retire_checkpoints,
-    run_checkpoint_root,
-    save_checkpoint,
-    save_model_dir,
     scheduler_from,
     seed_everything,
     shard_and_split,
 )
+from rlhf.train.loop import TrainingRun
 from rlhf.train.models import max_positions
 
 
@@ -123,14 +117,9 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     accelerator = make_accelerator(cfg.mixed_precision)
     seed_everything(cfg.seed)
     sft_dir = paths.sft / "model"
-    ckpt_root = run_checkpoint_root(paths.checkpoints("dpo"), [paths.pref_train, sft_dir],
-                                    remove_others=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
-    accelerator.wait_for_everyone()
-    ckpt = latest_checkpoint(ckpt_root)
+    run = TrainingRun(paths.checkpoints("dpo"), [paths.pref_train, sft_dir], cfg, accelerator)
     tokenizer = load_tokenizer(sft_dir)
-    policy = load_causal_lm(ckpt or sft_dir)
+    policy = load_causal_lm(run.resume_dir or sft_dir)
     reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)
 
     # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens
@@ -155,7 +144,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     optimizer = optimizer_from(policy, cfg)
     scheduler = scheduler_from(optimizer, cfg, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
+    state = run.restore({"policy": optimizer}, {"policy": scheduler})
     history: list[dict[str, float]] = state["history"]
     order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
 
@@ -189,9 +178,8 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
                             **{k: v for k, v in stats.items() if k not in ("loss", "lr", "grad_norm")}})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss/dpo']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
-            save_checkpoint(ckpt_root, step + 1, accelerator, policy, optimizer, scheduler, cfg,
-                            {"history": history}, tokenizer=tokenizer, keep_last=cfg.keep_checkpoints)
+        run.checkpoint(step + 1, total_steps, {"": policy}, {"policy": optimizer}, {"policy": scheduler},
+                       {"history": history}, tokenizer)
     bar.close()
 
     # 6. held-out implicit-reward accuracy
@@ -205,11 +193,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     metrics.update({k: last[k] for k in ("loss/dpo", "rewards/accuracies", "rewards/margins") if k in last})
 
     # 7. the final policy + tokenizer, atomically; checkpoints are no longer needed
-    if accelerator.is_main_process:
-        save_model_dir(out_dir, model, tokenizer, cfg)
-        (paths.dpo / SKIPPED).unlink(missing_ok=True)  # left by an earlier run with enabled: false
-        retire_checkpoints(ckpt_root)  # a later run trains afresh
-    accelerator.wait_for_everyone()
+    run.finish(out_dir, model, tokenizer)
     return StageOutput(
         metrics=metrics,
         history=history,

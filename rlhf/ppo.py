@@ -20,8 +20,6 @@ policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,28 +41,19 @@ from rlhf.rl import (
     kl_shaped_rewards,
     penalise_missing_eos,
 )
-from rlhf.stage import SKIPPED, StageOutput, skip_stage
+from rlhf.stage import StageOutput, skip_stage
 from rlhf.train import (
     BatchOrder,
-    atomic_dir,
-    find_resumable,
-    latest_checkpoint,
     load_causal_lm,
     load_tokenizer,
     make_accelerator,
     optimizer_from,
     progress_bar,
     read_jsonl,
-    retire_checkpoints,
-    rng_state,
-    run_checkpoint_root,
-    save_model_dir,
     scheduler_from,
     seed_everything,
-    set_rng_state,
-    write_json,
 )
-from rlhf.train.checkpoint import STAGE_CONFIG, TRAINER_STATE, list_checkpoints
+from rlhf.train.loop import TrainingRun
 
 VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
 
@@ -216,36 +205,6 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
     return stats
 
 
-# ---------------------------------------------------------------- checkpoints
-def save_ppo_checkpoint(root: Path, step: int, policy: Any, critic: RewardModel, tokenizer: Any,
-                        optimizers: dict[str, Any], schedulers: dict[str, Any], cfg: PPOConfig,
-                        state: dict[str, Any]) -> None:
-    """policy (HF dir) + critic (`value/`) + both optimizers and schedules + RNG + trainer state,
-    atomically; the newest `cfg.keep_checkpoints` are kept."""
-    with atomic_dir(root / f"step-{step:08d}") as tmp:
-        policy.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        critic.save_pretrained(tmp / VALUE_DIR)
-        torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "schedulers": {k: sc.state_dict() for k, sc in schedulers.items()}}, tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng_state.pt")
-        write_json(tmp / STAGE_CONFIG, cfg.model_dump(mode="json"))
-        write_json(tmp / TRAINER_STATE, {**state, "step": step})  # last: marks it complete
-    for old in list_checkpoints(root)[:-cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_ppo_checkpoint(ckpt: Path, optimizers: dict[str, Any], schedulers: dict[str, Any]) -> dict[str, Any]:
-    """Restore both optimizers, their schedules and the RNG states; return the trainer state
-    (step, history, beta)."""
-    saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-    for key, opt in optimizers.items():
-        opt.load_state_dict(saved["optimizers"][key])
-        schedulers[key].load_state_dict(saved["schedulers"][key])
-    set_rng_state(torch.load(ckpt / "rng_state.pt", map_location="cpu", weights_only=True))
-    return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
-
-
 # ---------------------------------------------------------------- the stage
 def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     out_dir = paths.ppo / "model"
@@ -259,9 +218,8 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     assert accelerator.num_processes == 1, "PPO runs in one process (data-parallel rollouts are not implemented)"
     seed_everything(cfg.seed)
     sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
-    ckpt_root = run_checkpoint_root(paths.checkpoints("ppo"), [paths.rl_prompts, sft_dir, reward_dir])
-    find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
-    ckpt = latest_checkpoint(ckpt_root)
+    run = TrainingRun(paths.checkpoints("ppo"), [paths.rl_prompts, sft_dir, reward_dir], cfg, accelerator)
+    ckpt = run.resume_dir
     tokenizer = load_tokenizer(sft_dir)
     policy = load_causal_lm(ckpt or sft_dir)
     if ckpt is not None:
@@ -282,8 +240,8 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     reward_model.to(accelerator.device)
     kl_ctl = (AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.beta))
-    state = load_ppo_checkpoint(ckpt, optimizers, schedulers) if ckpt else {"step": 0, "history": [], "kl_ctl": None}
-    if state["kl_ctl"] is not None:
+    state = run.restore(optimizers, schedulers)
+    if state.get("kl_ctl") is not None:
         kl_ctl.load_state_dict(state["kl_ctl"])
     history: list[dict[str, float]] = state["history"]
     order = BatchOrder(len(prompts), cfg.rollout_batch_size, cfg.seed)
@@ -312,16 +270,12 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
-            save_ppo_checkpoint(ckpt_root, step + 1, accelerator.unwrap_model(policy),
-                                accelerator.unwrap_model(critic), tokenizer, optimizers, schedulers, cfg,
-                                {"history": history, "kl_ctl": kl_ctl.state_dict()})
+        run.checkpoint(step + 1, cfg.max_steps, {"": policy, VALUE_DIR: critic}, optimizers, schedulers,
+                       {"history": history, "kl_ctl": kl_ctl.state_dict()}, tokenizer)
     bar.close()
 
     # 7. the final policy + tokenizer, atomically
-    save_model_dir(out_dir, accelerator.unwrap_model(policy), tokenizer, cfg)
-    (paths.ppo / SKIPPED).unlink(missing_ok=True)  # left by an earlier run with enabled: false
-    retire_checkpoints(ckpt_root)  # a later run trains afresh
+    run.finish(out_dir, policy, tokenizer)
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
     return StageOutput(

@@ -27,24 +27,18 @@ from rlhf.train import (
     BatchOrder,
     Throughput,
     collate_pairs,
-    find_resumable,
     has_tokenizer,
-    latest_checkpoint,
-    load_checkpoint,
     load_tokenizer,
     make_accelerator,
     optimizer_from,
     optimizer_step,
     progress_bar,
     read_jsonl,
-    retire_checkpoints,
-    run_checkpoint_root,
-    save_checkpoint,
-    save_model_dir,
     scheduler_from,
     seed_everything,
     shard_and_split,
 )
+from rlhf.train.loop import TrainingRun
 
 
 def bayes_optimal_accuracy(paths: Paths, heldout: list[dict[str, Any]]) -> float:
@@ -107,13 +101,9 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     #    backbone (SFT by default)
     project_tokenizer = project_tokenizer_for(cfg, paths, source)
     inputs = [paths.pref_train, source] + ([paths.tokenizer] if project_tokenizer is not None else [])
-    ckpt_root = run_checkpoint_root(paths.checkpoints("reward"), inputs, remove_others=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        find_resumable(ckpt_root, cfg)
-    accelerator.wait_for_everyone()
-    ckpt = latest_checkpoint(ckpt_root)
-    if ckpt is not None:
-        model = RewardModel.from_pretrained(ckpt)
+    run = TrainingRun(paths.checkpoints("reward"), inputs, cfg, accelerator)
+    if run.resume_dir is not None:
+        model = RewardModel.from_pretrained(run.resume_dir)
     else:
         model = RewardModel.from_backbone(source, project_tokenizer, cfg.seed, cfg.max_seq_len)
     if cfg.freeze_backbone:
@@ -129,7 +119,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     optimizer = optimizer_from(model, cfg)
     scheduler = scheduler_from(optimizer, cfg, cfg.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
+    state = run.restore({"model": optimizer}, {"model": scheduler})
     history: list[dict[str, float]] = state["history"]
     order = BatchOrder(len(pairs), cfg.batch_size, cfg.seed)
 
@@ -162,10 +152,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
             history.append({"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
                             "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
                             "train/epoch": order.epoch(step + 1), "throughput/pairs_per_s": speed["samples_per_s"]})
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
-            save_checkpoint(ckpt_root, step + 1, accelerator, model, optimizer, scheduler, cfg,
-                            {"history": history, "samples_seen": (step + 1) * cfg.batch_size},
-                            keep_last=cfg.keep_checkpoints)
+        run.checkpoint(step + 1, cfg.max_steps, {"": model}, {"model": optimizer}, {"model": scheduler},
+                       {"history": history, "samples_seen": (step + 1) * cfg.batch_size})
     bar.close()
 
     # 6. held-out accuracy (every process scores the whole held-out set; it is small)
@@ -183,10 +171,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     rm.norm = {"mean": float(raw.mean()), "std": float(raw.std().clamp(min=1e-6)), "n": len(demos)}
 
     # 8. the final model directory, atomically
-    if accelerator.is_main_process:
-        save_model_dir(out_dir, rm, config=cfg)
-        retire_checkpoints(ckpt_root)  # a later run trains afresh
-    accelerator.wait_for_everyone()
+    run.finish(out_dir, rm)
 
     # 9. what happened, for the task to write and log
     last = history[-1] if history else {}

@@ -134,20 +134,26 @@ def find_resumable(root: str | Path, config: Any) -> Path | None:
     return ckpt
 
 
-def save_checkpoint(root: str | Path, step: int, accelerator: Any, model: Any, optimizer: Any,
-                    scheduler: Any, config: Any, state: dict[str, Any], tokenizer: Any = None,
+def save_checkpoint(root: str | Path, step: int, accelerator: Any, models: dict[str, Any], optimizers: dict[str, Any],
+                    schedulers: dict[str, Any], config: Any, state: dict[str, Any], tokenizer: Any = None,
                     keep_last: int = 2) -> Path:
     """Save step `step` under `root` (main process writes; all processes wait) and keep the
-    `keep_last` newest checkpoints. `state` must be JSON-serialisable (history, data position)."""
+    `keep_last` newest checkpoints. `models` maps a sub-directory to a model with `save_pretrained`
+    ("" is the checkpoint directory itself, so the main model loads with `from_pretrained(ckpt)`);
+    `optimizers` and `schedulers` map names to objects with state dicts (a scheduler may be None).
+    `state` must be JSON-serialisable (history, data position)."""
     ckpt = Path(root) / f"{_PREFIX}{step:08d}"
     if accelerator.is_main_process:
         with atomic_dir(ckpt) as tmp, quiet_transformers():
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+            for sub, model in models.items():
+                (tmp / sub).mkdir(parents=True, exist_ok=True)
+                accelerator.unwrap_model(model).save_pretrained(tmp / sub)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             write_json(tmp / STAGE_CONFIG, config.model_dump(mode="json"))
-            sched = scheduler.state_dict() if scheduler is not None else None
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": sched}, tmp / "optimizer.pt")
+            torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None}},
+                       tmp / "optimizer.pt")
             torch.save(rng_state(), tmp / "rng_state.pt")
             write_json(tmp / TRAINER_STATE, {**state, "step": step})  # last: marks it complete
         for old in list_checkpoints(root)[:-keep_last]:
@@ -156,13 +162,15 @@ def save_checkpoint(root: str | Path, step: int, accelerator: Any, model: Any, o
     return ckpt
 
 
-def load_checkpoint(ckpt: str | Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def load_checkpoint(ckpt: str | Path, optimizers: dict[str, Any], schedulers: dict[str, Any]) -> dict[str, Any]:
     """Restore optimizer, scheduler and RNG states from `ckpt`; return its trainer state (with
-    `step`). The model itself is loaded from `ckpt` by the caller (it is an HF directory)."""
+    `step`). The models themselves are loaded from `ckpt` by the caller (HF directories)."""
     ckpt = Path(ckpt)
     saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    if scheduler is not None and saved["scheduler"] is not None:
-        scheduler.load_state_dict(saved["scheduler"])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(saved["optimizers"][name])
+    for name, scheduler in schedulers.items():
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["schedulers"][name])
     set_rng_state(torch.load(ckpt / "rng_state.pt", map_location="cpu", weights_only=True))
     return json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))

@@ -53,7 +53,7 @@ def test_dpo_few_steps(world, extra):
 
 def test_dpo_resumes_to_the_same_weights(world, monkeypatch):
     cfg = DPOConfig(epochs=2, max_steps=None, batch_size=8, micro_batch_size=8, learning_rate=1e-3,
-                    warmup_steps=0, eval_batch_size=8, checkpoint_every=2)
+                    warmup_steps=0, eval_batch_size=8, checkpoint_every=2, keep_checkpoints=3)
     run_dpo(cfg, world)
     full = _params(load_causal_lm(world.dpo / "model"))
     (kept,) = as_if_killed(world.checkpoints("dpo"))  # killed after the step-2 checkpoint

@@ -57,7 +57,7 @@ def test_ppo_few_steps(world):
 
 
 def test_ppo_resumes_to_the_same_weights(world, monkeypatch):
-    cfg = PPOConfig(**{**TINY, "max_steps": 3}, learning_rate=1e-3)
+    cfg = PPOConfig(**{**TINY, "max_steps": 3}, learning_rate=1e-3, keep_checkpoints=3)
     run_ppo(cfg, world)
     full = _params(load_causal_lm(world.ppo / "model"))
     (kept,) = as_if_killed(world.checkpoints("ppo"))  # killed right after the step-1 checkpoint

@@ -79,13 +79,15 @@ def test_checkpoint_roundtrip_keeps_last_k_and_checks_config(tmp_path):
     for step in (1, 2, 3):
         model(torch.ones(1, 3)).sum().backward()
         opt.step(), sched.step(), opt.zero_grad()
-        save_checkpoint(tmp_path, step, acc, model, opt, sched, cfg, {"history": [{"step": step}]}, keep_last=2)
+        save_checkpoint(tmp_path, step, acc, {"": model, "copy": model}, {"model": opt}, {"model": sched}, cfg,
+                        {"history": [{"step": step}]}, keep_last=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000003"]
     ckpt = latest_checkpoint(tmp_path)
     assert json.loads((ckpt / "stage_config.json").read_text()) == cfg.model_dump(mode="json")
     opt2 = build_optimizer(model, 1e-2)
     sched2 = build_scheduler(opt2, total_steps=10, warmup_steps=2)
-    state = load_checkpoint(ckpt, opt2, sched2)
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "copy" / "model.safetensors").is_file()
+    state = load_checkpoint(ckpt, {"model": opt2}, {"model": sched2})
     assert state["step"] == 3 and state["history"] == [{"step": 3}]
     assert sched2.state_dict()["last_epoch"] == 3 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])

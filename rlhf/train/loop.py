@@ -1,0 +1,68 @@
+"""The scaffolding every trainer's loop shares, written once: resume or start, periodic
+checkpoints of any number of models and optimizers, the final save, and retiring the checkpoints.
+
+    run = TrainingRun(paths.checkpoints("sft"), [input files, upstream model dirs], cfg, accelerator)
+    model = load_causal_lm(run.resume_dir or base_dir)        # the weights are an HF directory
+    optimizers = {"model": optimizer_from(model, cfg)}
+    schedulers = {"model": scheduler_from(optimizers["model"], cfg, total_steps)}
+    state = run.restore(optimizers, schedulers)               # {"step": 0, "history": []} afresh
+    for step in range(state["step"], total_steps):
+        ...
+        run.checkpoint(step + 1, total_steps, {"": model}, optimizers, schedulers, {"history": history})
+    run.finish(out_dir, model, tokenizer)                     # final model; SKIPPED gone; retired
+
+A checkpoint is written every `cfg.checkpoint_every` steps and after the last one, keeping the
+newest `cfg.keep_checkpoints`. A run resumes only checkpoints of the same inputs (the folder is
+named after their digest) and the same stage config (`find_resumable`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlhf.stage import SKIPPED
+from rlhf.train.checkpoint import (
+    find_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    retire_checkpoints,
+    run_checkpoint_root,
+    save_checkpoint,
+    save_model_dir,
+)
+
+
+class TrainingRun:
+    """One run of a training stage and its checkpoints under `<base>/<inputs digest>`."""
+
+    def __init__(self, base: Path, inputs: list[Path], cfg: Any, accelerator: Any) -> None:
+        self.cfg, self.accelerator = cfg, accelerator
+        self.root = run_checkpoint_root(base, inputs, remove_others=accelerator.is_main_process)
+        if accelerator.is_main_process:
+            find_resumable(self.root, cfg)  # drops checkpoints of another config
+        accelerator.wait_for_everyone()
+        self.resume_dir: Path | None = latest_checkpoint(self.root)  # None: start afresh
+
+    def restore(self, optimizers: dict[str, Any], schedulers: dict[str, Any]) -> dict[str, Any]:
+        """The trainer state to continue from (optimizers, schedules and RNG restored in place)."""
+        if self.resume_dir is None:
+            return {"step": 0, "history": []}
+        return load_checkpoint(self.resume_dir, optimizers, schedulers)
+
+    def checkpoint(self, step: int, total_steps: int, models: dict[str, Any], optimizers: dict[str, Any],
+                   schedulers: dict[str, Any], state: dict[str, Any], tokenizer: Any = None) -> None:
+        """Save after optimizer step `step` when it is due (every `checkpoint_every`, and the last)."""
+        if step % self.cfg.checkpoint_every == 0 or step == total_steps:
+            save_checkpoint(self.root, step, self.accelerator, models, optimizers, schedulers, self.cfg, state,
+                            tokenizer=tokenizer, keep_last=self.cfg.keep_checkpoints)
+
+    def finish(self, out_dir: Path, model: Any, tokenizer: Any = None) -> None:
+        """Write the final model atomically (main process), remove a SKIPPED marker an earlier
+        run with `enabled: false` left beside it, and retire the checkpoints so that a later run
+        trains afresh."""
+        if self.accelerator.is_main_process:
+            save_model_dir(out_dir, self.accelerator.unwrap_model(model), tokenizer, self.cfg)
+            (Path(out_dir).parent / SKIPPED).unlink(missing_ok=True)
+            retire_checkpoints(self.root)
+        self.accelerator.wait_for_everyone()
