@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from rlhf.config.sft import SFTConfig
-from rlhf.generation import generate
 from rlhf.losses.sft import sft_loss, shifted_token_logprobs
 from rlhf.ops import masked_sum
 from rlhf.paths import Paths
@@ -186,7 +185,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         retire_checkpoints(ckpt_root)  # a later run trains afresh
     accelerator.wait_for_everyone()
 
-    # 8. sample held-out prompts (fixed seed) and score them with the gold judge (evaluation only)
+    # 8. what happened, for the task to write and log; gold-judged samples of the saved model are
+    #    evaluation's (rlhf/sft_samples.py, run by the task), never training code's
     metrics: dict[str, float] = {
         "eval/loss/sft": held_loss,
         "eval/loss/sft_train": train_loss,
@@ -198,47 +198,10 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         "throughput/dialogues_per_s": meter.metrics()["samples_per_s"],
         "time/train_s": meter.metrics()["train_time_s"],
     }
-    table: list[dict[str, Any]] = []
-    if cfg.sample_count and accelerator.is_main_process:
-        metrics_gold, table = sample_and_judge(policy, tokenizer, held_rows, cfg, accelerator)
-        metrics.update(metrics_gold)
-
-    # 9. what happened, for the task to write and log
     return StageOutput(
         metrics=metrics,
         history=history,
         inputs={"sft_train": paths.sft_train, "sft_heldout": paths.sft_heldout},
-        tables={"sft_samples.json": table} if table else {},
         models={StageOutput.registered_name("sft"): out_dir},
     )
 
-
-def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: SFTConfig,
-                     accelerator: Any) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Answer `cfg.sample_count` held-out prompts and score answers and demonstrations with the
-    gold judge. Metrics follow `rlhf.world.judge.gold_means` (`eval/helpfulness/benign`,
-    `eval/safety/harmful`, ...); `eval/reference/*` is the same for the demonstrations."""
-    from rlhf.world.judge import judge, mean_scores
-
-    picked = random.Random(cfg.seed).sample(rows, min(cfg.sample_count, len(rows)))
-    prompts = [r["prompt"] for r in picked]
-    policy.eval()
-    with accelerator.autocast():
-        samples = generate(policy, tokenizer, prompts, max_new_tokens=cfg.sample_max_new_tokens,
-                           temperature=cfg.sample_temperature, top_p=cfg.sample_top_p, seed=cfg.seed,
-                           budget_key="sft.sample_max_new_tokens")
-    policy.train()
-    scores = mean_scores(zip(prompts, samples.texts))
-    reference = mean_scores((r["prompt"], r["response"]) for r in picked)
-    table = []
-    for prompt, text in zip(prompts, samples.texts):
-        j = judge(prompt, text)
-        table.append({"prompt": prompt, "response": text, "helpfulness": j.helpfulness, "safety": j.safety,
-                      "harmful": j.harmful})
-    metrics = {
-        **{f"eval/{k}": v for k, v in scores.items()},
-        **{f"eval/reference/{k}": v for k, v in reference.items()},  # the demonstrations themselves
-        "policy/eos_share": float(samples.ended.float().mean()),
-        "policy/response_length": float(samples.response_mask.sum(1).float().mean()),
-    }
-    return metrics, table

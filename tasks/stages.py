@@ -30,10 +30,20 @@ LIBRARY: dict[str, str] = {
     "evaluate": "rlhf.evaluate:run_evaluate",
 }
 
+# stage -> "module:function" of evaluation code that scores what the stage wrote, run by `compute`
+# after the stage's own function: training code never calls the gold judge (docs/architecture.md).
+AFTER: dict[str, str] = {
+    "sft": "rlhf.sft_samples:run_sft_samples",  # gold-judged samples of the SFT model
+}
+
+
+def _resolve(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
 
 def library_function(stage: str):
-    module, name = LIBRARY[stage].split(":")
-    return getattr(importlib.import_module(module), name)
+    return _resolve(LIBRARY[stage])
 
 
 @task(name="compute", task_run_name="compute-{stage}")
@@ -46,6 +56,10 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     logger.info("stage %s: %s", stage, cfg.model_dump())
     start = time.perf_counter()
     output = library_function(stage)(cfg, paths, **extra)
+    if stage in AFTER:
+        scored = _resolve(AFTER[stage])(cfg, paths)
+        output.metrics.update(scored.metrics)
+        output.tables.update(scored.tables)
     seconds = time.perf_counter() - start
     write_json(paths.metrics_file(stage), output.metrics)
     logger.info("stage %s done in %.1f s: %s", stage, seconds, output.metrics)

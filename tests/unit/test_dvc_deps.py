@@ -3,7 +3,8 @@ editing it makes DVC rerun the stage; and no code dep is listed that the stage d
 
 What a stage imports: `rlhf <stage>` (flows/cli.py) builds its config with `rlhf.config.load_config`,
 which imports `SECTIONS[stage]`, and runs `tasks.stages.compute`, which calls `LIBRARY[stage]`
-with a `Paths` and returns a `StageOutput`. The walk starts from those modules and follows every
+(then `AFTER[stage]`, if any) with a `Paths` and returns a `StageOutput`. The walk starts from those
+modules and follows every
 `import` / `from ... import` statement in `rlhf/`, including those inside functions (the library
 imports heavy or rarely used modules lazily), plus the `__init__.py` of every package on the way,
 since Python runs it. Code in `tasks/` and `flows/` is not required: it is orchestration (Prefect
@@ -19,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from rlhf.config import SECTIONS
-from tasks.stages import LIBRARY
+from tasks.stages import AFTER, LIBRARY
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "rlhf"
@@ -70,6 +71,7 @@ def stage_roots(stage: str) -> list[str]:
     return sorted(
         imported_modules(stages_py)
         | {"rlhf.config", SECTIONS[stage].split(":")[0], LIBRARY[stage].split(":")[0]}
+        | ({AFTER[stage].split(":")[0]} if stage in AFTER else set())
     )
 
 
@@ -137,7 +139,7 @@ def test_code_deps_are_only_what_the_stage_imports():
 def test_the_walk_follows_imports_inside_functions_and_package_inits():
     sft = imported_files("sft")
     assert "rlhf/ops.py" in sft  # rlhf/sft.py -> rlhf.losses.sft -> rlhf.ops
-    assert "rlhf/world/judge.py" in sft  # imported inside a function of rlhf/sft.py
+    assert "rlhf/world/judge.py" in sft  # imported inside a function of rlhf/sft_samples.py (AFTER["sft"])
     assert {"rlhf/__init__.py", "rlhf/losses/__init__.py", "rlhf/train/__init__.py"} <= sft
     assert {"rlhf/config/base.py", "rlhf/config/sft.py", "rlhf/paths.py", "rlhf/stage.py"} <= sft
     assert "rlhf/config/ppo.py" not in sft  # only the stage's own config section is imported

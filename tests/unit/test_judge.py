@@ -1,13 +1,15 @@
 """The gold judge on hand-written responses: every score level of both axes, and its robustness."""
 
 import math
-import re
-from pathlib import Path
 
 import pytest
 
+from rlhf.config import SECTIONS, config_class
+from rlhf.config.base import TrainConfig
 from rlhf.world.judge import BANK, classify_prompt, judge, match_sentence, mean_scores, utility
 from rlhf.world.prompts import all_prompts
+from tasks.stages import LIBRARY
+from tests.unit.test_dvc_deps import ROOT, _module_name, imported_modules, module_file, with_parents
 
 RICE = "How do I cook rice on the stove?"  # benign, topic "rice"
 HACK = "How do I hack into my neighbor's wifi?"  # harmful, category "hacking"
@@ -142,9 +144,44 @@ def test_mean_scores_split_helpfulness_and_safety_by_prompt_kind():
     assert math.isnan(mean_scores([(RICE, F1)])["safety/harmful"])
 
 
-def test_training_code_never_imports_the_world():
-    root = Path(__file__).resolve().parents[2] / "rlhf"
-    imports_world = re.compile(r"^\s*(from|import)\s+rlhf\.world", re.MULTILINE)
-    for folder in ("train", "losses", "models"):
-        for path in (root / folder).rglob("*.py"):
-            assert not imports_world.search(path.read_text(encoding="utf-8")), path
+def reach(roots: list[str]) -> set[str]:
+    """Every project module that importing `roots` runs: their imports at any depth, those inside
+    functions included, and the package `__init__`s on the way (the walk of test_dvc_deps)."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        for module in with_parents(todo.pop()):
+            if module not in seen:
+                seen.add(module)
+                todo.extend(imported_modules(module_file(module)))
+    return seen
+
+
+def training_modules() -> set[str]:
+    """What the training stages (those configured by a TrainConfig) run, and every module of the
+    sub-packages they use (rlhf/train/, rlhf/losses/, ...), so that a helper is checked before a
+    trainer imports it."""
+    stages = [s for s in SECTIONS if issubclass(config_class(s), TrainConfig)]
+    found = reach([LIBRARY[s].split(":")[0] for s in stages])
+    packages = {m for m in found if module_file(m).name == "__init__.py" and m not in ("rlhf", "rlhf.world")}
+    for package in packages:
+        found |= {_module_name(p) for p in module_file(package).parent.glob("*.py")}
+    return found
+
+
+def test_training_code_never_imports_the_world_or_its_judge():
+    # the gold judge (and the world behind it) is for the data stage and evaluation only
+    # (docs/architecture.md); SFT's gold-judged samples run in rlhf/sft_samples.py, from the task
+    scanned = training_modules()
+    assert {"rlhf.sft", "rlhf.ppo", "rlhf.dpo", "rlhf.reward.stage", "rlhf.rl", "rlhf.losses.ppo",
+            "rlhf.train.batching", "rlhf.train.toy"} <= scanned, sorted(scanned)
+    world = {m for m in scanned if m.split(".")[:2] == ["rlhf", "world"]}
+    offenders = sorted(f"{module_file(m).relative_to(ROOT)} imports {w}" for m in scanned - world
+                       for w in imported_modules(module_file(m)) if w in world)
+    assert not world, "training code imports the world:\n" + "\n".join(offenders)
+
+
+def test_the_import_walk_sees_the_judge_where_evaluation_imports_it():
+    assert "rlhf.world.judge" in reach(["rlhf.sft_samples"])  # inside a function
+    assert "rlhf.world.judge" in reach(["rlhf.evaluate"])
+    assert "rlhf.sft_samples" not in training_modules()
