@@ -25,11 +25,8 @@ from rlhf.train import (
     build_gpt2,
     collate_sft,
     encode_sft_example,
-    find_resumable,
     has_tokenizer,
-    latest_checkpoint,
     load_causal_lm,
-    load_checkpoint,
     load_tokenizer,
     make_accelerator,
     optimizer_from,
@@ -37,15 +34,12 @@ from rlhf.train import (
     pack_examples,
     progress_bar,
     read_jsonl,
-    retire_checkpoints,
-    run_checkpoint_root,
-    save_checkpoint,
-    save_model_dir,
     scheduler_from,
     seed_everything,
     shard_and_split,
 )
 from rlhf.train.batching import additive_mask
+from rlhf.train.loop import TrainingRun
 
 
 def model_attention_mask(model: Any, mask: torch.Tensor) -> torch.Tensor:
@@ -113,11 +107,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     # 2. model and tokenizer: the newest checkpoint of this config and these inputs, a local model,
     #    or a new GPT-2
     inputs = [paths.sft_train, paths.tokenizer, *([source] if source else [])]
-    ckpt_root = run_checkpoint_root(paths.checkpoints("sft"), inputs, remove_others=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        find_resumable(ckpt_root, cfg)  # drops checkpoints of another config
-    accelerator.wait_for_everyone()
-    ckpt = latest_checkpoint(ckpt_root)
+    run = TrainingRun(paths.checkpoints("sft"), inputs, cfg, accelerator)
+    ckpt = run.resume_dir
     tokenizer = load_tokenizer(ckpt or (source if source and has_tokenizer(source) else paths.tokenizer))
     if ckpt is not None:
         model = load_causal_lm(ckpt)
@@ -141,7 +132,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     optimizer = optimizer_from(model, cfg)
     scheduler = scheduler_from(optimizer, cfg, cfg.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0, "history": []}
+    state = run.restore({"model": optimizer}, {"model": scheduler})
     history: list[dict[str, float]] = state["history"]
     order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
 
@@ -167,10 +158,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
             history.append({"step": step + 1, "loss/sft": last["loss/sft"], "train/lr": last["lr"],
                             "train/grad_norm": last["grad_norm"], "train/epoch": order.epoch(step + 1),
                             "throughput/tokens_per_s": speed["tokens_per_s"]})
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_steps:
-            save_checkpoint(ckpt_root, step + 1, accelerator, model, optimizer, scheduler, cfg,
-                            {"history": history, "samples_seen": (step + 1) * cfg.batch_size},
-                            tokenizer=tokenizer, keep_last=cfg.keep_checkpoints)
+        run.checkpoint(step + 1, cfg.max_steps, {"": model}, {"model": optimizer}, {"model": scheduler},
+                       {"history": history, "samples_seen": (step + 1) * cfg.batch_size}, tokenizer)
     bar.close()
 
     # 6. losses on per-example (unpacked) data, train sample and held-out
@@ -180,10 +169,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
 
     # 7. the final model + tokenizer, atomically
     policy = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        save_model_dir(out_dir, policy, tokenizer, cfg)
-        retire_checkpoints(ckpt_root)  # a later run trains afresh
-    accelerator.wait_for_everyone()
+    run.finish(out_dir, policy, tokenizer)
 
     # 8. what happened, for the task to write and log; gold-judged samples of the saved model are
     #    evaluation's (rlhf/sft_samples.py, run by the task), never training code's
