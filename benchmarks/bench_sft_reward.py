@@ -21,7 +21,7 @@ from rlhf.config import load_config
 from rlhf.losses.reward import bradley_terry_loss
 from rlhf.paths import Paths
 from rlhf.reward.model import RewardModel
-from rlhf.sft import loss_tokens, micro_batch_loss
+from rlhf.stages.sft import loss_tokens, micro_batch_loss
 from rlhf.train import (
     BatchOrder,
     build_gpt2,

@@ -11,10 +11,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from rlhf.config import SECTIONS
+
 app = typer.Typer(help="The RLHF pipeline: data -> SFT -> reward model -> PPO / DPO -> evaluation.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-STAGES = ["data", "tokenizer", "sft", "reward", "ppo", "dpo", "evaluate"]
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (YAML)")]
 
 
@@ -49,7 +50,7 @@ def _stage_command(stage: str):
     return command
 
 
-for _stage in STAGES:
+for _stage in (s for s in SECTIONS if s != "validate"):  # `validate` has its own command, below
     app.command(name=_stage)(_stage_command(_stage))
 
 
@@ -91,7 +92,7 @@ def validate(
     if path is None:
         _run_stage("validate", params)
         return
-    from rlhf.data.validate import validate_file
+    from rlhf.validation.validate import validate_file
 
     if kind not in ("sft", "preference", "prompts"):
         typer.echo(f"error: --kind must be one of sft, preference, prompts (got {kind!r})", err=True)

@@ -72,7 +72,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """The objects of a JSON Lines file the pipeline wrote itself (blank lines skipped). Files from
-    users go through `rlhf.data.readers`, which names the row of every problem."""
+    users go through `rlhf.validation.readers`, which names the row of every problem."""
     with Path(path).open(encoding="utf-8") as f:
         for line in f:
             if line.strip():

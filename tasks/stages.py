@@ -7,8 +7,9 @@ is not retried blindly) and writes `metrics/<stage>.json`; `track` records the r
 
 from __future__ import annotations
 
-import importlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -17,33 +18,44 @@ from rlhf.config import load_config
 from rlhf.files import write_json
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
+from rlhf.stages.data import run_data
+from rlhf.stages.dpo import run_dpo
+from rlhf.stages.evaluate import run_evaluate
+from rlhf.stages.ppo import run_ppo
+from rlhf.stages.reward import run_reward
+from rlhf.stages.sft import run_sft
+from rlhf.stages.sft_samples import run_sft_samples
+from rlhf.stages.tokenizer import run_tokenizer
+from rlhf.stages.validate import run_validate
 
-# stage -> "module:function" of the library; the order of execution lives in dvc.yaml, not here.
-LIBRARY: dict[str, str] = {
-    "data": "rlhf.world.generate:run_data",
-    "validate": "rlhf.data.validate:run_validate",
-    "tokenizer": "rlhf.tokenizer:run_tokenizer",
-    "sft": "rlhf.sft:run_sft",
-    "reward": "rlhf.reward:run_reward",
-    "ppo": "rlhf.ppo:run_ppo",
-    "dpo": "rlhf.dpo:run_dpo",
-    "evaluate": "rlhf.evaluate:run_evaluate",
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage as `compute` runs it."""
+
+    run: Callable[..., StageOutput]  # run_<stage>(cfg, paths, **{section: config for section in reads})
+    reads: tuple[str, ...] = ()  # other params sections it reads (dvc.yaml lists the keys it uses)
+    # evaluation code that scores what the stage wrote, run after `run`: training code never calls
+    # the gold judge (docs/architecture.md)
+    after: Callable[..., StageOutput] | None = None
+
+
+# The stages, by the name of their dvc.yaml stage and params section; the order of execution lives
+# in dvc.yaml. With rlhf.config.SECTIONS (name -> config class) this is all a new stage adds here.
+STAGES: dict[str, Stage] = {
+    "data": Stage(run_data),
+    "validate": Stage(run_validate),
+    "tokenizer": Stage(run_tokenizer),
+    "sft": Stage(run_sft, after=run_sft_samples),  # + gold-judged samples of the saved SFT model
+    "reward": Stage(run_reward),
+    "ppo": Stage(run_ppo),
+    "dpo": Stage(run_dpo),
+    "evaluate": Stage(run_evaluate, reads=("ppo",)),  # the proxy is scored as PPO defines it
 }
 
-# stage -> "module:function" of evaluation code that scores what the stage wrote, run by `compute`
-# after the stage's own function: training code never calls the gold judge (docs/architecture.md).
-AFTER: dict[str, str] = {
-    "sft": "rlhf.sft_samples:run_sft_samples",  # gold-judged samples of the SFT model
-}
 
-
-def _resolve(target: str):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def library_function(stage: str):
-    return _resolve(LIBRARY[stage])
+def library_function(stage: str) -> Callable[..., StageOutput]:
+    return STAGES[stage].run
 
 
 @task(name="compute", task_run_name="compute-{stage}")
@@ -51,13 +63,12 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     logger = get_run_logger()
     cfg = load_config(stage, params)  # a bad params file stops here, before any work
     paths = Paths(Path(root))
-    # evaluation reports the proxy score as PPO defines it, so it also reads the ppo section
-    extra = {"ppo": load_config("ppo", params)} if stage == "evaluate" else {}
+    extra = {section: load_config(section, params) for section in STAGES[stage].reads}
     logger.info("stage %s: %s", stage, cfg.model_dump())
     start = time.perf_counter()
     output = library_function(stage)(cfg, paths, **extra)
-    if stage in AFTER:
-        scored = _resolve(AFTER[stage])(cfg, paths)
+    if STAGES[stage].after is not None:
+        scored = STAGES[stage].after(cfg, paths)
         output.metrics.update(scored.metrics)
         output.tables.update(scored.tables)
     seconds = time.perf_counter() - start

@@ -6,30 +6,36 @@ section (and rejects an unknown top-level section) before any work starts.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 from rlhf.config.base import ConfigError, StageConfig, build_config, read_params
+from rlhf.config.data import DataConfig
+from rlhf.config.dpo import DPOConfig
+from rlhf.config.evaluate import EvaluateConfig
+from rlhf.config.ppo import PPOConfig
+from rlhf.config.reward import RewardConfig
+from rlhf.config.sft import SFTConfig
+from rlhf.config.tokenizer import TokenizerConfig
+from rlhf.config.validate import ValidateConfig
 
-# section name -> "module:Class"; resolved lazily so that loading one section stays cheap.
-SECTIONS: dict[str, str] = {
-    "data": "rlhf.config.data:DataConfig",
-    "validate": "rlhf.config.validate:ValidateConfig",
-    "tokenizer": "rlhf.config.tokenizer:TokenizerConfig",
-    "sft": "rlhf.config.sft:SFTConfig",
-    "reward": "rlhf.config.reward:RewardConfig",
-    "ppo": "rlhf.config.ppo:PPOConfig",
-    "dpo": "rlhf.config.dpo:DPOConfig",
-    "evaluate": "rlhf.config.evaluate:EvaluateConfig",
+# section name -> its config; with tasks.stages.STAGES (name -> run function) the table of stages
+SECTIONS: dict[str, type[StageConfig]] = {
+    "data": DataConfig,
+    "validate": ValidateConfig,
+    "tokenizer": TokenizerConfig,
+    "sft": SFTConfig,
+    "reward": RewardConfig,
+    "ppo": PPOConfig,
+    "dpo": DPOConfig,
+    "evaluate": EvaluateConfig,
 }
 
 
 def config_class(section: str) -> type[StageConfig]:
     if section not in SECTIONS:
         raise ConfigError(f"unknown stage '{section}'; expected one of {sorted(SECTIONS)}")
-    module, name = SECTIONS[section].split(":")
-    return getattr(importlib.import_module(module), name)
+    return SECTIONS[section]
 
 
 def load_config(section: str, params: str | Path = "params.yaml") -> Any:

@@ -3,7 +3,7 @@
 Every argument is a (B,) tensor over the `B` pairs of a micro-batch: the SUM over response tokens
 (prompt excluded) of log pi(y_t | x, y_<t), for the chosen (w) and rejected (l) responses under
 the policy and the frozen reference; or its MEAN over those tokens, which is the convention of the
-IPO paper and the project's default for IPO (`dpo.logp_reduction`, applied by `rlhf/dpo.py`). With the project's preference batch convention the four come
+IPO paper and the project's default for IPO (`dpo.logp_reduction`, applied by `rlhf/stages/dpo.py`). With the project's preference batch convention the four come
 from two forward passes over `2B` rows split with `.chunk(2)`:
     policy_chosen, policy_rejected = policy_seq_logps.chunk(2)   # rows [c0..c_{B-1}, r0..r_{B-1}]
 

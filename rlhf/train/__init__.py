@@ -5,27 +5,28 @@
 | `runtime` | `make_accelerator(mixed_precision)`, `seed_everything(seed)`, RNG state save/restore, `progress_bar` |
 | `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
 | `batching` | chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
-| `optim` | `build_optimizer`, `build_scheduler`, `optimizer_step` (gradient accumulation normalised over the whole step), `Throughput` |
+| `optim` | `build_optimizer`, `build_scheduler`, `optimizer_from` / `scheduler_from` (from a `TrainConfig`), `optimizer_step` (gradient accumulation normalised over the whole step), `Throughput` |
 | `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir` |
+| `loop` | `TrainingRun`: resume or start, periodic and final checkpoints, the final save, retiring |
 
 `atomic_dir`, `read_jsonl` and `write_json` are re-exported from `rlhf.files`.
 
-A trainer's loop, in outline (rlhf/sft.py is the worked example):
+A trainer's loop, in outline (rlhf/stages/sft.py is the worked example):
 
     accelerator = make_accelerator(cfg.mixed_precision); seed_everything(cfg.seed)
-    ckpt_root = run_checkpoint_root(paths.checkpoints(stage), <input files and upstream model dirs>)
-    ckpt = find_resumable(ckpt_root, cfg)
-    model = load_causal_lm(ckpt) if ckpt else <fresh model>
-    optimizer = build_optimizer(model, ...); scheduler = build_scheduler(optimizer, ...)
+    run = TrainingRun(paths.checkpoints(stage), <input files and upstream model dirs>, cfg, accelerator)
+    model = load_causal_lm(run.resume_dir or <base model dir>)
+    optimizer = optimizer_from(model, cfg); scheduler = scheduler_from(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = load_checkpoint(ckpt, optimizer, scheduler) if ckpt else {"step": 0}
+    state = run.restore({"model": optimizer}, {"model": scheduler})
     order = BatchOrder(len(items), cfg.batch_size, cfg.seed)
     for step in range(state["step"], total_steps):
         idx = shard_and_split(order.batch(step), cfg.micro_batch_size,
                               accelerator.process_index, accelerator.num_processes)
         stats = optimizer_step(model, optimizer, scheduler, accelerator,
                                [collate(idx_mb) for idx_mb in idx], loss_fn, units, cfg.max_grad_norm)
-        if (step + 1) % cfg.checkpoint_every == 0: save_checkpoint(...)
+        run.checkpoint(step + 1, total_steps, {"": model}, {"model": optimizer}, {"model": scheduler}, state)
+    run.finish(out_dir, model, tokenizer)
 """
 
 from rlhf.train.batching import (

@@ -126,9 +126,11 @@ def optimizer_step(
 
 
 class Throughput:
-    """Tokens/s and samples/s over the training steps (wall clock, excluding evaluation)."""
+    """Tokens/s and samples/s over the training steps (wall clock, excluding evaluation), named as
+    docs/metrics.md says: `throughput/tokens_per_s`, `throughput/<unit>_per_s`, `time/train_s`."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str) -> None:
+        self.unit = unit  # what a sample is: "dialogues", "pairs"
         self.tokens = self.samples = 0
         self.seconds = 0.0
         self._t0: float | None = None
@@ -145,4 +147,5 @@ class Throughput:
 
     def metrics(self) -> dict[str, float]:
         s = max(self.seconds, 1e-9)
-        return {"tokens_per_s": self.tokens / s, "samples_per_s": self.samples / s, "train_time_s": self.seconds}
+        return {"throughput/tokens_per_s": self.tokens / s, f"throughput/{self.unit}_per_s": self.samples / s,
+                "time/train_s": self.seconds}

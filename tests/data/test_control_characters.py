@@ -1,5 +1,5 @@
 """Text with C0 control characters is refused, naming file, row and field; tab, newline and "\\r\\n"
-line ends are text (rlhf.data.schemas.CONTROL)."""
+line ends are text (rlhf.validation.schemas.CONTROL)."""
 
 from pathlib import Path
 
@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from rlhf.data.schemas import COLUMNS
-from rlhf.data.validate import validate_file
+from rlhf.validation.schemas import COLUMNS
+from rlhf.validation.validate import validate_file
 from tests.data.util import PREF, PROMPTS, SFT, write_any, write_jsonl
 
 GOOD = {"sft": SFT, "preference": PREF, "prompts": PROMPTS}

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from rlhf.chat import prompt_text
-from rlhf.data.hh import split_pair
-from rlhf.data.validate import read_dataset, validate_file
+from rlhf.validation.hh import split_pair
+from rlhf.validation.validate import read_dataset, validate_file
 from tests.data.util import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]

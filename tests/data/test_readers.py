@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from rlhf.data.readers import DataFileError, read_table
-from rlhf.data.validate import read_dataset, validate_file
+from rlhf.validation.readers import DataFileError, read_table
+from rlhf.validation.validate import read_dataset, validate_file
 from tests.data.util import SFT, write_any, write_jsonl
 
 FORMATS = ["d.jsonl", "d.jsonl.gz", "d.json", "d.csv", "d.parquet", "d.json.gz", "d.csv.gz"]

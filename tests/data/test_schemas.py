@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from rlhf.config.validate import ValidateConfig
-from rlhf.data.schemas import COLUMNS, DEFAULT_MAX_CHARS, build_schema, check_frame
-from rlhf.data.validate import validate_file
+from rlhf.validation.schemas import COLUMNS, DEFAULT_MAX_CHARS, build_schema, check_frame
+from rlhf.validation.validate import validate_file
 from tests.data.util import PREF, PROMPTS, SFT, write_jsonl
 
 GOOD = {"sft": SFT, "preference": PREF, "prompts": PROMPTS}

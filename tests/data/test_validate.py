@@ -7,9 +7,10 @@ import pytest
 
 from rlhf.config import ConfigError, load_config
 from rlhf.config.validate import ValidateConfig
-from rlhf.data.readers import DataFileError
-from rlhf.data.report import Problem, ValidationReport
-from rlhf.data.validate import ValidationFailed, check_overlap, read_dataset, run_validate, validate_file
+from rlhf.validation.readers import DataFileError
+from rlhf.validation.report import Problem, ValidationReport
+from rlhf.stages.validate import run_validate
+from rlhf.validation.validate import ValidationFailed, check_overlap, read_dataset, validate_file
 from rlhf.paths import Paths
 from tests.data.util import write_any, write_jsonl
 

@@ -36,10 +36,12 @@ def test_every_dvc_stage_has_a_task_and_its_own_params_section():
     import yaml
 
     from rlhf.config import SECTIONS
-    from tasks.stages import LIBRARY
+    from tasks.stages import STAGES
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(STAGES) == set(SECTIONS)
     for name, spec in stages.items():
-        assert name in LIBRARY and name in SECTIONS
-        assert spec["params"] == [name], f"stage {name} must list exactly its own params section"
+        assert spec["params"][0] == name, f"stage {name} must list its own params section first"
+        other = [str(p).split(".")[0] for p in spec["params"][1:]]
+        assert set(other) <= set(STAGES[name].reads), f"stage {name} lists params of sections it does not read"
         assert spec["cmd"].startswith(f"rlhf {name}")

@@ -16,7 +16,7 @@ from tasks.models import log_model_dir
 from tasks.tracking import use_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINERS = {"sft": "rlhf/sft.py", "reward": "rlhf/reward/stage.py", "ppo": "rlhf/ppo.py", "dpo": "rlhf/dpo.py"}
+TRAINERS = {"sft": "rlhf/stages/sft.py", "reward": "rlhf/stages/reward.py", "ppo": "rlhf/stages/ppo.py", "dpo": "rlhf/stages/dpo.py"}
 SFT, REWARD = StageOutput.registered_name("sft"), StageOutput.registered_name("reward")
 
 

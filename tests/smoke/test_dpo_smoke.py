@@ -7,9 +7,9 @@ from unittest.mock import Mock
 import pytest
 import torch
 
-import rlhf.dpo
+import rlhf.stages.dpo
 from rlhf.config.dpo import DPOConfig
-from rlhf.dpo import run_dpo
+from rlhf.stages.dpo import run_dpo
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, save_model_dir
 from rlhf.train.toy import make_toy_world
 from tests.checkpoints import as_if_killed
@@ -59,8 +59,8 @@ def test_dpo_resumes_to_the_same_weights(world, monkeypatch):
     (kept,) = as_if_killed(world.checkpoints("dpo"))  # killed after the step-2 checkpoint
     assert kept.name == "step-00000002"
     shutil.rmtree(world.dpo)  # as `dvc repro` clears a stage's outputs before rerunning it
-    steps = Mock(wraps=rlhf.dpo.optimizer_step)
-    monkeypatch.setattr(rlhf.dpo, "optimizer_step", steps)
+    steps = Mock(wraps=rlhf.stages.dpo.optimizer_step)
+    monkeypatch.setattr(rlhf.stages.dpo, "optimizer_step", steps)
     run_dpo(cfg, world)
     assert steps.call_count == 6 - 2  # 2 epochs of 3 steps, resumed after step 2
     torch.testing.assert_close(_params(load_causal_lm(world.dpo / "model")), full)

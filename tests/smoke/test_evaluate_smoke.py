@@ -10,10 +10,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import rlhf.evaluate
+import rlhf.stages.evaluate
 from rlhf.config.evaluate import EvaluateConfig
 from rlhf.config.ppo import PPOConfig
-from rlhf.evaluate import proxy_missing_eos_score, run_evaluate
+from rlhf.stages.evaluate import proxy_missing_eos_score, run_evaluate
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_tokenizer, save_model_dir
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
@@ -102,7 +102,7 @@ def test_evaluate_runs_every_model_on_the_stage_device(world, monkeypatch):
     monkeypatch.setattr(Accelerator, "__init__", init)
     monkeypatch.setattr(Accelerator, "autocast", autocast)
     monkeypatch.setattr(torch.nn.Module, "to", to)
-    monkeypatch.setattr(rlhf.evaluate, "load_causal_lm", spied(rlhf.evaluate.load_causal_lm))
+    monkeypatch.setattr(rlhf.stages.evaluate, "load_causal_lm", spied(rlhf.stages.evaluate.load_causal_lm))
     monkeypatch.setattr(RewardModel, "from_pretrained", spied(RewardModel.from_pretrained))
 
     run_evaluate(CFG, world, PPO)

@@ -8,11 +8,11 @@ from unittest.mock import Mock
 import pytest
 import torch
 
-import rlhf.ppo
+import rlhf.stages.ppo
 from rlhf.config.ppo import PPOConfig
 from rlhf.generation import encode_prompts, generate
 from rlhf.logprobs import forward_logits, logprobs_from_logits
-from rlhf.ppo import make_critic, make_experience, ppo_update, run_ppo
+from rlhf.stages.ppo import make_critic, make_experience, ppo_update, run_ppo
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator, save_model_dir
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
@@ -63,8 +63,8 @@ def test_ppo_resumes_to_the_same_weights(world, monkeypatch):
     (kept,) = as_if_killed(world.checkpoints("ppo"))  # killed right after the step-1 checkpoint
     assert kept.name == "step-00000001"
     shutil.rmtree(world.ppo)  # as `dvc repro` clears a stage's outputs before rerunning it
-    updates = Mock(wraps=rlhf.ppo.ppo_update)
-    monkeypatch.setattr(rlhf.ppo, "ppo_update", updates)
+    updates = Mock(wraps=rlhf.stages.ppo.ppo_update)
+    monkeypatch.setattr(rlhf.stages.ppo, "ppo_update", updates)
     run_ppo(cfg, world)
     assert updates.call_count == 3 - 1
     torch.testing.assert_close(_params(load_causal_lm(world.ppo / "model")), full)

@@ -8,8 +8,9 @@ import torch
 from rlhf.config.reward import RewardConfig
 from rlhf.config.sft import SFTConfig
 from rlhf.paths import Paths
-from rlhf.reward import RewardModel, run_reward
-from rlhf.sft import run_sft
+from rlhf.reward import RewardModel
+from rlhf.stages.reward import run_reward
+from rlhf.stages.sft import run_sft
 from rlhf.train import load_causal_lm
 from rlhf.train.toy import make_toy_world
 

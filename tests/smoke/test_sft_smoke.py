@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     params.write_text(yaml.safe_dump({"sft": TINY}))
     training, library_function = {}, tasks.stages.library_function
 
-    def run_and_record(cfg, paths):  # rlhf.sft.run_sft, noting what it returned before the task adds to it
+    def run_and_record(cfg, paths):  # rlhf.stages.sft.run_sft, noting what it returned before the task adds to it
         out = library_function("sft")(cfg, paths)
         training.update(metrics=set(out.metrics), tables=dict(out.tables))
         return out
@@ -70,7 +70,7 @@ def test_samples_table_has_judged_rows(trained):
 
 
 def test_samples_are_those_of_the_saved_model_and_repeat(trained):
-    from rlhf.sft_samples import run_sft_samples
+    from rlhf.stages.sft_samples import run_sft_samples
 
     paths, out, _ = trained
     again = run_sft_samples(SFTConfig(**TINY), paths)

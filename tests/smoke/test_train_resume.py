@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import rlhf.sft
+import rlhf.stages.sft
 from rlhf.config.sft import SFTConfig
 from rlhf.paths import Paths
-from rlhf.sft import run_sft
+from rlhf.stages.sft import run_sft
 from rlhf.train.checkpoint import list_checkpoints
 from rlhf.train.toy import make_toy_world
 from tests.checkpoints import as_if_killed
@@ -26,7 +26,7 @@ CFG = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, packi
            sample_count=0, eval_examples=8)
 SCRIPT = (
     "import json, sys; from pathlib import Path; from rlhf.config.sft import SFTConfig; "
-    "from rlhf.paths import Paths; from rlhf.sft import run_sft; "
+    "from rlhf.paths import Paths; from rlhf.stages.sft import run_sft; "
     "run_sft(SFTConfig(**json.loads(sys.argv[2])), Paths(Path(sys.argv[1])))"
 )
 
@@ -86,8 +86,8 @@ def test_rerun_after_completion_trains_afresh_to_the_same_weights(tmp_path, monk
     assert digest.endswith("-finished")
     assert checkpoints(paths) == [f"{digest}/step-00000003", f"{digest}/step-00000006"]
     weights = load_file(str(paths.sft / "model" / "model.safetensors"))
-    steps = Mock(wraps=rlhf.sft.optimizer_step)
-    monkeypatch.setattr(rlhf.sft, "optimizer_step", steps)
+    steps = Mock(wraps=rlhf.stages.sft.optimizer_step)
+    monkeypatch.setattr(rlhf.stages.sft, "optimizer_step", steps)
     second = run_sft(cfg, paths)
     assert steps.call_count == 6
     again = load_file(str(paths.sft / "model" / "model.safetensors"))
@@ -103,8 +103,8 @@ def test_changed_config_drops_checkpoints(tmp_path, monkeypatch):
     paths = make_toy_world(tmp_path)
     run_sft(SFTConfig(**{**CFG, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3}), paths)
     as_if_killed(paths.checkpoints("sft"))  # a live step-3 checkpoint
-    steps = Mock(wraps=rlhf.sft.optimizer_step)
-    monkeypatch.setattr(rlhf.sft, "optimizer_step", steps)
+    steps = Mock(wraps=rlhf.stages.sft.optimizer_step)
+    monkeypatch.setattr(rlhf.stages.sft, "optimizer_step", steps)
     with pytest.warns(UserWarning, match="another config"):
         changed = run_sft(SFTConfig(**{**CFG, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4}), paths)
     assert steps.call_count == 4 and [h["step"] for h in changed.history][-1] == 4
@@ -118,8 +118,8 @@ def test_changed_inputs_do_not_resume(tmp_path, monkeypatch):
     (live,) = as_if_killed(paths.checkpoints("sft"))
     lines = paths.sft_train.read_text(encoding="utf-8").splitlines(keepends=True)
     paths.sft_train.write_text("".join(lines[1:]), encoding="utf-8")  # one demonstration fewer
-    steps = Mock(wraps=rlhf.sft.optimizer_step)
-    monkeypatch.setattr(rlhf.sft, "optimizer_step", steps)
+    steps = Mock(wraps=rlhf.stages.sft.optimizer_step)
+    monkeypatch.setattr(rlhf.stages.sft, "optimizer_step", steps)
     run_sft(cfg, paths)
     assert steps.call_count == 6, "resumed a checkpoint trained on other data"
     assert not live.exists()

@@ -28,7 +28,7 @@ def test_dpo_config_rejects(bad, message):
 def _ipo_loss_of(cfg: DPOConfig, per_token_ratio: float, lengths: list[int]) -> float:
     """IPO loss of pairs whose chosen response beats pi_ref by `per_token_ratio` nats per token and
     whose rejected response matches pi_ref exactly, with the given response lengths."""
-    from rlhf.dpo import preference_loss, reduce_logps
+    from rlhf.stages.dpo import preference_loss, reduce_logps
 
     n = torch.tensor(lengths + lengths, dtype=torch.float)  # (2B,) [chosen; rejected]
     policy = torch.cat([per_token_ratio * n[: len(lengths)], torch.zeros(len(lengths))])  # summed

@@ -1,15 +1,17 @@
 """Every file of `rlhf/` that a stage's command imports is a dep of that stage in dvc.yaml, so that
 editing it makes DVC rerun the stage; and no code dep is listed that the stage does not import.
 
-What a stage imports: `rlhf <stage>` (flows/cli.py) builds its config with `rlhf.config.load_config`,
-which imports `SECTIONS[stage]`, and runs `tasks.stages.compute`, which calls `LIBRARY[stage]`
-(then `AFTER[stage]`, if any) with a `Paths` and returns a `StageOutput`. The walk starts from those
-modules and follows every
-`import` / `from ... import` statement in `rlhf/`, including those inside functions (the library
-imports heavy or rarely used modules lazily), plus the `__init__.py` of every package on the way,
-since Python runs it. Code in `tasks/` and `flows/` is not required: it is orchestration (Prefect
-runs, MLflow logging) that does not change what a stage writes, and listing it would rerun every
-stage after a change to logging.
+What a stage imports: `rlhf <stage>` (flows/cli.py) builds its config with `rlhf.config.load_config`
+and runs `tasks.stages.compute`, which calls `STAGES[stage].run` (then `STAGES[stage].after`, where
+the stage has one) with a `Paths` and returns a `StageOutput`. The two tables, `rlhf.config.SECTIONS`
+and `tasks.stages.STAGES`, import every stage's config and code, but a stage's command uses only its
+own entries, so the walk starts from those modules (and what `compute` itself uses) and does not
+follow the tables' other entries. From there it follows every `import` / `from ... import`
+statement in `rlhf/`, including those inside functions (the library imports heavy or rarely used
+modules lazily), plus the `__init__.py` of every package on the way, since Python runs it. Code in
+`tasks/` and `flows/` is not required: it is orchestration (Prefect runs, MLflow logging) that
+does not change what a stage writes, and listing it would rerun every stage after a change to
+logging.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from rlhf.config import SECTIONS
-from tasks.stages import AFTER, LIBRARY
+from tasks.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "rlhf"
@@ -65,18 +67,26 @@ def with_parents(module: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+def _own_modules(stage: str) -> set[str]:
+    entry = STAGES[stage]
+    configs = {SECTIONS[section].__module__ for section in (stage, *entry.reads)}
+    return configs | {entry.run.__module__} | ({entry.after.__module__} if entry.after else set())
+
+
+# the modules the two tables import for all stages; a stage follows only its own
+TABLE_ENTRIES = set().union(*(_own_modules(s) for s in STAGES))
+
+
 def stage_roots(stage: str) -> list[str]:
-    """The project modules the command of `stage` imports directly, dynamic imports included."""
+    """The project modules the command of `stage` imports directly: its own table entries, and
+    what `compute` itself uses."""
     stages_py = ROOT / "tasks" / "stages.py"
-    return sorted(
-        imported_modules(stages_py)
-        | {"rlhf.config", SECTIONS[stage].split(":")[0], LIBRARY[stage].split(":")[0]}
-        | ({AFTER[stage].split(":")[0]} if stage in AFTER else set())
-    )
+    return sorted((imported_modules(stages_py) - TABLE_ENTRIES) | {"rlhf.config"} | _own_modules(stage))
 
 
 def imported_files(stage: str) -> set[str]:
     """Every file under rlhf/ that running `stage` imports, relative to the repository root."""
+    own = _own_modules(stage)
     seen: set[str] = set()
     todo = list(stage_roots(stage))
     while todo:
@@ -84,7 +94,7 @@ def imported_files(stage: str) -> set[str]:
             if module in seen:
                 continue
             seen.add(module)
-            todo.extend(imported_modules(module_file(module)))
+            todo.extend(m for m in imported_modules(module_file(module)) if m not in TABLE_ENTRIES or m in own)
     return {module_file(m).relative_to(ROOT).as_posix() for m in seen}
 
 
@@ -138,8 +148,8 @@ def test_code_deps_are_only_what_the_stage_imports():
 
 def test_the_walk_follows_imports_inside_functions_and_package_inits():
     sft = imported_files("sft")
-    assert "rlhf/ops.py" in sft  # rlhf/sft.py -> rlhf.losses.sft -> rlhf.ops
-    assert "rlhf/world/judge.py" in sft  # imported inside a function of rlhf/sft_samples.py (AFTER["sft"])
+    assert "rlhf/ops.py" in sft  # rlhf/stages/sft.py -> rlhf.losses.sft -> rlhf.ops
+    assert "rlhf/world/judge.py" in sft  # imported inside a function of rlhf/stages/sft_samples.py (STAGES["sft"].after)
     assert {"rlhf/__init__.py", "rlhf/losses/__init__.py", "rlhf/train/__init__.py"} <= sft
     assert {"rlhf/config/base.py", "rlhf/config/sft.py", "rlhf/paths.py", "rlhf/stage.py"} <= sft
     assert "rlhf/config/ppo.py" not in sft  # only the stage's own config section is imported

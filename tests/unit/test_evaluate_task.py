@@ -1,5 +1,5 @@
 """The compute task gives the evaluate stage the ppo section of the same params file, so that the
-proxy score it reports is PPO's (rlhf.evaluate.proxy_missing_eos_score)."""
+proxy score it reports is PPO's (rlhf.stages.evaluate.proxy_missing_eos_score)."""
 
 import logging
 

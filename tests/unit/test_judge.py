@@ -8,7 +8,7 @@ from rlhf.config import SECTIONS, config_class
 from rlhf.config.base import TrainConfig
 from rlhf.world.judge import BANK, classify_prompt, judge, match_sentence, mean_scores, utility
 from rlhf.world.prompts import all_prompts
-from tasks.stages import LIBRARY
+from tasks.stages import STAGES
 from tests.unit.test_dvc_deps import ROOT, _module_name, imported_modules, module_file, with_parents
 
 RICE = "How do I cook rice on the stove?"  # benign, topic "rice"
@@ -162,8 +162,10 @@ def training_modules() -> set[str]:
     sub-packages they use (rlhf/train/, rlhf/losses/, ...), so that a helper is checked before a
     trainer imports it."""
     stages = [s for s in SECTIONS if issubclass(config_class(s), TrainConfig)]
-    found = reach([LIBRARY[s].split(":")[0] for s in stages])
-    packages = {m for m in found if module_file(m).name == "__init__.py" and m not in ("rlhf", "rlhf.world")}
+    found = reach([STAGES[s].run.__module__ for s in stages])
+    # the stages' own package holds evaluation too: only the trainers themselves are scanned there
+    packages = {m for m in found if module_file(m).name == "__init__.py"
+                and m not in ("rlhf", "rlhf.world", "rlhf.stages")}
     for package in packages:
         found |= {_module_name(p) for p in module_file(package).parent.glob("*.py")}
     return found
@@ -171,9 +173,9 @@ def training_modules() -> set[str]:
 
 def test_training_code_never_imports_the_world_or_its_judge():
     # the gold judge (and the world behind it) is for the data stage and evaluation only
-    # (docs/architecture.md); SFT's gold-judged samples run in rlhf/sft_samples.py, from the task
+    # (docs/architecture.md); SFT's gold-judged samples run in rlhf/stages/sft_samples.py, from the task
     scanned = training_modules()
-    assert {"rlhf.sft", "rlhf.ppo", "rlhf.dpo", "rlhf.reward.stage", "rlhf.rl", "rlhf.losses.ppo",
+    assert {"rlhf.stages.sft", "rlhf.stages.ppo", "rlhf.stages.dpo", "rlhf.stages.reward", "rlhf.rl", "rlhf.losses.ppo",
             "rlhf.train.batching", "rlhf.train.toy"} <= scanned, sorted(scanned)
     world = {m for m in scanned if m.split(".")[:2] == ["rlhf", "world"]}
     offenders = sorted(f"{module_file(m).relative_to(ROOT)} imports {w}" for m in scanned - world
@@ -182,6 +184,6 @@ def test_training_code_never_imports_the_world_or_its_judge():
 
 
 def test_the_import_walk_sees_the_judge_where_evaluation_imports_it():
-    assert "rlhf.world.judge" in reach(["rlhf.sft_samples"])  # inside a function
-    assert "rlhf.world.judge" in reach(["rlhf.evaluate"])
-    assert "rlhf.sft_samples" not in training_modules()
+    assert "rlhf.world.judge" in reach(["rlhf.stages.sft_samples"])  # inside a function
+    assert "rlhf.world.judge" in reach(["rlhf.stages.evaluate"])
+    assert "rlhf.stages.sft_samples" not in training_modules()

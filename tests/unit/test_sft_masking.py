@@ -5,7 +5,7 @@ import torch
 
 from rlhf.chat import encode_prompt, encode_response, response_text
 from rlhf.losses.sft import sft_loss
-from rlhf.sft import evaluate_loss, loss_tokens, micro_batch_loss
+from rlhf.stages.sft import evaluate_loss, loss_tokens, micro_batch_loss
 from rlhf.tokenizer import train_tokenizer
 from rlhf.train import build_gpt2, collate_sft, encode_sft_example, pack_examples
 from rlhf.train.toy import sft_rows
@@ -187,7 +187,7 @@ def test_evaluate_loss_on_padded_examples_is_the_per_token_mean(tok, family, imp
 
 
 def test_a_packed_mask_reaches_the_model_as_additive_offsets(tok):
-    from rlhf.sft import model_attention_mask
+    from rlhf.stages.sft import model_attention_mask
 
     allowed = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)[None, None]  # (1, 1, 3, 3)
     model = tiny_model(tok, "gpt2", "eager")

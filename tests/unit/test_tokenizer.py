@@ -5,7 +5,8 @@ from transformers import AutoTokenizer
 from rlhf.chat import ASSISTANT, encode_prompt, encode_response, prompt_text, split_hh_dialogue
 from rlhf.config.tokenizer import TokenizerConfig
 from rlhf.paths import Paths
-from rlhf.tokenizer import run_tokenizer, train_tokenizer
+from rlhf.stages.tokenizer import run_tokenizer
+from rlhf.tokenizer import train_tokenizer
 
 TEXTS = [
     prompt_text("How do I water a cactus?") + " Water it lightly once a month. Thank you for asking.",

@@ -9,7 +9,8 @@ import pytest
 from rlhf.config import ConfigError, load_config
 from rlhf.config.data import DataConfig
 from rlhf.paths import Paths
-from rlhf.world.generate import HELDOUT_SPLITS, TRAIN_SPLITS, bt_probability, check_disjoint, run_data
+from rlhf.stages.data import run_data
+from rlhf.world.generate import HELDOUT_SPLITS, TRAIN_SPLITS, bt_probability, check_disjoint
 from rlhf.world.harms import HARMS
 from rlhf.world.judge import judge
 from rlhf.world.responses import BENIGN_STYLES, HARMFUL_STYLES, respond

@@ -137,7 +137,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
 
     # 5. training loop: global batch -> this process's micro-batches -> one optimizer step
-    meter, last = Throughput(), {}
+    meter, last = Throughput("dialogues"), {}
     model.train()
     bar = progress_bar(cfg.max_steps, state["step"], "sft", accelerator)
     for step in range(state["step"], cfg.max_steps):
@@ -153,11 +153,11 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
                    * accelerator.num_processes)  # dialogues, also inside packed rows
         speed = meter.metrics()
         bar.update(1)
-        bar.set_postfix(loss=f"{last['loss/sft']:.3f}", tok_s=f"{speed['tokens_per_s']:.0f}")
+        bar.set_postfix(loss=f"{last['loss/sft']:.3f}", tok_s=f"{speed['throughput/tokens_per_s']:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             history.append({"step": step + 1, "loss/sft": last["loss/sft"], "train/lr": last["lr"],
                             "train/grad_norm": last["grad_norm"], "train/epoch": order.epoch(step + 1),
-                            "throughput/tokens_per_s": speed["tokens_per_s"]})
+                            "throughput/tokens_per_s": speed["throughput/tokens_per_s"]})
         run.checkpoint(step + 1, cfg.max_steps, {"": model}, {"model": optimizer}, {"model": scheduler},
                        {"history": history, "samples_seen": (step + 1) * cfg.batch_size}, tokenizer)
     bar.close()
@@ -172,7 +172,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     run.finish(out_dir, policy, tokenizer)
 
     # 8. what happened, for the task to write and log; gold-judged samples of the saved model are
-    #    evaluation's (rlhf/sft_samples.py, run by the task), never training code's
+    #    evaluation's (rlhf/stages/sft_samples.py, run by the task), never training code's
     metrics: dict[str, float] = {
         "eval/loss/sft": held_loss,
         "eval/loss/sft_train": train_loss,
@@ -180,9 +180,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         "eval/perplexity/sft_train": math.exp(min(train_loss, 50.0)),
         "loss/sft": float(last.get("loss/sft", math.nan)),  # of the last optimizer step
         "train/epoch": order.epoch(cfg.max_steps),
-        "throughput/tokens_per_s": meter.metrics()["tokens_per_s"],
-        "throughput/dialogues_per_s": meter.metrics()["samples_per_s"],
-        "time/train_s": meter.metrics()["train_time_s"],
+        **meter.metrics(),
     }
     return StageOutput(
         metrics=metrics,

@@ -23,8 +23,8 @@ from __future__ import annotations
 import pandas as pd
 
 from rlhf.chat import ASSISTANT, split_hh_dialogue
-from rlhf.data.readers import describe
-from rlhf.data.report import Problem, plural
+from rlhf.validation.readers import describe
+from rlhf.validation.report import Problem, plural
 
 DIALOGUES = ("chosen", "rejected")
 EMPTY_OK = DIALOGUES  # columns that may hold an empty response in this format

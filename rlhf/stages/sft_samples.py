@@ -1,8 +1,8 @@
 """Gold-judged samples of the SFT model: what the `sft` stage reports beside its losses.
 
-Evaluation code, run by the sft task after `rlhf.sft.run_sft` (`tasks.stages.AFTER`): the gold
+Evaluation code, run by the sft task after `rlhf.stages.sft.run_sft` (`tasks.stages.AFTER`): the gold
 judge (`rlhf.world.judge`) is called only by the data stage and by evaluation, never by training
-code (docs/architecture.md), so `rlhf/sft.py` does not know it exists. The model is read back from
+code (docs/architecture.md), so `rlhf/stages/sft.py` does not know it exists. The model is read back from
 `paths.sft/"model"`, the directory the stage wrote and users load, and answers `cfg.sample_count`
 held-out prompts (fixed seed) with the `sft.sample_*` settings.
 """

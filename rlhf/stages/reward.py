@@ -129,7 +129,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         return bradley_terry_loss(chosen, rejected, cfg.margin, cfg.center_coef, num_pairs)
 
     # 5. training loop: global batch of pairs -> this process's micro-batches -> one optimizer step
-    meter, recent = Throughput(), []
+    meter, recent = Throughput("pairs"), []
     model.train()
     bar = progress_bar(cfg.max_steps, state["step"], "reward", accelerator)
     for step in range(state["step"], cfg.max_steps):
@@ -146,12 +146,12 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         speed = meter.metrics()
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss/reward']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}",
-                        pairs_s=f"{speed['samples_per_s']:.0f}")
+                        pairs_s=f"{speed['throughput/pairs_per_s']:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             keys = ("loss/reward", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
             history.append({"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
                             "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
-                            "train/epoch": order.epoch(step + 1), "throughput/pairs_per_s": speed["samples_per_s"]})
+                            "train/epoch": order.epoch(step + 1), "throughput/pairs_per_s": speed["throughput/pairs_per_s"]})
         run.checkpoint(step + 1, cfg.max_steps, {"": model}, {"model": optimizer}, {"model": scheduler},
                        {"history": history, "samples_seen": (step + 1) * cfg.batch_size})
     bar.close()
@@ -181,9 +181,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         "reward_model/norm_mean": rm.norm["mean"],
         "reward_model/norm_std": rm.norm["std"],
         "train/epoch": order.epoch(cfg.max_steps),
-        "throughput/pairs_per_s": meter.metrics()["samples_per_s"],
-        "throughput/tokens_per_s": meter.metrics()["tokens_per_s"],
-        "time/train_s": meter.metrics()["train_time_s"],
+        **meter.metrics(),
     })
     return StageOutput(
         metrics=metrics,

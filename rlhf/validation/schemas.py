@@ -22,8 +22,8 @@ import pandas as pd
 import pandera.pandas as pa
 
 from rlhf.config.validate import ValidateConfig
-from rlhf.data.readers import describe
-from rlhf.data.report import Problem
+from rlhf.validation.readers import describe
+from rlhf.validation.report import Problem
 
 Kind = Literal["sft", "preference", "prompts"]
 COLUMNS: dict[str, tuple[str, ...]] = {
