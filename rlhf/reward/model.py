@@ -39,9 +39,14 @@ from typing import Any
 import torch
 
 from rlhf.chat import prompt_text, response_text, split_hh_dialogue
+from rlhf.files import write_json
 from rlhf.train.batching import encode_dialogue, pad, position_ids
-from rlhf.train.checkpoint import write_json
-from rlhf.train.models import disable_dropout, has_tokenizer, load_reward_tokenizer, max_positions
+from rlhf.train.models import (
+    disable_dropout,
+    has_tokenizer,
+    load_reward_tokenizer,
+    max_positions,
+)
 from rlhf.train.runtime import quiet_transformers
 
 HEAD_FILE, NORM_FILE, CONFIG_FILE = "reward_head.safetensors", "reward_norm.json", "reward_config.json"

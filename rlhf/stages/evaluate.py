@@ -27,13 +27,14 @@ import torch
 
 from rlhf.config.evaluate import EvaluateConfig
 from rlhf.config.ppo import PPOConfig
+from rlhf.files import atomic_dir, read_jsonl, write_jsonl
 from rlhf.generation import generate
 from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
 from rlhf.rl import penalise_missing_eos
-from rlhf.stage import StageOutput
-from rlhf.train import atomic_dir, load_causal_lm, load_tokenizer, make_accelerator, read_jsonl
+from rlhf.stage import StageOutput, is_skipped
+from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator
 from rlhf.train.checkpoint import STAGE_CONFIG
 
 
@@ -42,7 +43,7 @@ def policy_dirs(paths: Paths) -> dict[str, Path]:
     found = {}
     for name, stage_dir in (("sft", paths.sft), ("ppo", paths.ppo), ("dpo", paths.dpo)):
         model = stage_dir / "model"
-        if not (stage_dir / "SKIPPED").exists() and (model / "config.json").is_file():
+        if not is_skipped(stage_dir) and (model / "config.json").is_file():
             found[name] = model
     assert "sft" in found, f"no SFT model in {paths.sft / 'model'}: run the sft stage first"
     return found
@@ -150,8 +151,7 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
 
     # 4. every sample, for reading and for later analysis
     with atomic_dir(paths.evaluate) as tmp:
-        with (tmp / "samples.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in all_rows)
+        write_jsonl(tmp / "samples.jsonl", all_rows)
     return StageOutput(
         metrics=metrics,
         inputs={"eval_prompts": paths.eval_prompts},

@@ -13,10 +13,11 @@ import random
 from typing import Any
 
 from rlhf.config.sft import SFTConfig
+from rlhf.files import read_jsonl
 from rlhf.generation import generate
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
-from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator, read_jsonl
+from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator
 
 
 def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: SFTConfig,

@@ -29,6 +29,7 @@ A trainer's loop, in outline (rlhf/stages/sft.py is the worked example):
     run.finish(out_dir, model, tokenizer)
 """
 
+from rlhf.files import atomic_dir, read_jsonl, write_json
 from rlhf.train.batching import (
     BatchOrder,
     collate_pairs,
@@ -40,7 +41,6 @@ from rlhf.train.batching import (
     position_ids,
     shard_and_split,
 )
-from rlhf.files import atomic_dir, read_jsonl, write_json
 from rlhf.train.checkpoint import (
     find_resumable,
     inputs_digest,
@@ -53,7 +53,6 @@ from rlhf.train.checkpoint import (
 )
 from rlhf.train.models import (
     build_gpt2,
-    count_parameters,
     disable_dropout,
     has_tokenizer,
     load_causal_lm,
@@ -80,7 +79,7 @@ from rlhf.train.runtime import (
 
 __all__ = [
     "BatchOrder", "Throughput", "atomic_dir", "build_gpt2", "build_optimizer", "build_scheduler",
-    "collate_pairs", "collate_sft", "count_parameters", "disable_dropout", "encode_dialogue",
+    "collate_pairs", "collate_sft", "disable_dropout", "encode_dialogue",
     "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "load_causal_lm",
     "load_checkpoint", "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_from", "optimizer_step", "pack_examples", "pad",
     "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "retire_checkpoints", "rng_state",

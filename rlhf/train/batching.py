@@ -12,19 +12,12 @@ order; pairs `(c0, r0), (c1, r1)` -> rows `[c0, c1, r0, r1]`, split back with `.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlhf.chat import encode_prompt, encode_response
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def encode_sft_example(tokenizer: Any, prompt: str, response: str, max_len: int) -> dict[str, list[int]]:

@@ -123,7 +123,3 @@ def max_positions(config: Any, default: int = 1024) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return default
-
-
-def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
