@@ -23,8 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from rlhf.config import SECTIONS
+from rlhf.config.base import TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING = ("sft", "reward", "ppo", "dpo")
+TRAINING = tuple(s for s, cls in SECTIONS.items() if issubclass(cls, TrainConfig))  # sft, reward, ppo, dpo
 KEYS = ("eval/helpfulness/benign", "eval/safety/harmful", "eval/proxy/ppo_score", "eval/kl_to_ref")
 # per-stage figures also reported per seed: (stage, metric)
 STAGE_KEYS = (("sft", "eval/helpfulness/benign"), ("sft", "eval/safety/harmful"),
