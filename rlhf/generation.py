@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from rlhf.chat import encode_prompt
+from rlhf.chat import Prompt, encode_prompt
 from rlhf.train.batching import pad
 
 
@@ -62,7 +62,7 @@ def left_pad(seqs: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor
     return pad(seqs, pad_token_id, "left"), pad([[1] * len(s) for s in seqs], 0, "left")
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_len: int | None = None
+def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_prompt_len: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-format prompts -> left-padded (ids, mask), each (B, P); see `keep_prompt_tail`."""
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
@@ -145,7 +145,7 @@ def check_prompt_budget(prompt_lengths: Sequence[int], max_new_tokens: int, cont
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     top_p: float = 1.0,

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from rlhf.chat import prompt_text, response_text, split_hh_dialogue
+from rlhf.chat import Prompt, prompt_text, response_text, split_hh_dialogue
 from rlhf.files import write_json
 from rlhf.train.batching import encode_dialogue, pad, position_ids
 from rlhf.train.models import (
@@ -69,7 +69,7 @@ def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
     raise ValueError(f"cannot locate the text inside the tokenizer's special tokens: {full}")
 
 
-def encode_framed(tokenizer: Any, frame: tuple[list[int], list[int]], prompt: str, response: str,
+def encode_framed(tokenizer: Any, frame: tuple[list[int], list[int]], prompt: Prompt, response: str,
                   max_len: int) -> list[int]:
     """prefix + prompt_text + response_text + suffix (e.g. [CLS] ... [SEP]); over-long texts lose
     tokens from the front of the prompt, so [CLS] (the pooled token) and the response's end stay."""
@@ -182,7 +182,7 @@ class RewardModel(torch.nn.Module):
         return (mask * cols).argmax(dim=1)
 
     # ---------- scoring API ----------
-    def encode(self, prompt: str, response: str) -> list[int]:
+    def encode(self, prompt: Prompt, response: str) -> list[int]:
         """Token ids of one (prompt, response) in this model's own tokenizer, at most max_seq_len."""
         if self.pooling == "cls":
             return encode_framed(self.tokenizer, self._frame, prompt, response, self.max_seq_len)
@@ -207,7 +207,7 @@ class RewardModel(torch.nn.Module):
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.norm["mean"]) / self.norm["std"]
 
-    def score_pairs(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
+    def score_pairs(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32) -> list[float]:
         """Normalised scores of (prompt, response) pairs; prompts are plain user text. Texts are
         encoded with this model's tokenizer, so a policy with another vocabulary scores its
         decoded samples here (PPO and evaluation do)."""

@@ -1,7 +1,8 @@
 """From JSON Lines rows to padded tensors, and the deterministic order in which trainers see them.
 
-Token layout (rlhf/chat.py): `[bos] prompt_text` + `response_text [eos]`, encoded as two parts and
-concatenated, so a training sequence starts with exactly the tokens the sampler conditions on.
+Token layout (rlhf/chat.py): the prompt's tokens + the response's tokens and EOS (the model's chat
+template, or `[bos] prompt_text` + `response_text [eos]`), encoded as two parts and concatenated,
+so a training sequence starts with exactly the tokens the sampler conditions on.
 
 Masks are built from lengths, never by comparing ids with `pad_token_id` (a tokenizer whose pad is
 its eos would otherwise lose the EOS target).
@@ -17,16 +18,16 @@ from typing import Any
 
 import torch
 
-from rlhf.chat import encode_prompt, encode_response
+from rlhf.chat import Prompt, encode_prompt, encode_response
 
 
-def encode_sft_example(tokenizer: Any, prompt: str, response: str, max_len: int) -> dict[str, list[int]]:
+def encode_sft_example(tokenizer: Any, prompt: Prompt, response: str, max_len: int) -> dict[str, list[int]]:
     """`input_ids` = bos + prompt + response + eos, and `loss_mask` = 1 on response and EOS tokens.
 
     Over-long examples keep the response's first tokens (at least half the window) and the prompt's
     last tokens after BOS; what the model learns to continue is then still a real prefix.
     """
-    p, r = encode_prompt(tokenizer, prompt), encode_response(tokenizer, response)
+    p, r = encode_prompt(tokenizer, prompt), encode_response(tokenizer, prompt, response)
     r_keep = min(len(r), max(max_len - len(p), max_len // 2))
     p_keep = max_len - r_keep
     if p_keep < len(p):
@@ -35,10 +36,10 @@ def encode_sft_example(tokenizer: Any, prompt: str, response: str, max_len: int)
     return {"input_ids": p + r, "loss_mask": [0] * len(p) + [1] * len(r)}
 
 
-def encode_dialogue(tokenizer: Any, prompt: str, response: str, max_len: int) -> list[int]:
+def encode_dialogue(tokenizer: Any, prompt: Prompt, response: str, max_len: int) -> list[int]:
     """bos + prompt + response + eos for scoring; over-long ones lose prompt tokens after BOS, so
     the last token (the one a reward head reads) is always the real end of the response."""
-    ids = encode_prompt(tokenizer, prompt) + encode_response(tokenizer, response)
+    ids = encode_prompt(tokenizer, prompt) + encode_response(tokenizer, prompt, response)
     if len(ids) > max_len:
         ids = ids[:1] + ids[len(ids) - (max_len - 1):]
     return ids

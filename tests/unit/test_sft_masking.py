@@ -46,7 +46,7 @@ def test_loss_ignores_ids_at_masked_positions():
 
 def test_example_mask_covers_exactly_response_and_eos(tok):
     ex = encode_sft_example(tok, "How do I water a fern?", "Water it weekly.", max_len=128)
-    p, r = encode_prompt(tok, "How do I water a fern?"), encode_response(tok, "Water it weekly.")
+    p, r = encode_prompt(tok, "How do I water a fern?"), encode_response(tok, "How do I water a fern?", "Water it weekly.")
     assert ex["input_ids"] == p + r
     assert ex["loss_mask"] == [0] * len(p) + [1] * len(r)
     targets = [i for i, m in zip(ex["input_ids"], ex["loss_mask"]) if m]

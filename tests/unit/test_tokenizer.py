@@ -23,7 +23,7 @@ def test_special_tokens_distinct_and_template_matches_chat_helpers():
     full = tok.apply_chat_template(
         msgs + [{"role": "assistant", "content": "Water it lightly."}], tokenize=False
     )
-    ids = encode_prompt(tok, "How do I water a cactus?") + encode_response(tok, "Water it lightly.")
+    ids = encode_prompt(tok, "How do I water a cactus?") + encode_response(tok, "How do I water a cactus?", "Water it lightly.")
     assert tok.decode(ids) == full
 
 
