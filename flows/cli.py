@@ -137,6 +137,26 @@ def compare(
     typer.echo(json.dumps(rm.compare(_unescape(text_a), _unescape(text_b)), indent=2))
 
 
+@app.command(name="import-model")
+def import_model(
+    source: Annotated[str, typer.Argument(help="a .gguf file, a model directory, or pkg:NAME (an installed package's folder)")],
+    out_dir: Annotated[Path, typer.Argument(help="the Hugging Face directory to write (replaced atomically)")],
+    gguf_file: Annotated[Optional[str], typer.Option(help="the GGUF file to read, when the folder holds several")] = None,
+) -> None:
+    """Import a shipped model (GGUF -> safetensors, or a Hugging Face directory copied) for the stages."""
+    _setup()
+    from rlhf.model_import import ModelImportError
+    from rlhf.model_import import import_model as run_import
+
+    try:
+        info = run_import(source, out_dir, gguf_file)
+    except ModelImportError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{out_dir}: {info['architecture']} from {info['source_file']} ({info['kind']}), "
+               f"{info['bytes'] / 1e6:.0f} MB in {info['seconds']:.1f} s")
+
+
 @app.command()
 def summary() -> None:
     """Print what the pipeline produced and how to open the MLflow UI on it."""
