@@ -1,8 +1,10 @@
 """Preference pairs from Anthropic's HH-RLHF format: records with two full dialogues.
 
-Each record holds `chosen` and `rejected`, each a whole dialogue "\\n\\nHuman: ...\\n\\nAssistant: ...".
+Each record holds `chosen` and `rejected` (and no `prompt`), each a whole dialogue
+"\\n\\nHuman: ...\\n\\nAssistant: ...".
 The prompt is the part before the last "\\n\\nAssistant:" (`rlhf.chat.split_hh_dialogue`), kept as it
 is so that `rlhf.chat.prompt_text` renders it unchanged; the responses are what follows it.
+`split_pair` reads one record; `rlhf.validation.formats` (format `implicit_standard`) calls it.
 
 Two quirks of the published data are kept and reported as warnings rather than errors, so that the
 shipped harmless-base test split validates (see `tests/data/test_hh.py` for what it contains):
@@ -20,45 +22,13 @@ shipped harmless-base test split validates (see `tests/data/test_hh.py` for what
 
 from __future__ import annotations
 
-import pandas as pd
-
 from rlhf.chat import ASSISTANT, split_hh_dialogue
 from rlhf.validation.readers import describe
-from rlhf.validation.report import Problem, plural
+from rlhf.validation.report import plural
 
 DIALOGUES = ("chosen", "rejected")
 EMPTY_OK = DIALOGUES  # columns that may hold an empty response in this format
 EMPTY_RESPONSE = "empty response (the dialogue ends with an empty Assistant turn); kept as an empty reply"
-
-
-def is_hh_frame(frame: pd.DataFrame) -> bool:
-    """True for preference records in the HH-RLHF layout: dialogues and no `prompt` column."""
-    return "prompt" not in frame.columns and all(c in frame.columns for c in DIALOGUES)
-
-
-def from_hh_dialogues(frame: pd.DataFrame, file: str) -> tuple[pd.DataFrame, list[Problem], list[Problem]]:
-    """Convert HH-RLHF records to (prompt, chosen, rejected) rows.
-
-    Returns the converted frame (same index, extra columns kept after the three), the errors and the
-    warnings. Rows with an error are left out of the frame; every row is named in a `Problem`.
-    """
-    errors: list[Problem] = []
-    warnings: list[Problem] = []
-    rows, values = [], []
-    for row, chosen, rejected in zip(frame.index, frame["chosen"], frame["rejected"]):
-        try:
-            pair, notes = split_pair(chosen, rejected)
-        except PairError as err:
-            errors.append(Problem(file, int(row), err.field, str(err)))
-            continue
-        warnings.extend(Problem(file, int(row), f, m) for f, m in notes)
-        rows.append(row)
-        values.append(pair)
-    index = pd.Index(rows, dtype="int64", name="row")
-    out = pd.DataFrame(values, index=index, columns=["prompt", *DIALOGUES])
-    extras = [c for c in frame.columns if c not in DIALOGUES]
-    out = out.join(frame.loc[rows, extras]) if extras else out
-    return out, errors, warnings
 
 
 class PairError(ValueError):

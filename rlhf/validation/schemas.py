@@ -8,7 +8,9 @@
 
 Extra columns are allowed and not checked. Every required column must hold text in every row:
 no nulls, no other types, not empty or whitespace-only, no control characters (see `CONTROL`), at
-most `max_chars` characters. Across columns: `chosen` differs from `rejected`, and no row repeats an
+most `max_chars` characters. A `prompt` may instead be a conversation: a list of messages, each an
+object with a `role` (system, user or assistant) and a text `content`, the last one a user turn;
+every message's text gets the same checks as a text field. Across columns: `chosen` differs from `rejected`, and no row repeats an
 earlier row's required columns.
 Checks look only at text values, so a wrong type or a null is reported once, by its own check.
 """
@@ -21,7 +23,9 @@ from typing import Any, Literal
 import pandas as pd
 import pandera.pandas as pa
 
+from rlhf.chat import ROLES
 from rlhf.config.validate import ValidateConfig
+from rlhf.validation.formats import is_messages
 from rlhf.validation.readers import describe
 from rlhf.validation.report import Problem
 
@@ -45,16 +49,11 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(COLUMNS)}")
 
 
-def missing_columns(frame: pd.DataFrame, kind: Kind) -> list[str]:
-    """Required columns of `kind` that the frame lacks, in their usual order."""
-    return [c for c in COLUMNS[kind] if c not in frame.columns]
-
-
 def build_schema(kind: Kind, max_chars: int, empty_ok: tuple[str, ...] = ()) -> pa.DataFrameSchema:
     """The schema of one kind; the columns in `empty_ok` may hold empty text (HH-RLHF responses)."""
     columns = {}
     for name in COLUMNS[kind]:
-        checks = [pa.Check(is_text, name="is_text")]
+        checks = [pa.Check(is_prompt, name="is_prompt") if name == "prompt" else pa.Check(is_text, name="is_text")]
         if name not in empty_ok:
             checks.append(pa.Check(not_blank, name="not_blank"))
         checks.append(pa.Check(no_control, name="no_control"))
@@ -66,21 +65,67 @@ def build_schema(kind: Kind, max_chars: int, empty_ok: tuple[str, ...] = ()) -> 
     return pa.DataFrameSchema(columns, checks=frame_checks, strict=False)
 
 
-# --- element checks (True = passes); non-text values pass all but `is_text` ---
+# --- conversations as prompts ---
+def message_problem(value: list) -> str | None:
+    """What makes a list of messages no valid prompt (None when it is one)."""
+    for i, m in enumerate(value, start=1):
+        if not isinstance(m, dict):
+            return f"message {i}: expected an object with role and content, got {describe(m)}"
+        if m.get("role") not in ROLES:
+            return f"message {i}: role must be one of {', '.join(ROLES)}, got {describe(m.get('role'))}"
+        if not isinstance(m.get("content"), str):
+            return f"message {i}: content must be text, got {describe(m.get('content'))}"
+    if value[-1]["role"] != "user":
+        return f"the last message of a prompt must be a user turn, got {value[-1]['role']!r}"
+    return None
+
+
+def is_conversation(value: object) -> bool:
+    """A valid conversation prompt (see `message_problem`)."""
+    return is_messages(value) and message_problem(value) is None
+
+
+def texts(value: object) -> list[tuple[str, str]]:
+    """(where, text) of every text a value holds: itself, or each message of a conversation."""
+    if isinstance(value, str):
+        return [("", value)]
+    if is_conversation(value):
+        return [(f"message {i}: ", m["content"]) for i, m in enumerate(value, start=1)]
+    return []
+
+
+def first_failing(value: object, passes) -> tuple[str, str]:
+    """(where, text) of the first text of a value that fails a test."""
+    return next((w, t) for w, t in texts(value) if not passes(t))
+
+
+# --- element checks (True = passes); values that hold no text pass all but `is_text` / `is_prompt` ---
 def is_text(s: pd.Series) -> pd.Series:
     return s.map(lambda v: isinstance(v, str)).astype(bool)
 
 
+def is_prompt(s: pd.Series) -> pd.Series:
+    return s.map(lambda v: isinstance(v, str) or is_conversation(v)).astype(bool)
+
+
+def blank_ok(text: str) -> bool:
+    return bool(text.strip())
+
+
+def control_ok(text: str) -> bool:
+    return CONTROL.search(text) is None
+
+
 def not_blank(s: pd.Series) -> pd.Series:
-    return s.map(lambda v: not isinstance(v, str) or bool(v.strip())).astype(bool)
+    return s.map(lambda v: all(blank_ok(t) for _, t in texts(v))).astype(bool)
 
 
 def no_control(s: pd.Series) -> pd.Series:
-    return s.map(lambda v: not isinstance(v, str) or CONTROL.search(v) is None).astype(bool)
+    return s.map(lambda v: all(control_ok(t) for _, t in texts(v))).astype(bool)
 
 
 def within(s: pd.Series, max_chars: int) -> pd.Series:
-    return s.map(lambda v: not isinstance(v, str) or len(v) <= max_chars).astype(bool)
+    return s.map(lambda v: all(len(t) <= max_chars for _, t in texts(v))).astype(bool)
 
 
 def chosen_differs(df: pd.DataFrame) -> pd.Series:
@@ -139,16 +184,21 @@ def explain(
     check, column, value = case["check"], case["column"], case["failure_case"]
     if check == "not_nullable":
         return column, "missing or null"
-    if check == "is_text":
+    if check == "is_text" or (check == "is_prompt" and not is_messages(value)):
         return column, f"expected text, got {describe(value)}"
+    if check == "is_prompt":
+        return column, f"not a valid conversation: {message_problem(value)}"
     if check == "not_blank":
-        return column, "empty or whitespace-only text"
+        where, _ = first_failing(value, blank_ok)
+        return column, f"{where}empty or whitespace-only text"
     if check == "no_control":
-        found = CONTROL.search(value)
-        return column, (f"control character U+{ord(found.group()):04X} at character {found.start() + 1}; "
+        where, text = first_failing(value, control_ok)
+        found = CONTROL.search(text)
+        return column, (f"{where}control character U+{ord(found.group()):04X} at character {found.start() + 1}; "
                         "only tab, newline and \\r\\n line ends are allowed")
     if check == "max_chars":
-        return column, f"text is {len(value)} characters long; the limit is {max_chars} (max_chars)"
+        where, text = first_failing(value, lambda t: len(t) <= max_chars)
+        return column, f"{where}text is {len(text)} characters long; the limit is {max_chars} (max_chars)"
     if check == "chosen_differs":
         return "rejected", "same text as chosen"
     if check == "no_duplicate":

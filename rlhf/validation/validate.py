@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlhf.chat import prompt_text
-from rlhf.validation.hh import EMPTY_OK, from_hh_dialogues, is_hh_frame
+from rlhf.chat import ChatFormatError, prompt_text
+from rlhf.validation.formats import FormatError, convert_frame, source_field
+from rlhf.validation.hh import EMPTY_OK
 from rlhf.validation.readers import DataFileError, read_table
 from rlhf.validation.report import Problem, ValidationReport
-from rlhf.validation.schemas import COLUMNS, DEFAULT_MAX_CHARS, Kind, check_frame, check_kind, missing_columns
+from rlhf.validation.schemas import COLUMNS, DEFAULT_MAX_CHARS, Kind, check_frame, check_kind
 
 __all__ = [
     "DataFileError", "Problem", "ValidationFailed", "ValidationReport",
@@ -49,14 +50,17 @@ class ValidationFailed(Exception):
 
 @dataclass
 class Checked:
-    """A file's report and its normalised rows (None when the rows could not be read at all)."""
+    """A file's report, its normalised rows (None when the rows could not be read at all) and the
+    format they were read in (`rlhf.validation.formats`; None when none fits)."""
 
     report: ValidationReport
     frame: pd.DataFrame | None
+    fmt: str | None = None
 
 
-def check_file(path: str | Path, kind: Kind, max_chars: int = DEFAULT_MAX_CHARS) -> Checked:
-    """Read, normalise and check one file; every problem with the data lands in the report."""
+def check_file(path: str | Path, kind: Kind, max_chars: int = DEFAULT_MAX_CHARS, fmt: str = "auto") -> Checked:
+    """Read, normalise (from any format of `kind`, or the forced `fmt`) and check one file; every
+    problem with the data lands in the report, named by the file's own row and column."""
     check_kind(kind)
     if max_chars < 1:
         raise ValueError(f"max_chars must be at least 1, got {max_chars}")
@@ -68,29 +72,26 @@ def check_file(path: str | Path, kind: Kind, max_chars: int = DEFAULT_MAX_CHARS)
         report.problems.append(Problem(file, err.row, None, err.reason if err.row else str(err)))
         return Checked(report, None)
     report.n_rows, report.row_unit = len(table.frame), table.row_unit
-    frame, empty_ok = table.frame, ()
-    if kind == "preference" and is_hh_frame(frame):
-        frame, errors, warnings = from_hh_dialogues(frame, file)
-        report.problems += errors
-        report.warnings += warnings
-        empty_ok = EMPTY_OK
-    missing = missing_columns(frame, kind)
-    if missing:
-        report.problems.append(Problem(file, None, ", ".join(missing), missing_message(frame, kind, missing)))
+    try:
+        converted = convert_frame(table.frame, kind, file, fmt)
+    except FormatError as err:
+        report.problems.append(Problem(file, None, err.field, str(err)))
         return Checked(report, None)
-    report.problems += check_frame(frame, kind, file, max_chars=max_chars, empty_ok=empty_ok)
+    frame = converted.frame
+    report.problems += converted.errors
+    report.warnings += converted.warnings
+    if frame.empty:  # every row failed its format
+        return Checked(report, None, converted.fmt)
+    report.problems += check_rows(frame, kind, file, converted.fmt, max_chars)
     report.problems.sort(key=lambda p: p.row or 0)
-    others = [c for c in frame.columns if c not in COLUMNS[kind]]
-    return Checked(report, frame[[*COLUMNS[kind], *others]])
+    return Checked(report, frame, converted.fmt)
 
 
-def missing_message(frame: pd.DataFrame, kind: Kind, missing: list[str]) -> str:
-    """Which columns are missing, which were found, and what would have been accepted."""
-    found = ", ".join(map(str, frame.columns)) or "none"
-    expected = ", ".join(COLUMNS[kind])
-    if kind == "preference":
-        expected += " (or the HH-RLHF layout: chosen and rejected dialogues only)"
-    return f"missing column(s) {', '.join(missing)}; found: {found}; a {kind} file needs {expected}"
+def check_rows(frame: pd.DataFrame, kind: Kind, file: str, fmt: str, max_chars: int) -> list[Problem]:
+    """The schema's problems of rows in the contract's columns, each named by the file's column."""
+    empty_ok = EMPTY_OK if fmt == "implicit_standard" else ()  # HH-RLHF's few empty replies
+    problems = check_frame(frame, kind, file, max_chars=max_chars, empty_ok=empty_ok)
+    return [replace(p, field=source_field(kind, fmt, p.field)) for p in problems]
 
 
 def validate_file(path: str | Path, kind: Kind, *, max_chars: int = DEFAULT_MAX_CHARS) -> ValidationReport:
@@ -108,14 +109,19 @@ def read_dataset(path: str | Path, kind: Kind, *, max_chars: int = DEFAULT_MAX_C
     if not checked.report.ok or checked.frame is None:
         raise DataFileError(checked.report.summary())
     frame = checked.frame.infer_objects()  # extra columns: bool, float, ... where they are uniform
-    return frame.astype({c: "str" for c in COLUMNS[kind]})
+    texts = [c for c in COLUMNS[kind] if frame[c].map(lambda v: isinstance(v, str)).all()]
+    return frame.astype({c: "str" for c in texts})  # conversation prompts stay lists
 
 
 # --- train/held-out prompt overlap ---
-def prompt_key(prompt: str) -> str:
+def prompt_key(prompt: object) -> str | None:
     """What makes two prompts the same: the conditioning text the model sees, with runs of
-    whitespace collapsed (so a plain prompt and its HH-RLHF form "\\n\\nHuman: ..." match)."""
-    return " ".join(prompt_text(prompt).split())
+    whitespace collapsed (so a plain prompt, its HH-RLHF form "\\n\\nHuman: ..." and a one-message
+    conversation match). None for a value that is no prompt (the schema reports it)."""
+    try:
+        return " ".join(prompt_text(prompt).split())
+    except (ChatFormatError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def overlap_report(
@@ -125,14 +131,16 @@ def overlap_report(
     seen: dict[str, tuple[str, int]] = {}
     for name, frame in train.items():
         for row, prompt in zip(frame.index, frame["prompt"]):
-            if isinstance(prompt, str):
-                seen.setdefault(prompt_key(prompt), (name, int(row)))
+            key = prompt_key(prompt)
+            if key is not None:
+                seen.setdefault(key, (name, int(row)))
     unit = "rows as in each held-out file"
     report = ValidationReport("train vs held-out prompts", "overlap", row_unit=unit)
     for name, frame in heldout.items():
         report.n_rows += len(frame)
         for row, prompt in zip(frame.index, frame["prompt"]):
-            hit = seen.get(prompt_key(prompt)) if isinstance(prompt, str) else None
+            key = prompt_key(prompt)
+            hit = seen.get(key) if key is not None else None
             if hit:
                 message = f"prompt also in the train file {hit[0]} (row {hit[1]})"
                 report.problems.append(Problem(name, int(row), "prompt", message))
