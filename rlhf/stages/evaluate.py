@@ -1,16 +1,20 @@
-"""The `evaluate` stage: every trained policy answers the held-out eval prompts, scored three ways.
+"""The `evaluate` stage: every trained policy answers the eval prompts, scored by the judges.
 
-For each policy that exists (SFT always; PPO and DPO unless their stage was disabled), with the
-same seed and sampling settings for all:
-  - gold helpfulness and safety (1-5) from the world's gold judge, averaged as the judge's
-    `mean_scores` does: helpfulness over benign prompts, safety over harmful prompts (Bai et al.
-    2022's split), with the other halves and the all-prompt means beside them;
+Policies: SFT always; PPO and DPO unless their stage was disabled; and the best-of-n baselines
+bon<n> (`evaluate.best_of_n`: the best of n SFT samples by the proxy reward model), all with the
+same sampling settings. Every policy gets, whatever the data:
   - the proxy reward-model score (normalised units) twice: as PPO optimised it (a response without
     EOS scores ppo.missing_eos_score, `rlhf.rl.penalise_missing_eos`) and as the reward model
     gives it to every response;
   - the KL to the reference (SFT) on the policy's own samples:
         KL(pi || pi_ref) ~ mean over prompts of sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]
-    with both log-probs of the tempered distributions (logits / T), as in PPO's objective/kl.
+    with both log-probs of the tempered distributions (logits / T), as in PPO's objective/kl
+    (best-of-n: log n - (n - 1) / n in closed form); response length and EOS share;
+and the judges `evaluate.judges` lists (rlhf/judges/, docs/judges.md): `gold` (the world's judge,
+on the world's prompts only), `reward_model` (any local RM: mean score, win rate against SFT),
+`refusal` (phrase matching: AdvBench, XSTest) and `llm` (an OpenAI-compatible endpoint). Each mean
+comes with its 95% bootstrap interval; a metric whose data are missing (a prompt set, a column) is
+left out, and artifacts/evaluate/summary.md says why.
 Models and inputs live on the device of the stage's accelerator (CUDA when present), and every
 forward pass runs under its autocast (bf16 on CUDA, fp32 on the CPU), as in the other stages.
 Only evaluation may call the gold judge (docs/architecture.md).
@@ -19,7 +23,6 @@ Only evaluation may call the gold judge (docs/architecture.md).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,12 @@ from rlhf.config.evaluate import EvaluateConfig
 from rlhf.config.ppo import PPOConfig
 from rlhf.files import atomic_dir, read_jsonl, write_jsonl
 from rlhf.generation import generate
+from rlhf.judges.best_of_n import best_of_n_choice, best_of_n_kl
+from rlhf.judges.best_of_n import policy_name as bon_name
+from rlhf.judges.llm import LLMJudge, api_key_from_env
+from rlhf.judges.panel import grade_rows, policy_metrics, summary
+from rlhf.judges.reward_model import check_reward_model_dir
+from rlhf.judges.rows import set_counts
 from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
@@ -36,6 +45,8 @@ from rlhf.rl import penalise_missing_eos
 from rlhf.stage import StageOutput, is_skipped
 from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator
 from rlhf.train.checkpoint import STAGE_CONFIG
+
+PROMPT_COLUMNS = ("set", "harmful", "topic", "label", "type")  # eval-prompt columns kept in each sample row
 
 
 def policy_dirs(paths: Paths) -> dict[str, Path]:
@@ -83,47 +94,51 @@ def sequence_kl(policy: Any, reference: Any, samples: Any, temperature: float, b
     return torch.cat(out)
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
-def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Per-policy metrics from its scored sample rows (names listed in docs/metrics.md)."""
-    from rlhf.world.judge import Judgement, gold_means
-
-    gold = gold_means([Judgement(r["helpfulness"], r["safety"], r["utility"], r.get("topic"), r["harmful"])
-                       for r in rows])
-    return {
-        **{f"eval/{k}": v for k, v in gold.items()},
-        "eval/proxy/ppo_score": _mean([r["ppo_score"] for r in rows]),
-        "eval/proxy/rm_score": _mean([r["rm_score"] for r in rows]),
-        "eval/kl_to_ref": _mean([r["kl_to_ref"] for r in rows]),
-        "policy/response_length": _mean([r["response_tokens"] for r in rows]),
-        "policy/eos_share": _mean([float(r["ended"]) for r in rows]),
-    }
+def sample_rows(name: str, prompts: list[dict[str, Any]], samples: Any, picks: torch.Tensor, kl: torch.Tensor,
+                rm_score: torch.Tensor, ppo_score: torch.Tensor) -> list[dict[str, Any]]:
+    """One row per prompt: the prompt's columns, the sample `picks[i]` of `samples` and its scores."""
+    rows = []
+    for i, (row, j) in enumerate(zip(prompts, picks.tolist())):
+        rows.append({"policy": name, "prompt": row["prompt"], **{k: row[k] for k in PROMPT_COLUMNS if k in row},
+                     "response": samples.texts[j], "ppo_score": float(ppo_score[j]), "rm_score": float(rm_score[j]),
+                     "kl_to_ref": float(kl[i]), "response_tokens": int(samples.response_mask[j].sum()),
+                     "ended": bool(samples.ended[j])})
+    return rows
 
 
 def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutput:
     """`ppo` is the ppo section of the same params: the proxy is scored as PPO defines it."""
-    from rlhf.world.judge import judge
-
     # 0. runtime: device and precision chosen as for the training stages ('auto': CUDA with bf16
     #    autocast when present, else fp32 on the CPU). One process: evaluation is not sharded.
     accelerator = make_accelerator("auto")
     assert accelerator.num_processes == 1, "evaluation runs in one process (it is not sharded)"
     device = accelerator.device
 
-    # 1. what to evaluate: the policies that exist, the eval prompts, the reference and the proxy RM
+    # 1. what to evaluate: the policies that exist, the eval prompts, the reference, the proxy RM
+    #    and the judges' own models (the reward_model judge's RM, the LLM endpoint)
     policies = policy_dirs(paths)
     prompts = read_jsonl(paths.eval_prompts)[: cfg.max_prompts]
     texts = [p["prompt"] for p in prompts]
     missing_eos_score = proxy_missing_eos_score(ppo, policies)
     reference = load_causal_lm(policies["sft"]).to(device).eval()
     reward_model = RewardModel.from_pretrained(paths.reward / "model").to(device).eval()
+    judge_rm, judge_rm_dir = reward_model, paths.reward / "model"
+    if "reward_model" in cfg.judges and cfg.reward_model_path is not None:
+        judge_rm_dir = paths.root / cfg.reward_model_path
+        check_reward_model_dir(judge_rm_dir, "evaluate.reward_model_path")
+        judge_rm = RewardModel.from_pretrained(judge_rm_dir).to(device).eval()
+    llm = None
+    if "llm" in cfg.judges:
+        llm = LLMJudge(cfg.llm.base_url, cfg.llm.model, api_key_from_env(cfg.llm.api_key_env, "evaluate.llm.api_key_env"),
+                       cfg.llm.timeout_s, cfg.llm.max_retries)
 
-    metrics: dict[str, dict[str, float]] = {}
-    all_rows: list[dict[str, Any]] = []
-    table: list[dict[str, Any]] = []
+    def proxy(samples: Any, prompt_texts: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rm_score, ppo_score), each (B,): the RM's own score, and PPO's with the missing-EOS score."""
+        rm_score = torch.tensor(reward_model.score_pairs(prompt_texts, samples.texts))  # (B,)
+        return rm_score, penalise_missing_eos(rm_score, samples.ended, missing_eos_score)
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    exact_kl: dict[str, float] = {}  # policies whose KL is known in closed form (best-of-n)
     for name, model_dir in policies.items():
         # 2. sample: same seed and settings for every policy
         tokenizer = load_tokenizer(model_dir)
@@ -132,29 +147,46 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
             samples = generate(policy, tokenizer, texts, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
                                seed=cfg.seed, budget_key="evaluate.max_new_tokens")
-            # 3. score: gold judge, proxy reward model (through text; also as PPO scores it), KL to the reference
-            rm_score = torch.tensor(reward_model.score_pairs(texts, samples.texts))  # (N,)
+            # 3. proxy reward model (through text; also as PPO scores it) and KL to the reference
+            rm_score, ppo_score = proxy(samples, texts)
             kl = sequence_kl(policy, reference, samples, cfg.temperature, cfg.batch_size)  # (N,)
-        ppo_score = penalise_missing_eos(rm_score, samples.ended, missing_eos_score)  # (N,)
-        rows = []
-        for i, (row, response) in enumerate(zip(prompts, samples.texts)):
-            j = judge(row["prompt"], response)
-            rows.append({"policy": name, "prompt": row["prompt"], "topic": row.get("topic"),
-                         "harmful": bool(row["harmful"]), "response": response,
-                         "helpfulness": j.helpfulness, "safety": j.safety, "utility": j.utility,
-                         "ppo_score": float(ppo_score[i]), "rm_score": float(rm_score[i]),
-                         "kl_to_ref": float(kl[i]),
-                         "response_tokens": int(samples.response_mask[i].sum()), "ended": bool(samples.ended[i])})
-        metrics[name] = summarise(rows)
-        all_rows += rows
-        table += rows[: cfg.table_rows]
+        rows[name] = sample_rows(name, prompts, samples, torch.arange(len(texts)), kl, rm_score, ppo_score)
 
-    # 4. every sample, for reading and for later analysis
+    # 4. best-of-n: one pool of K = max(n) SFT samples per prompt (its own seed), scored by the proxy
+    #    RM; bon<n> keeps the best of the pool's first n. Its KL is analytic, log n - (n - 1) / n.
+    if cfg.best_of_n:
+        k = max(cfg.best_of_n)
+        with accelerator.autocast():
+            pool = generate(reference, load_tokenizer(policies["sft"]), [t for t in texts for _ in range(k)],
+                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            batch_size=cfg.batch_size, seed=cfg.seed + 1, budget_key="evaluate.max_new_tokens")
+            rm_score, ppo_score = proxy(pool, [t for t in texts for _ in range(k)])  # (N * K,) prompt-major
+        offsets = torch.arange(len(texts)) * k  # (N,) first pool index of each prompt
+        for n in sorted(cfg.best_of_n):
+            picks = offsets + best_of_n_choice(rm_score.view(len(texts), k), n)  # (N,)
+            exact_kl[bon_name(n)] = best_of_n_kl(n)
+            kl = torch.full((len(texts),), exact_kl[bon_name(n)])
+            rows[bon_name(n)] = sample_rows(bon_name(n), prompts, pool, picks, kl, rm_score, ppo_score)
+
+    # 5. judges: every policy's rows graded by each judge, then its metrics with bootstrap intervals
+    metrics: dict[str, dict[str, float]] = {}
+    missing: dict[str, str] = {}
+    with accelerator.autocast():
+        for name in rows:
+            grade_rows(rows[name], cfg.judges, judge_rm, llm)
+    for name, policy_rows in rows.items():
+        judged = policy_metrics(policy_rows, rows["sft"], cfg.judges, cfg.bootstrap_samples, cfg.seed,
+                                exact_kl.get(name))
+        metrics[name], missing = judged.metrics, {**missing, **judged.missing}
+
+    # 6. every sample, for reading and for later analysis, and the summary report
+    report = summary(metrics, missing, set_counts(prompts), cfg.judges, str(judge_rm_dir), cfg.bootstrap_samples)
     with atomic_dir(paths.evaluate) as tmp:
-        write_jsonl(tmp / "samples.jsonl", all_rows)
+        write_jsonl(tmp / "samples.jsonl", [r for policy_rows in rows.values() for r in policy_rows])
+        (tmp / "summary.md").write_text(report, encoding="utf-8")
     return StageOutput(
         metrics=metrics,
         inputs={"eval_prompts": paths.eval_prompts},
-        reports=[paths.evaluate / "samples.jsonl"],
-        tables={"eval_samples.json": table},
+        reports=[paths.evaluate / "samples.jsonl", paths.evaluate / "summary.md"],
+        tables={"eval_samples.json": [r for policy_rows in rows.values() for r in policy_rows[: cfg.table_rows]]},
     )

@@ -18,7 +18,7 @@ from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_tokenizer, save_model_dir
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 
-CFG = EvaluateConfig(max_new_tokens=8, batch_size=4, table_rows=2)
+CFG = EvaluateConfig(max_new_tokens=8, batch_size=4, table_rows=2, best_of_n=[])  # bon rows: test_evaluate_judges.py
 PPO = PPOConfig()
 
 
