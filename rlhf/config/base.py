@@ -103,10 +103,21 @@ class TrainConfig(StageConfig):
     checkpoint_every: CheckpointEvery
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     log_every: LogEvery = 1
+    # LoRA (Hu et al. 2021): W x + (alpha / r) B A x with A, B of rank r trained and W frozen
+    lora_r: int = Field(0, ge=0, description="LoRA rank r; 0 = full fine-tuning, no adapter")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale alpha: the update is (alpha / r) B A")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input of the LoRA branch")
+    lora_target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="modules that get an adapter: 'all-linear' (all but the LM head) or names")
+    save_adapter: bool = Field(False, description="also write the LoRA adapter alone to <stage dir>/adapter/")
 
     @model_validator(mode="after")
     def _check_schedule(self) -> "TrainConfig":
         max_steps = getattr(self, "max_steps", None)  # None: DPO counts its steps from the epochs
         if max_steps is not None and self.warmup_steps > max_steps:
             raise ValueError("warmup_steps must not exceed max_steps")
+        if self.save_adapter and self.lora_r == 0:
+            raise ValueError("save_adapter needs an adapter: set lora_r > 0")
+        if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
+            raise ValueError("lora_target_modules must name at least one module (or be 'all-linear')")
         return self

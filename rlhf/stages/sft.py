@@ -39,6 +39,7 @@ from rlhf.train import (
     shard_and_split,
 )
 from rlhf.train.batching import additive_mask
+from rlhf.train.lora import finish_outputs, has_adapter, with_lora
 from rlhf.train.loop import TrainingRun
 
 
@@ -105,17 +106,18 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     source = _resolve(paths, cfg.model_path) if cfg.model_path else None
 
     # 2. model and tokenizer: the newest checkpoint of this config and these inputs, a local model,
-    #    or a new GPT-2
+    #    or a new GPT-2; with LoRA, an adapter on it (a checkpoint then holds only the adapter)
     inputs = [paths.sft_train, paths.tokenizer, *([source] if source else [])]
     run = TrainingRun(paths.checkpoints("sft"), inputs, cfg, accelerator)
     ckpt = run.resume_dir
     tokenizer = load_tokenizer(ckpt or (source if source and has_tokenizer(source) else paths.tokenizer))
-    if ckpt is not None:
+    if ckpt is not None and not has_adapter(ckpt):
         model = load_causal_lm(ckpt)
     elif source is not None:
         model = load_causal_lm(source)
     else:
         model = build_gpt2(tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.seed)
+    model = with_lora(model, cfg, resume=ckpt)
 
     # 3. data: chat-format token ids with a response-only loss mask; packed rows if asked
     train_rows, held_rows = read_jsonl(paths.sft_train), read_jsonl(paths.sft_heldout)
@@ -167,9 +169,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     train_loss = evaluate_loss(model, train_eval, tokenizer.pad_token_id, eval_batch, accelerator)
     held_loss = evaluate_loss(model, held_eval, tokenizer.pad_token_id, eval_batch, accelerator)
 
-    # 7. the final model + tokenizer, atomically
-    policy = accelerator.unwrap_model(model)
-    run.finish(out_dir, policy, tokenizer)
+    # 7. the final model + tokenizer, atomically (LoRA: merged, and the adapter if asked)
+    finish_outputs(run, out_dir, model, cfg, tokenizer)
 
     # 8. what happened, for the task to write and log; gold-judged samples of the saved model are
     #    evaluation's (rlhf/stages/sft_samples.py, run by the task), never training code's
