@@ -1,17 +1,22 @@
-"""`RewardModel`: a transformer backbone and a scalar head on one pooled token.
+"""`RewardModel`: a transformer backbone and a scalar head on one pooled token, saved as a standard
+`AutoModelForSequenceClassification` directory.
 
-Any local Hugging Face model that returns `last_hidden_state` works as the backbone: a causal LM
-directory (the SFT model; `AutoModel` keeps its transformer and drops the LM head) or an encoder
-such as BERT. The head follows Huang et al. 2024 ("N+ implementation details", reward-model
-details): a linear layer with weights ~ N(0, 1/(d_model+1)) and zero bias. Dropout is off.
+Any local Hugging Face model with a sequence-classification class works as the backbone: a causal
+LM directory (the SFT model, SmolLM2, Llama, ...: the transformer and a `score` head) or a BERT-like
+encoder (all-MiniLM-L6-v2: the transformer, its [CLS] pooler and a `classifier` head). The head
+follows Huang et al. 2024 ("N+ implementation details", reward-model details): weights ~
+N(0, 1/(d_model+1)), zero bias where the architecture's head has one. Dropout is off.
 
-Pooling follows the tokenizer the model scores with (both encode the chat text of rlhf/chat.py):
-- "last": a tokenizer with EOS (the project's, a causal LM's). Text = bos + prompt + response +
-  eos, and the head reads the last real token, the EOS closing the response; a causal model has
-  seen the whole dialogue only there.
-- "cls": an encoder's own tokenizer with [CLS] and no EOS (BERT, all-MiniLM-L6-v2). Text =
-  the tokenizer's own frame around prompt + response ([CLS] ... [SEP]), and the head reads the
-  first real token, [CLS], where such encoders were pre-trained to summarise the sequence.
+Pooling follows the tokenizer the model scores with (both encode the chat text of rlhf/chat.py),
+and reads the token that the architecture's own sequence classifier reads, so the saved directory
+gives the same scores in plain transformers (and TRL):
+- "last": a tokenizer with EOS (the project's, a causal LM's). Text = prompt + response + EOS in
+  the chat format; the head reads the last real token that is not the pad token: the EOS closing
+  the response when pad != eos (the project's tokenizer), the response's last token when pad == eos
+  (SmolLM2, Llama without pad). A causal model has seen the whole dialogue at either.
+- "cls": an encoder's own tokenizer with [CLS] and no EOS (BERT, all-MiniLM-L6-v2). Text = the
+  tokenizer's own frame around prompt + response ([CLS] ... [SEP]); the head reads the encoder's
+  pooler on [CLS], where such encoders were pre-trained to summarise the sequence.
 Over-long texts lose prompt tokens from the front, never the pooled token. The pooling and the
 tokenizer's origin are saved in `reward_config.json`, so a reloaded model (PPO, evaluation)
 encodes and pools as the trained one did. Callers score text (`score`, `score_pairs`), never a
@@ -23,12 +28,14 @@ stores their mean and std in `reward_norm.json`; `score`, `score_pairs` and `com
 so a typical demonstration scores about 0 and one std is 1 unit (N+ paper: "reward normalisation").
 `forward` returns raw rewards (what the Bradley-Terry loss trains).
 
-A saved model is a directory: the backbone (`config.json`, `model.safetensors`), the head
-(`reward_head.safetensors`), `reward_norm.json`, `reward_config.json` and the tokenizer.
+A saved model is a directory: `config.json` (architecture `<Model>ForSequenceClassification`, one
+label, `reward_norm`) and `model.safetensors` with the head, the tokenizer, `reward_norm.json` and
+`reward_config.json`.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -49,7 +56,8 @@ from rlhf.train.models import (
 )
 from rlhf.train.runtime import quiet_transformers
 
-HEAD_FILE, NORM_FILE, CONFIG_FILE = "reward_head.safetensors", "reward_norm.json", "reward_config.json"
+NORM_FILE, CONFIG_FILE = "reward_norm.json", "reward_config.json"
+HEAD_FILE = "reward_head.safetensors"  # the head alone, beside a LoRA adapter in a checkpoint (rlhf/train/lora.py)
 POOLINGS = ("last", "cls")
 
 
@@ -81,19 +89,53 @@ def encode_framed(tokenizer: Any, frame: tuple[list[int], list[int]], prompt: Pr
     return prefix + body[max(len(body) - keep, 0):] + suffix
 
 
-def _load_backbone(path: str | Path):
-    from transformers import AutoConfig, AutoModel
+def _load_sequence_classifier(path: str | Path):
+    """`AutoModelForSequenceClassification` (one label) from any local backbone or reward-model dir,
+    dropout off; the fresh head that a plain backbone gets is initialised without moving the global
+    RNG (the caller initialises it again, seeded)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True))
-    with quiet_transformers():
-        backbone = AutoModel.from_pretrained(str(path), config=config, dtype=torch.float32, local_files_only=True)
-    if getattr(backbone, "pooler", None) is not None:
-        backbone.pooler = None  # BERT's [CLS] pooler is unused: without it every parameter gets a gradient
-    return disable_dropout(backbone)
+    config.num_labels = 1
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # a backbone's missing head is expected, not worth a load report
+    try:
+        with quiet_transformers(), torch.random.fork_rng(devices=[]):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), config=config, dtype=torch.float32, local_files_only=True)
+    finally:
+        logging.set_verbosity(verbosity)
+    return disable_dropout(model)
+
+
+def split_classifier(model: Any) -> tuple[str, Any, torch.nn.Linear]:
+    """(head name, transformer, scalar head) of a sequence classifier: a decoder's `score` read at its
+    last token, or a BERT-like encoder's `classifier` on its [CLS] pooler. Other heads are refused."""
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear) and head.out_features == 1:
+            return name, model.base_model, head
+    raise ValueError(f"{type(model).__name__}: a reward model needs a linear one-output head (`score` of a "
+                     "decoder or `classifier` of a BERT-like encoder); this architecture has neither")
+
+
+def saved_head(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The head's tensors (`<name>.weight`, `<name>.bias`) from the safetensors files in `path`."""
+    from safetensors import safe_open
+
+    found = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            found |= {k[len(name) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(name + ".")}
+    if "weight" not in found:
+        raise ValueError(f"{path}: no `{name}.weight` in its safetensors files: not a saved reward model")
+    return found
 
 
 class RewardModel(torch.nn.Module):
-    def __init__(self, backbone: Any, tokenizer: Any, max_seq_len: int | None = None,
+    def __init__(self, backbone: Any, head: torch.nn.Linear, tokenizer: Any, max_seq_len: int | None = None,
                  norm: dict[str, float] | None = None, pooling: str | None = None,
                  tokenizer_source: str = "backbone"):
         super().__init__()
@@ -102,18 +144,25 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the backbone's embedding "
                              f"matrix has {rows} rows")
         self.backbone = backbone
+        self.head = head
         self.tokenizer = tokenizer
         self.tokenizer_source = tokenizer_source  # "backbone" (its own) or "project"; saved, for the record
-        self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
         self.max_seq_len = max_seq_len or max_positions(backbone.config)
         self.norm = dict(norm or {"mean": 0.0, "std": 1.0})
         self.pooling = pooling or pooling_for(tokenizer)
         assert self.pooling in POOLINGS, self.pooling
+        # the saved config's pad id is what `AutoModelForSequenceClassification` pools by
+        backbone.config.pad_token_id = tokenizer.pad_token_id
         if self.pooling == "cls":
             self._frame = special_frame(tokenizer)
             if not self._frame[0] or self._frame[0][0] != tokenizer.cls_token_id:
                 raise ValueError(f"pooling at [CLS] needs a tokenizer that puts {tokenizer.cls_token} first; "
                                  f"it frames text as {self._frame}")
+            if getattr(backbone, "pooler", None) is None:
+                raise ValueError(f"{type(backbone).__name__}: pooling at [CLS] needs the encoder's pooler layer")
+        elif getattr(backbone, "pooler", None) is not None:
+            raise ValueError(f"{type(backbone).__name__} is an encoder: its sequence classifier pools at [CLS], "
+                             "so it scores with its own tokenizer ([CLS] first), not one with an eos token")
         elif tokenizer.eos_token is None:
             raise ValueError("pooling at the last token needs a tokenizer with an eos token")
         # decoders and BERT-like encoders both take positions; count them over real tokens only
@@ -129,55 +178,75 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"{path}: no tokenizer saved with the backbone; pass one")
         source = "backbone" if tokenizer is None else "project"
         tokenizer = tokenizer if tokenizer is not None else load_reward_tokenizer(path)
-        model = cls(_load_backbone(path), tokenizer, max_seq_len, tokenizer_source=source)
+        _, backbone, head = split_classifier(_load_sequence_classifier(path))
+        model = cls(backbone, head, tokenizer, max_seq_len, tokenizer_source=source)
         d_model = model.head.in_features
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             torch.nn.init.normal_(model.head.weight, std=1.0 / math.sqrt(d_model + 1))  # N+ paper
-        torch.nn.init.zeros_(model.head.bias)
+        if model.head.bias is not None:
+            torch.nn.init.zeros_(model.head.bias)
         return model
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "RewardModel":
         """Load a directory written by `save_pretrained` (no pickle: safetensors + JSON)."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         extra = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         norm = json.loads((path / NORM_FILE).read_text(encoding="utf-8")) if (path / NORM_FILE).is_file() else None
-        # directories saved before pooling was recorded pooled the last token
-        model = cls(_load_backbone(path), load_reward_tokenizer(path), extra["max_seq_len"], norm,
-                    extra.get("pooling", "last"), extra.get("tokenizer", "backbone"))
-        model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-        return model
+        name, backbone, head = split_classifier(_load_sequence_classifier(path))
+        saved = saved_head(path, name)
+        if "bias" in saved and head.bias is None:  # a critic's head (rlhf/stages/ppo.py) carries a bias
+            head = torch.nn.Linear(head.in_features, 1)
+        head.load_state_dict(saved)
+        return cls(backbone, head, load_reward_tokenizer(path), extra["max_seq_len"], norm,
+                   extra["pooling"], extra.get("tokenizer", "backbone"))
 
     def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+        """A standard `AutoModelForSequenceClassification` directory (head included, so TRL and
+        plain transformers load it as it is), with the tokenizer, `reward_norm.json` and
+        `reward_config.json` (pooling, max_seq_len) beside it; the normalisation is also in the
+        config (`reward_norm`)."""
+        from transformers import AutoModelForSequenceClassification
 
         path = Path(path)
-        self.backbone.save_pretrained(path)
+        config = copy.deepcopy(self.backbone.config)
+        config.num_labels = 1
+        config.reward_norm = dict(self.norm)
+        with torch.device("meta"):
+            shell = AutoModelForSequenceClassification.from_config(config)
+        setattr(shell, split_classifier(shell)[0], self.head)  # the head as trained (a critic's keeps its bias)
+        setattr(shell, shell.base_model_prefix, self.backbone)
+        shell.config.architectures = [type(shell).__name__]
+        shell.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
         write_json(path / NORM_FILE, self.norm)
         write_json(path / CONFIG_FILE, {"max_seq_len": self.max_seq_len, "pooling": self.pooling,
                                         "tokenizer": self.tokenizer_source})
 
     # ---------- forward ----------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw rewards of (B, T) ids and mask (left or right padded) -> (B,)."""
+        """Raw rewards of (B, T) ids and mask (left or right padded) -> (B,); the same numbers as
+        the saved directory gives in `AutoModelForSequenceClassification`."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._positions:
             kwargs["position_ids"] = position_ids(attention_mask)  # (B, T), same as unpadded
         hidden = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
-        index = self.pooled_index(attention_mask)  # (B,)
+        index = self.pooled_index(input_ids, attention_mask)  # (B,)
         pooled = hidden[torch.arange(len(index), device=index.device), index]  # (B, H)
+        if self.pooling == "cls":  # BERT-like: the pre-trained pooler on [CLS], as its classifier reads it
+            pooler = self.backbone.pooler
+            pooled = pooler.activation(pooler.dense(pooled))
         return self.head(pooled).squeeze(-1).float()  # (B,)
 
-    def pooled_index(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) mask -> (B,) column the head reads: the first real token ([CLS]) or the last."""
+    def pooled_index(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B,) column the head reads: the first real token ([CLS]), or the last
+        real token that is not the pad token (a decoder's sequence classifier reads that one: with
+        pad == eos it is the response's last token, otherwise its EOS)."""
         mask = attention_mask.long()
         if self.pooling == "cls":
             return mask.argmax(dim=1)  # argmax returns the first maximum: the first real token
+        mask = mask * (input_ids != self.tokenizer.pad_token_id).long()
         cols = torch.arange(mask.shape[1], device=mask.device)  # (T,)
         return (mask * cols).argmax(dim=1)
 

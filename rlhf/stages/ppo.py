@@ -33,6 +33,7 @@ from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
 from rlhf.ops import masked_mean, masked_sum, masked_whiten
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
+from rlhf.reward.model import HEAD_FILE
 from rlhf.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -53,6 +54,15 @@ from rlhf.train import (
     scheduler_from,
     seed_everything,
 )
+from rlhf.train.lora import (
+    AdapterOff,
+    finish_outputs,
+    has_adapter,
+    lora_enabled,
+    transformers_model,
+    with_lora,
+    with_reward_lora,
+)
 from rlhf.train.loop import TrainingRun
 
 VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
@@ -72,12 +82,23 @@ def make_critic(reward_dir: Path, sft_dir: Path, tokenizer: Any, seed: int) -> R
     rm = RewardModel.from_pretrained(reward_dir)
     policy_type = AutoConfig.from_pretrained(str(sft_dir), local_files_only=True).model_type
     if rm.tokenizer.get_vocab() != tokenizer.get_vocab() or rm.backbone.config.model_type != policy_type:
-        return RewardModel.from_backbone(sft_dir, tokenizer, seed)
-    with torch.no_grad():
-        rm.head.weight /= rm.norm["std"]
-        rm.head.bias.sub_(rm.norm["mean"]).div_(rm.norm["std"])
+        critic = RewardModel.from_backbone(sft_dir, tokenizer, seed)
+        critic.head = value_head(critic.head, 0.0, 1.0)
+        return critic
+    rm.head = value_head(rm.head, rm.norm["mean"], rm.norm["std"])
     rm.norm = {"mean": 0.0, "std": 1.0}
     return rm
+
+
+def value_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.Linear:
+    """The head in normalised units, w' = w / std, b' = (b - mean) / std, with a bias even where the
+    reward model's head has none (a decoder's `score`): values need an offset."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        out = torch.nn.Linear(head.in_features, 1)
+        out.weight.copy_(head.weight / std)
+        bias = head.bias if head.bias is not None else torch.zeros(1)
+        out.bias.copy_((bias - mean) / std)
+    return out
 
 
 def token_values(critic: RewardModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -221,12 +242,19 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     run = TrainingRun(paths.checkpoints("ppo"), [paths.rl_prompts, sft_dir, reward_dir], cfg, accelerator)
     ckpt = run.resume_dir
     tokenizer = load_tokenizer(sft_dir)
-    policy = load_causal_lm(ckpt or sft_dir)
-    if ckpt is not None:
+    #    With LoRA, a checkpoint holds only the adapters (and the critic's head): the bases are
+    #    rebuilt from SFT and the reward model, and pi_ref is the policy with its adapter disabled.
+    full_ckpt = ckpt is not None and not has_adapter(ckpt)
+    policy = with_lora(load_causal_lm(ckpt if full_ckpt else sft_dir), cfg, ckpt)
+    if full_ckpt:
         critic = RewardModel.from_pretrained(ckpt / VALUE_DIR)
     else:
-        critic = make_critic(reward_dir, sft_dir, tokenizer, cfg.seed)
-    reference = load_causal_lm(sft_dir).requires_grad_(False).eval()
+        critic = with_reward_lora(make_critic(reward_dir, sft_dir, tokenizer, cfg.seed), cfg,
+                                  ckpt / VALUE_DIR if ckpt is not None else None, HEAD_FILE)
+    if lora_enabled(cfg):
+        reference = AdapterOff(policy)
+    else:
+        reference = load_causal_lm(sft_dir).requires_grad_(False).eval().to(accelerator.device)
     reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval()
     prompts = [r["prompt"] for r in read_jsonl(paths.rl_prompts)]
     assert len(prompts) >= cfg.rollout_batch_size, "fewer RL prompts than rollout_batch_size"
@@ -236,7 +264,6 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
     optimizers = {"policy": opt_policy, "value": opt_value}
     schedulers = {k: scheduler_from(o, cfg, cfg.max_steps) for k, o in optimizers.items()}  # per iteration
-    reference.to(accelerator.device)
     reward_model.to(accelerator.device)
     kl_ctl = (AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.beta))
@@ -253,7 +280,8 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         batch_prompts = [prompts[i] for i in order.batch(step)]
         with accelerator.autocast():
             batch, metrics = make_experience(
-                cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model,
+                cfg, transformers_model(accelerator.unwrap_model(policy)), reference, accelerator.unwrap_model(critic),
+                reward_model,
                 tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)  # sampling seed: f(seed, step)
         t1 = time.perf_counter()
         # 5. K epochs of clipped updates
@@ -274,8 +302,8 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
                        {"history": history, "kl_ctl": kl_ctl.state_dict()}, tokenizer)
     bar.close()
 
-    # 7. the final policy + tokenizer, atomically
-    run.finish(out_dir, policy, tokenizer)
+    # 7. the final policy + tokenizer, atomically (LoRA: merged, and the adapter if asked)
+    finish_outputs(run, out_dir, policy, cfg, tokenizer)
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
     return StageOutput(

@@ -66,10 +66,11 @@ def test_frozen_backbone_trains_only_the_head(world, tmp_path):
     for k, v in rm.backbone.state_dict().items():
         assert torch.equal(v, sft[k]), f"frozen {k} changed"
     assert not torch.equal(rm.head.weight, init.head.weight)
-    assert not torch.equal(rm.head.bias, init.head.bias)
 
 
-def test_bert_encoder_backbone(world, tmp_path):
+def test_an_encoder_without_its_own_tokenizer_is_refused(world, tmp_path):
+    """A BERT-like backbone pools at [CLS] and so needs its own tokenizer; paired with the project's
+    (EOS, no [CLS]) it would read a meaningless token, so the stage stops and says why."""
     from transformers import BertConfig, BertModel
 
     from rlhf.train import load_tokenizer
@@ -81,12 +82,8 @@ def test_bert_encoder_backbone(world, tmp_path):
     torch.manual_seed(0)
     BertModel(config).save_pretrained(bert_dir)
     paths = _fresh(world, tmp_path / "project")
-    out = run_reward(RewardConfig(**{**RM, "model_path": str(bert_dir), "max_steps": 10}), paths)
-    rm = RewardModel.from_pretrained(out.models["rlhf-reward"])
-    assert type(rm.backbone).__name__ == "BertModel"
-    assert rm.backbone.config.hidden_dropout_prob == 0 and rm.backbone.config.attention_probs_dropout_prob == 0
-    scores = rm.score(["\n\nHuman: hi\n\nAssistant: hello", "\n\nHuman: hi\n\nAssistant: I do not know."])
-    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+    with pytest.raises(ValueError, match="encoder.*own tokenizer"):
+        run_reward(RewardConfig(**{**RM, "model_path": str(bert_dir), "max_steps": 10}), paths)
 
 
 def test_encoder_with_its_own_tokenizer_trains_pools_at_cls_and_reloads(world, tmp_path):
@@ -95,7 +92,7 @@ def test_encoder_with_its_own_tokenizer_trains_pools_at_cls_and_reloads(world, t
     import random
 
     from rlhf.chat import prompt_text, response_text
-    from rlhf.reward.model import _load_backbone
+    from rlhf.reward.model import _load_sequence_classifier, split_classifier
     from rlhf.train import read_jsonl
     from tests.encoders import save_tiny_bert, train_wordpiece
 
@@ -113,7 +110,7 @@ def test_encoder_with_its_own_tokenizer_trains_pools_at_cls_and_reloads(world, t
     rm = RewardModel.from_pretrained(model_dir)
     assert rm.tokenizer.get_vocab() == wp.get_vocab() and rm.tokenizer.eos_token is None  # not the project's
     assert rm.encode("hi", "hello")[0] == wp.cls_token_id
-    init = _load_backbone(bert_dir).state_dict()
+    init = split_classifier(_load_sequence_classifier(bert_dir))[1].state_dict()
     assert any(not torch.equal(v, rm.backbone.state_dict()[k]) for k, v in init.items())  # trained
     # the reloaded model scores the stage's own normalisation sample as the trained model did
     demos = read_jsonl(world.sft_train)

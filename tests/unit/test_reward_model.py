@@ -36,9 +36,18 @@ def bert_dir(tok, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("backbone", ["gpt2_dir", "bert_dir"])
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    from tests.chatml import save_tiny_chat_llama
+
+    return save_tiny_chat_llama(tmp_path_factory.mktemp("llama"))  # ChatML, pad == eos
+
+
+@pytest.mark.parametrize("backbone", ["gpt2_dir", "llama_dir"])
 def test_padded_batch_scores_like_unpadded_sequences(backbone, tok, request):
-    rm = RewardModel.from_backbone(request.getfixturevalue(backbone), tokenizer=tok, seed=0)
+    own = backbone == "llama_dir"  # the Llama scores with its own tokenizer and chat template
+    rm = RewardModel.from_backbone(request.getfixturevalue(backbone), tokenizer=None if own else tok, seed=0)
+    tok = rm.tokenizer
     seqs = [rm.encode(r["prompt"], r["response"]) for r in sft_rows(3)]
     seqs[1] = seqs[1][:-5]
     assert len({len(s) for s in seqs}) > 1
@@ -53,7 +62,7 @@ def test_padded_batch_scores_like_unpadded_sequences(backbone, tok, request):
 
 def test_head_init_and_dropout_off(gpt2_dir, tok):
     rm = RewardModel.from_backbone(gpt2_dir, tokenizer=tok, seed=1)
-    assert torch.all(rm.head.bias == 0)
+    assert rm.head.bias is None  # a decoder's `score` head has no bias
     std = rm.head.weight.std().item()
     assert std == pytest.approx(1 / math.sqrt(32 + 1), rel=0.35)  # 32 samples of N(0, 1/33)
     assert all(m.p == 0 for m in rm.modules() if isinstance(m, torch.nn.Dropout))
@@ -107,10 +116,11 @@ def test_encoder_uses_its_own_tokenizer_and_pools_at_cls(encoder_dir):
     expected = tok.encode(prompt_text(row["prompt"]) + response_text(row["response"]), add_special_tokens=True)
     assert ids == expected  # the tokenizer's own [CLS] ... [SEP] around the chat text
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
-    # the score is the head on the hidden state at [CLS] (column 0), whatever follows it
+    # the score is the head on the encoder's pooler at [CLS] (column 0), whatever follows it
     x = torch.tensor([ids])
     hidden = rm.backbone(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state  # (1, T, H)
-    torch.testing.assert_close(rm(x, torch.ones_like(x)), rm.head(hidden[:, 0]).squeeze(-1), rtol=1e-5, atol=1e-6)
+    pooled = torch.tanh(rm.backbone.pooler.dense(hidden[:, 0]))
+    torch.testing.assert_close(rm(x, torch.ones_like(x)), rm.head(pooled).squeeze(-1), rtol=1e-5, atol=1e-6)
 
 
 def test_encoder_padded_batch_scores_like_unpadded_sequences(encoder_dir):
@@ -171,3 +181,44 @@ def test_causal_backbone_pools_the_last_real_token(gpt2_dir, tok):
     last = torch.tensor([len(s) - 1 for s in seqs])
     expected = rm.head(hidden[torch.arange(2), last]).squeeze(-1)
     torch.testing.assert_close(rm(ids, mask), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pad_equal_to_eos_pools_the_last_token_before_padding(llama_dir):
+    """With pad == eos (SmolLM2, Llama) the head reads the response's last token, as the
+    architecture's own sequence classifier does: the EOS is indistinguishable from padding."""
+    rm = RewardModel.from_backbone(llama_dir, seed=0)
+    tok = rm.tokenizer
+    assert tok.pad_token_id == tok.eos_token_id
+    ids = torch.tensor([rm.encode("How do I water a fern?", "Weekly.")])  # ends with EOS
+    assert ids[0, -1] == tok.eos_token_id
+    assert rm.pooled_index(ids, torch.ones_like(ids)).item() == ids.shape[1] - 2
+
+
+@pytest.mark.parametrize("backbone", ["gpt2_dir", "llama_dir", "encoder_dir"])
+def test_saved_reward_model_is_a_standard_sequence_classifier(backbone, tok, request, tmp_path):
+    """Plain `AutoModelForSequenceClassification` loads the saved directory, head included, and
+    scores a right-padded batch exactly as the reward model does (raw units; the normalisation is
+    in its config)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.train import pad
+
+    project = backbone == "gpt2_dir"
+    rm = RewardModel.from_backbone(request.getfixturevalue(backbone), tokenizer=tok if project else None, seed=2)
+    with torch.no_grad():
+        rm.head.weight.normal_()  # a trained-looking head, far from its small init
+    rm.norm = {"mean": 0.25, "std": 2.0}
+    rm.save_pretrained(tmp_path)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path, local_files_only=True).eval()
+    assert plain.config.num_labels == 1 and plain.config.reward_norm == {"mean": 0.25, "std": 2.0}
+    seqs = [rm.encode(r["prompt"], r["response"]) for r in sft_rows(3)]
+    ids, mask = pad(seqs, rm.tokenizer.pad_token_id), pad([[1] * len(s) for s in seqs], 0)
+    with torch.no_grad():
+        expected = rm(ids, mask)
+        got = plain(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_with_a_causal_tokenizer_is_refused(bert_dir, tok):
+    with pytest.raises(ValueError, match="pools at \\[CLS\\]"):
+        RewardModel.from_backbone(bert_dir, tokenizer=tok)
