@@ -18,6 +18,14 @@ KEY_METRICS = {
     "ppo": ["objective/scores", "objective/kl"],
     "dpo": ["eval/rewards/accuracies", "eval/rewards/accuracies_gold"],
 }
+# the evaluate table: column -> metric (docs/metrics.md); gold, proxy and KL first, then the optional judges
+EVALUATE_COLUMNS = {
+    "helpfulness": "eval/helpfulness/benign", "safety": "eval/safety/harmful",
+    "ppo_score": "eval/proxy/ppo_score", "rm_score": "eval/proxy/rm_score", "kl_to_ref": "eval/kl_to_ref",
+    "judge_rm": "eval/rm/score", "rm_win": "eval/rm/win_rate", "refuse_adv": "eval/refusal/advbench",
+    "refuse_xs": "eval/refusal/xstest_unsafe", "comply_xs": "eval/compliance/xstest_safe",
+    "llm_help": "eval/llm/helpfulness/benign", "llm_safety": "eval/llm/safety/harmful",
+}
 
 
 def _fmt(value) -> str:
@@ -34,14 +42,13 @@ def print_summary(root: Path = Path(".")) -> None:
             continue
         metrics = json.loads(file.read_text())
         if stage == "evaluate":
-            columns = {"helpfulness": "eval/helpfulness/benign", "safety": "eval/safety/harmful",
-                       "ppo_score": "eval/proxy/ppo_score", "rm_score": "eval/proxy/rm_score",
-                       "kl_to_ref": "eval/kl_to_ref"}
+            policies = {p: m for p, m in metrics.items() if isinstance(m, dict)}
+            # a judge's column only when some policy reports it (gold needs the world's prompts)
+            columns = {c: k for c, k in EVALUATE_COLUMNS.items() if any(k in m for m in policies.values())}
             print(f"  {stage:<10} {'policy':<7} " + "  ".join(f"{c:>10}" for c in columns))
-            for policy, m in metrics.items():
-                if isinstance(m, dict):
-                    row = [m.get(k) for k in columns.values()]
-                    print(f"  {'':<10} {policy:<7} " + "  ".join(f"{_fmt(v):>10}" for v in row))
+            for policy, m in policies.items():
+                row = [m.get(k, "-") for k in columns.values()]
+                print(f"  {'':<10} {policy:<7} " + "  ".join(f"{_fmt(v):>10}" for v in row))
             continue
         shown = {k: metrics[k] for k in KEY_METRICS.get(stage, []) if k in metrics}
         print(f"  {stage:<10} " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))

@@ -122,7 +122,7 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
     missing_eos_score = proxy_missing_eos_score(ppo, policies)
     reference = load_causal_lm(policies["sft"]).to(device).eval()
     reward_model = RewardModel.from_pretrained(paths.reward / "model").to(device).eval()
-    judge_rm, judge_rm_dir = reward_model, paths.reward / "model"
+    judge_rm = reward_model
     if "reward_model" in cfg.judges and cfg.reward_model_path is not None:
         judge_rm_dir = paths.root / cfg.reward_model_path
         check_reward_model_dir(judge_rm_dir, "evaluate.reward_model_path")
@@ -180,7 +180,8 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
         metrics[name], missing = judged.metrics, {**missing, **judged.missing}
 
     # 6. every sample, for reading and for later analysis, and the summary report
-    report = summary(metrics, missing, set_counts(prompts), cfg.judges, str(judge_rm_dir), cfg.bootstrap_samples)
+    rm_label = cfg.reward_model_path or "artifacts/reward/model (the pipeline's)"
+    report = summary(metrics, missing, set_counts(prompts), cfg.judges, rm_label, cfg.bootstrap_samples)
     with atomic_dir(paths.evaluate) as tmp:
         write_jsonl(tmp / "samples.jsonl", [r for policy_rows in rows.values() for r in policy_rows])
         (tmp / "summary.md").write_text(report, encoding="utf-8")

@@ -11,7 +11,7 @@ from flows.pipeline import stage_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["data", "validate", "tokenizer", "sft", "reward", "ppo", "dpo", "evaluate"]
-POLICIES = ("sft", "ppo", "dpo")  # the first level of evaluate's nested metrics
+POLICIES = re.compile(r"sft|ppo|dpo|bon\d+")  # the first level of evaluate's nested metrics (bon<n>: best-of-n)
 
 TINY_PARAMS = """
 data: {n_sft_train: 120, n_sft_heldout: 24, n_pref_train: 96, n_pref_heldout: 32, n_rl_prompts: 16, n_eval_prompts: 12}
@@ -52,7 +52,7 @@ def logged(stage: str) -> set[str]:
     (run,) = [r for r in runs if r.data.tags.get("stage") == stage]
     keys = set(run.data.metrics)
     if stage == "evaluate":
-        keys = {k.split("/", 1)[1] if k.split("/", 1)[0] in POLICIES else k for k in keys}
+        keys = {k.split("/", 1)[1] if POLICIES.fullmatch(k.split("/", 1)[0]) else k for k in keys}
     return keys
 
 

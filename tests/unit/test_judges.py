@@ -189,3 +189,17 @@ def test_bad_judge_params_are_named(tmp_path, text, message):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config("evaluate", tmp_path / "params.yaml")
+
+
+# ---------- docs ----------
+def test_docs_list_every_refusal_phrase_and_the_rubric_verbatim():
+    from pathlib import Path
+
+    from rlhf.judges.llm import RUBRIC
+    from rlhf.judges.refusal import ANYWHERE_PHRASES, LEADING_PHRASES
+
+    doc = (Path(__file__).resolve().parents[2] / "docs/judges.md").read_text(encoding="utf-8")
+    lead, anywhere = doc.split("- starts with one of:")[1].split("- or contains one of:")
+    assert [p for p in LEADING_PHRASES if f"`{p}`" not in lead] == []
+    assert [p for p in ANYWHERE_PHRASES if f"`{p}`" not in anywhere.split("\n\n")[0]] == []
+    assert RUBRIC in doc
