@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from rlhf.config.base import StageConfig
@@ -25,9 +27,50 @@ def _check_mix(name: str, mix: dict[str, float]) -> None:
         raise ValueError(f"{name}: shares must sum to 1 (got {sum(mix.values()):.6f})")
 
 
-class DataConfig(StageConfig):
-    """`data` section: the embedded world's datasets (SFT demos, preference pairs, RL/eval prompts)."""
+class FileSpec(StageConfig):
+    """One user dataset: a file or a folder of files (JSON Lines, plain or .gz, JSON, CSV, Parquet)."""
 
+    path: str = Field(min_length=1, description="file or folder; a relative path is read from the folder the stage runs in")
+    format: str = Field("auto", description="record layout ('auto': detected; docs/data.md lists the names)")
+    max_rows: int | None = Field(None, ge=1, description="read only the first rows (a slice for CPU runs); null: all")
+
+
+class PromptSetSpec(FileSpec):
+    """A named evaluation prompt set (AdvBench, XSTest, MT-Bench, or plain prompts)."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="the set's name, its `set` column in eval_prompts")
+
+
+class DataFiles(StageConfig):
+    """The user's datasets, read when `source: files` (rlhf.userdata)."""
+
+    sft: FileSpec | None = Field(None, description="SFT demonstrations; null: the chosen responses (sft_from_chosen)")
+    preference: FileSpec | None = Field(None, description="preference pairs (required with source: files)")
+    rl_prompts: FileSpec | None = Field(None, description="PPO prompts; null: the training prompts of the pairs")
+    eval_prompts: list[PromptSetSpec] = Field(
+        default_factory=list, description="evaluation prompt sets, besides the held-out prompts (set 'heldout')"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataFiles":
+        names = [s.name for s in self.eval_prompts]
+        if "heldout" in names or len(set(names)) < len(names):
+            raise ValueError("eval_prompts: set names must differ from each other and from 'heldout'")
+        return self
+
+
+class DataConfig(StageConfig):
+    """`data` section: the embedded world's datasets (SFT demos, preference pairs, RL/eval prompts),
+    or the user's own files (`source: files`)."""
+
+    source: Literal["world", "files"] = Field(
+        "world", description="'world': generate the embedded world; 'files': read `files` (the n_*, mix and "
+        "world fields are then ignored)"
+    )
+    files: DataFiles = Field(default_factory=DataFiles, description="the user's datasets (source: files)")
+    sft_from_chosen: bool = Field(
+        True, description="source: files without an sft file: SFT demonstrations are the chosen responses"
+    )
     seed: int = Field(0, ge=0, description="seed of the prompt split, the responses and the rater noise")
     n_sft_train: int = Field(4000, ge=1, description="SFT demonstrations for training")
     n_sft_heldout: int = Field(300, ge=1, description="SFT demonstrations on held-out prompts")
@@ -37,7 +80,7 @@ class DataConfig(StageConfig):
     n_eval_prompts: int = Field(200, ge=1, description="held-out prompts for evaluation")
     harmful_share: float = Field(0.27, ge=0, le=1, description="share of harmful requests in every split")
     heldout_fraction: float = Field(
-        0.15, gt=0, lt=1, description="share of distinct prompt strings reserved for the held-out splits"
+        0.15, gt=0, lt=1, description="share of distinct prompts reserved for the held-out splits"
     )
     bt_temperature: float = Field(
         0.7, gt=0, description="T: raters pick a over b with p = sigmoid((u_a - u_b) / T) (Bradley-Terry)"
@@ -53,4 +96,9 @@ class DataConfig(StageConfig):
     def _check(self) -> "DataConfig":
         _check_mix("benign_mix", self.benign_mix)
         _check_mix("harmful_mix", self.harmful_mix)
+        if self.source == "files":
+            if self.files.preference is None:
+                raise ValueError("files.preference: source 'files' needs a preference file (reward model, DPO)")
+            if self.files.sft is None and not self.sft_from_chosen:
+                raise ValueError("files.sft: no SFT file and sft_from_chosen is false: no SFT demonstrations")
         return self

@@ -1,6 +1,7 @@
-"""The `data` stage: write the embedded world's six datasets and report how hard they are.
+"""The `data` stage: write the six datasets, from the embedded world (`source: world`, the
+default) or from the user's own files (`source: files`, `run_files`; docs/data.md).
 
-Steps of `run_data`:
+Steps of `run_world`:
   1. enumerate every prompt string and split the strings, by a seeded shuffle, into a training
      pool and a held-out pool (so no split of one side can share a prompt with the other);
   2. sample each split's prompts from its pool with the configured harmful share;
@@ -9,20 +10,35 @@ Steps of `run_data`:
      labelled by sampling a Bradley-Terry rater, P(a preferred) = sigmoid((u_a - u_b) / T);
   5. check the split, write every file atomically, and return the datasets' gold statistics.
 
-The builders live in `rlhf.world.generate`; this file wires them to the config and the files.
+Steps of `run_files`:
+  1. read each configured file or folder (`rlhf.userdata.read`: the `datasets` library, the layout
+     detected or forced, every row checked; a problem stops the stage naming file, row and field);
+  2. split the distinct prompts into train and held-out, and derive the SFT demonstrations (when no
+     SFT file is given), RL prompts and evaluation prompt sets (`rlhf.userdata.split`);
+  3. check that no held-out prompt is a train prompt, write every file atomically, and report the
+     formats read (summary.md, sources.json) and the row counts.
+
+The builders live in `rlhf.world.generate` and `rlhf.userdata`; this file wires them to the config
+and the files.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 from rlhf.config.base import ConfigError
-from rlhf.config.data import DataConfig
-from rlhf.files import write_jsonl, write_text
+from rlhf.config.data import DataConfig, FileSpec
+from rlhf.files import write_json, write_jsonl, write_text
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
+from rlhf.userdata.read import Source, read_source
+from rlhf.userdata.split import Splits, build_splits
+from rlhf.validation.formats import FORMATS
+from rlhf.validation.readers import frame_of
+from rlhf.validation.validate import overlap_report
 from rlhf.world.generate import (
     base_row,
     bayes_optimal_accuracy,
@@ -63,6 +79,10 @@ def summary_markdown(metrics: dict[str, float], splits: dict[str, list[dict[str,
 
 
 def run_data(cfg: DataConfig, paths: Paths) -> StageOutput:
+    return run_files(cfg, paths) if cfg.source == "files" else run_world(cfg, paths)
+
+
+def run_world(cfg: DataConfig, paths: Paths) -> StageOutput:
     check_styles(cfg)
     mixes = (cfg.benign_mix, cfg.harmful_mix)
     # 1. split the prompt universe by string
@@ -115,3 +135,89 @@ def run_data(cfg: DataConfig, paths: Paths) -> StageOutput:
     write_text(summary, summary_markdown(metrics, splits))
     return StageOutput(metrics=metrics, inputs={}, reports=[summary],
                        tables={"pref_heldout_sample.json": splits["pref_heldout"][:20]})
+
+
+# --- source: files ---
+def check_formats(cfg: DataConfig) -> None:
+    """Every forced format is one of its kind's (a ConfigError naming the key)."""
+    for key, kind, spec in entries(cfg):
+        if spec.format != "auto" and spec.format not in FORMATS[kind]:
+            raise ConfigError(f"data.files.{key}.format: unknown {kind} format {spec.format!r}; "
+                              f"expected auto or one of {', '.join(FORMATS[kind])}")
+
+
+def entries(cfg: DataConfig) -> list[tuple[str, str, FileSpec]]:
+    """(params key under data.files, dataset kind, spec) of every configured file."""
+    files = cfg.files
+    out = [(name, kind, spec) for name, kind, spec in (
+        ("preference", "preference", files.preference), ("sft", "sft", files.sft),
+        ("rl_prompts", "prompts", files.rl_prompts)) if spec is not None]
+    return out + [(f"eval_prompts.{s.name}", "prompts", s) for s in files.eval_prompts]
+
+
+def run_files(cfg: DataConfig, paths: Paths) -> StageOutput:
+    check_formats(cfg)
+    # 1. read every configured file (a relative path is read from the folder the stage runs in)
+    sources = {key: read_source(paths.root / spec.path, kind, key, paths.state / "datasets", spec.format,
+                                spec.max_rows)
+               for key, kind, spec in entries(cfg)}
+
+    # 2. split by prompt; derive what was not given
+    def rows(key: str) -> list[dict[str, Any]] | None:
+        return sources[key].rows if key in sources else None
+
+    eval_sets = {s.name: sources[f"eval_prompts.{s.name}"].rows for s in cfg.files.eval_prompts}
+    splits = build_splits(rows("preference"), rows("sft"), rows("rl_prompts"), eval_sets,
+                          cfg.heldout_fraction, cfg.seed)
+
+    # 3. check, write, report
+    frames = {name: frame_of(r, range(1, len(r) + 1)) for name, r in splits.datasets.items()}
+    overlap = overlap_report({n: frames[n] for n in TRAIN}, {n: frames[n] for n in HELDOUT})
+    if not overlap.ok:  # the split is built to prevent it: a bug, not a data problem
+        raise AssertionError(overlap.summary())
+    for name, data in splits.datasets.items():
+        write_jsonl(getattr(paths, name), data)
+    metrics = files_metrics(sources, splits)
+    table = [{"entry": s.entry, "file": file, "format": fmt} for s in sources.values() for file, fmt in s.formats.items()]
+    reports = [paths.data / "summary.md", paths.data / "sources.json"]
+    write_text(reports[0], files_summary(metrics, sources, splits))
+    write_json(reports[1], table)
+    inputs = {f"{s.entry}/{Path(file).name}": Path(file) for s in sources.values() for file in s.formats}
+    return StageOutput(metrics=metrics, inputs=inputs, reports=reports,
+                       tables={"sources.json": table, "pref_heldout_sample.json": splits.datasets["pref_heldout"][:20]})
+
+
+TRAIN = ("sft_train", "pref_train", "rl_prompts")
+HELDOUT = ("sft_heldout", "pref_heldout", "eval_prompts")
+
+
+def files_metrics(sources: dict[str, Source], splits: Splits) -> dict[str, float]:
+    def read(key: str) -> float:
+        return float(sum(s.n_read for k, s in sources.items() if k == key or k.startswith(key + ".")))
+
+    metrics = {f"rows/{name}": float(len(r)) for name, r in splits.datasets.items()}
+    metrics |= {f"data/rows_read/{key}": read(key) for key in ("sft", "preference", "rl_prompts", "eval_prompts")}
+    metrics |= {
+        "data/heldout_prompt_share": splits.heldout_share,
+        "data/prompt_overlap": 0.0,
+        "data/dropped/duplicates": float(sum(s.duplicates for s in sources.values())),
+        **{f"data/dropped/{k}": float(v) for k, v in splits.dropped.items()},
+        "data/warnings": float(sum(len(s.warnings) for s in sources.values())),
+    }
+    return metrics
+
+
+def files_summary(metrics: dict[str, float], sources: dict[str, Source], splits: Splits) -> str:
+    lines = ["# User datasets", "", "| entry | file | format | rows read | duplicates dropped |",
+             "| --- | --- | --- | ---: | ---: |"]
+    for s in sources.values():
+        for file, fmt in s.formats.items():
+            lines.append(f"| {s.entry} | {file} | {fmt} | {s.n_read} | {s.duplicates} |")
+    lines += ["", "| metric | value |", "| --- | --- |", *(f"| {k} | {v:.4g} |" for k, v in metrics.items())]
+    warnings = [w for s in sources.values() for w in s.warnings]
+    if warnings:
+        lines += ["", f"## Warnings ({len(warnings)})", "", *(f"- {w}" for w in warnings[:10])]
+    pair = splits.datasets["pref_heldout"][0]
+    lines += ["", "## An example preference pair (held-out)", "", f"- prompt: {pair['prompt']!r:.500}",
+              f"- chosen: {pair['chosen']!r:.500}", f"- rejected: {pair['rejected']!r:.500}", ""]
+    return "\n".join(lines)
