@@ -37,17 +37,20 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLEsti
     raise ValueError(f"unknown KL estimator {kind!r}; expected 'k1' or 'k3'")
 
 
-def penalise_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, missing_eos_score: float) -> torch.Tensor:
+def penalise_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, missing_eos_score: float | None) -> torch.Tensor:
     """The sequence score r(x, y) PPO optimises: the reward model's, unless the response has no EOS.
 
     r(x, y) = r_RM(x, y)          if y ended with EOS within max_new_tokens
             = missing_eos_score   otherwise
     The "EOS trick" of Huang et al. (2024, "N+ implementation details"): a response cut off by the
     length limit is not scored by the reward model, so the policy cannot gain by rambling on.
+    `missing_eos_score=None` turns it off (r = r_RM for every response).
     Evaluation reports its proxy with this same function, so that it is the score PPO optimised.
     Shapes: scores (B,), has_eos (B,) bool (or 0/1) -> (B,), dtype and device of `scores`.
     """
     assert scores.shape == has_eos.shape, f"one EOS flag per score: {tuple(has_eos.shape)} vs {tuple(scores.shape)}"
+    if missing_eos_score is None:
+        return scores
     has_eos = has_eos.to(device=scores.device, dtype=torch.bool)
     return torch.where(has_eos, scores, torch.full_like(scores, missing_eos_score))
 

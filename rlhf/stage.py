@@ -51,3 +51,9 @@ def skip_stage(stage_dir: Path, stage: str) -> StageOutput:
 
 def is_skipped(stage_dir: Path) -> bool:
     return (stage_dir / SKIPPED).exists()
+
+
+def have(rows: list[dict[str, Any]], *columns: str) -> bool:
+    """Whether every row holds a value in each column: the embedded world's gold columns (`*_gold`,
+    `p_chosen`, ...) are optional, and metrics that need them are left out when they are missing."""
+    return bool(rows) and all(r.get(c) is not None for r in rows for c in columns)

@@ -21,7 +21,8 @@ class PPOConfig(TrainConfig):
     temperature: float = Field(0.7, gt=0, le=2, description="T: sampling temperature; log-probs use logits / T")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p; must be 1 (see _check)")
     max_new_tokens: int = Field(64, ge=1, description="longest response in tokens")
-    missing_eos_score: float = Field(-1.0, description="score r given to a response with no EOS (normalised RM units)")
+    missing_eos_score: float | None = Field(
+        -1.0, description="score r given to a response with no EOS (normalised RM units); null: the RM scores it")
 
     # --- reward shaping ---
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator in the penalty (Schulman 2020)")
@@ -64,6 +65,6 @@ class PPOConfig(TrainConfig):
             # log-probs use the full softmax(logits / T): off-policy samples and a biased k1 KL
             raise ValueError("top_p < 1 is not supported by PPO: rollouts must come from the policy whose "
                              "log-probs are trained (softmax(logits / T)); set top_p: 1.0 and tune temperature")
-        if self.missing_eos_score > 0:
+        if self.missing_eos_score is not None and self.missing_eos_score > 0:
             raise ValueError("missing_eos_score is a penalty: it must be <= 0")
         return self

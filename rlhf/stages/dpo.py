@@ -22,7 +22,7 @@ from rlhf.config.dpo import DPOConfig
 from rlhf.logprobs import sequence_logprobs
 from rlhf.losses.dpo import dpo_loss, ipo_loss
 from rlhf.paths import Paths
-from rlhf.stage import StageOutput, skip_stage
+from rlhf.stage import StageOutput, have, skip_stage
 from rlhf.train import (
     BatchOrder,
     collate_sft,
@@ -38,6 +38,7 @@ from rlhf.train import (
     seed_everything,
     shard_and_split,
 )
+from rlhf.train.lora import AdapterOff, finish_outputs, has_adapter, lora_enabled, with_lora
 from rlhf.train.loop import TrainingRun
 from rlhf.train.models import max_positions
 
@@ -96,16 +97,19 @@ def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tenso
     log-probs after `reduce_logps`, the quantities the loss compares."""
     rewards = cfg.beta * (policy - reference)  # (N, 2) implicit rewards r_hat
     margin = rewards[:, 0] - rewards[:, 1]  # (N,)
-    gold = torch.tensor([r["chosen_gold"] - r["rejected_gold"] for r in rows])  # (N,)
-    decided = gold != 0
-    agree = (margin > 0) == (gold > 0)
-    return {
+    metrics = {
         "eval/rewards/accuracies": float((margin > 0).float().mean()),
-        "eval/rewards/accuracies_gold": float(agree[decided].float().mean()) if decided.any() else float("nan"),
         "eval/rewards/margins": float(margin.mean()),
         "eval/rewards/chosen": float(rewards[:, 0].mean()),
         "eval/rewards/rejected": float(rewards[:, 1].mean()),
     }
+    if have(rows, "chosen_gold", "rejected_gold"):  # the embedded world's gold utilities
+        gold = torch.tensor([r["chosen_gold"] - r["rejected_gold"] for r in rows])  # (N,)
+        decided = gold != 0
+        agree = (margin > 0) == (gold > 0)
+        if decided.any():
+            metrics["eval/rewards/accuracies_gold"] = float(agree[decided].float().mean())
+    return metrics
 
 
 def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
@@ -119,8 +123,13 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     sft_dir = paths.sft / "model"
     run = TrainingRun(paths.checkpoints("dpo"), [paths.pref_train, sft_dir], cfg, accelerator)
     tokenizer = load_tokenizer(sft_dir)
-    policy = load_causal_lm(run.resume_dir or sft_dir)
-    reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)
+    resume = run.resume_dir
+    policy = load_causal_lm(resume if resume is not None and not has_adapter(resume) else sft_dir)
+    if lora_enabled(cfg):  # pi_ref = the SFT weights under the adapter, switched off: no second copy
+        policy = with_lora(policy, cfg, resume).to(accelerator.device)
+        reference = AdapterOff(policy)
+    else:
+        reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)
 
     # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens
     max_len = min(cfg.max_seq_len, max_positions(policy.config))
@@ -192,8 +201,9 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     last = history[-1] if history else {}
     metrics.update({k: last[k] for k in ("loss/dpo", "rewards/accuracies", "rewards/margins") if k in last})
 
-    # 7. the final policy + tokenizer, atomically; checkpoints are no longer needed
-    run.finish(out_dir, model, tokenizer)
+    # 7. the final policy + tokenizer, atomically (LoRA: merged, and the adapter if asked);
+    #    checkpoints are no longer needed
+    finish_outputs(run, out_dir, model, cfg, tokenizer)
     return StageOutput(
         metrics=metrics,
         history=history,

@@ -59,6 +59,7 @@ from rlhf.train.lora import (
     finish_outputs,
     has_adapter,
     lora_enabled,
+    saved_form,
     transformers_model,
     with_lora,
     with_reward_lora,
@@ -298,7 +299,8 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
-        run.checkpoint(step + 1, cfg.max_steps, {"": policy, VALUE_DIR: critic}, optimizers, schedulers,
+        critic_saved = saved_form(accelerator.unwrap_model(critic), HEAD_FILE)  # LoRA: its adapter and head
+        run.checkpoint(step + 1, cfg.max_steps, {"": policy, VALUE_DIR: critic_saved}, optimizers, schedulers,
                        {"history": history, "kl_ctl": kl_ctl.state_dict()}, tokenizer)
     bar.close()
 

@@ -11,7 +11,6 @@ which must fit the backbone's embedding matrix.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import torch
 from rlhf.config.reward import RewardConfig
 from rlhf.losses.reward import bradley_terry_loss
 from rlhf.paths import Paths
-from rlhf.reward.model import RewardModel
-from rlhf.stage import StageOutput
+from rlhf.reward.model import HEAD_FILE, RewardModel
+from rlhf.stage import StageOutput, have
 from rlhf.train import (
     BatchOrder,
     Throughput,
@@ -38,38 +37,33 @@ from rlhf.train import (
     seed_everything,
     shard_and_split,
 )
+from rlhf.train.lora import finish_outputs, has_adapter, saved_form, with_reward_lora
 from rlhf.train.loop import TrainingRun
 
 
-def bayes_optimal_accuracy(paths: Paths, heldout: list[dict[str, Any]]) -> float:
-    """The data stage's `data/bayes_optimal_accuracy` if it wrote one, else mean(max(p, 1-p)) over the
-    held-out pairs: the accuracy of a model that knows every pair's true preference probability."""
-    metrics_file = paths.metrics_file("data")
-    if metrics_file.is_file():
-        value = json.loads(metrics_file.read_text(encoding="utf-8")).get("data/bayes_optimal_accuracy")
-        if isinstance(value, (int, float)) and value > 0:
-            return float(value)
-    return sum(max(r["p_chosen"], 1.0 - r["p_chosen"]) for r in heldout) / len(heldout)
-
-
-def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], bayes: float, batch_size: int) -> dict[str, float]:
-    """Accuracy against the noisy labels, against the gold ordering (ties skipped), over Bayes."""
+def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], batch_size: int) -> dict[str, float]:
+    """Accuracy against the labels, and where the rows carry the embedded world's columns, against
+    the gold ordering (ties skipped) and over the Bayes-optimal accuracy mean(max(p, 1 - p)) of a
+    model that knows every pair's true preference probability `p_chosen`."""
     seqs = [model.encode(r["prompt"], r["chosen"]) for r in rows]
     seqs += [model.encode(r["prompt"], r["rejected"]) for r in rows]  # (2N,): chosen first
     chosen, rejected = model.raw_scores(seqs, batch_size).chunk(2)  # (N,), (N,)
     loss, m = bradley_terry_loss(chosen, rejected)
     wins = chosen > rejected  # (N,)
-    gold = [(i, r["chosen_gold"] > r["rejected_gold"]) for i, r in enumerate(rows)
-            if r["chosen_gold"] != r["rejected_gold"]]
     accuracy = float(wins.float().mean())
-    return {
+    metrics = {
         "eval/rewards/accuracies": accuracy,
-        "eval/rewards/accuracies_gold": sum(bool(wins[i]) == g for i, g in gold) / max(len(gold), 1),
-        "data/bayes_optimal_accuracy": bayes,
-        "eval/rewards/accuracies_over_bayes": accuracy / bayes,
         "eval/loss/reward": float(loss),
         "eval/rewards/margins": float(m["rewards/margins"]),
     }
+    if have(rows, "chosen_gold", "rejected_gold"):
+        gold = [(i, r["chosen_gold"] > r["rejected_gold"]) for i, r in enumerate(rows)
+                if r["chosen_gold"] != r["rejected_gold"]]
+        metrics["eval/rewards/accuracies_gold"] = sum(bool(wins[i]) == g for i, g in gold) / max(len(gold), 1)
+    if have(rows, "p_chosen"):
+        bayes = sum(max(r["p_chosen"], 1.0 - r["p_chosen"]) for r in rows) / len(rows)
+        metrics |= {"data/bayes_optimal_accuracy": bayes, "eval/rewards/accuracies_over_bayes": accuracy / bayes}
+    return metrics
 
 
 def project_tokenizer_for(cfg: RewardConfig, paths: Paths, source: Path) -> Any:
@@ -102,12 +96,13 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     project_tokenizer = project_tokenizer_for(cfg, paths, source)
     inputs = [paths.pref_train, source] + ([paths.tokenizer] if project_tokenizer is not None else [])
     run = TrainingRun(paths.checkpoints("reward"), inputs, cfg, accelerator)
-    if run.resume_dir is not None:
+    if run.resume_dir is not None and not has_adapter(run.resume_dir):
         model = RewardModel.from_pretrained(run.resume_dir)
-    else:
+    else:  # with LoRA a checkpoint holds the adapter and the head: the backbone comes from `source`
         model = RewardModel.from_backbone(source, project_tokenizer, cfg.seed, cfg.max_seq_len)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
+    model = with_reward_lora(model, cfg, run.resume_dir, HEAD_FILE)  # LoRA: adapter on the backbone, head trained
     tokenizer = model.tokenizer
 
     # 3. data: (chosen, rejected) token ids per pair in the one chat format, in the model's tokenizer
@@ -152,7 +147,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
             history.append({"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
                             "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
                             "train/epoch": order.epoch(step + 1), "throughput/pairs_per_s": speed["throughput/pairs_per_s"]})
-        run.checkpoint(step + 1, cfg.max_steps, {"": model}, {"model": optimizer}, {"model": scheduler},
+        saved = saved_form(accelerator.unwrap_model(model), HEAD_FILE)  # LoRA: the adapter and the head
+        run.checkpoint(step + 1, cfg.max_steps, {"": saved}, {"model": optimizer}, {"model": scheduler},
                        {"history": history, "samples_seen": (step + 1) * cfg.batch_size})
     bar.close()
 
@@ -160,7 +156,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     rm: RewardModel = accelerator.unwrap_model(model)
     eval_batch = 2 * cfg.micro_batch_size
     with accelerator.autocast():
-        metrics = heldout_metrics(rm, held_rows, bayes_optimal_accuracy(paths, held_rows), eval_batch)
+        metrics = heldout_metrics(rm, held_rows, eval_batch)
 
     # 7. reward normalisation: raw rewards of SFT demonstrations -> mean, std stored with the model
     #    (scored where the prepared model lives: raw_scores moves each batch to its device)
@@ -170,8 +166,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         raw = rm.raw_scores([rm.encode(r["prompt"], r["response"]) for r in demos], eval_batch)
     rm.norm = {"mean": float(raw.mean()), "std": float(raw.std().clamp(min=1e-6)), "n": len(demos)}
 
-    # 8. the final model directory, atomically
-    run.finish(out_dir, rm)
+    # 8. the final model directory, atomically (LoRA: merged, and the adapter if asked)
+    finish_outputs(run, out_dir, rm, cfg, head_file=HEAD_FILE)
 
     # 9. what happened, for the task to write and log
     last = history[-1] if history else {}

@@ -9,6 +9,7 @@ held-out prompts (fixed seed) with the `sft.sample_*` settings.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -16,14 +17,15 @@ from rlhf.config.sft import SFTConfig
 from rlhf.files import read_jsonl
 from rlhf.generation import generate
 from rlhf.paths import Paths
-from rlhf.stage import StageOutput
+from rlhf.stage import StageOutput, have
 from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator
 
 
 def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: SFTConfig,
                      accelerator: Any) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Answer `cfg.sample_count` of `rows` (held-out prompts) and score answers and demonstrations
-    with the gold judge. Metrics follow `rlhf.world.judge.gold_means` (`eval/helpfulness/benign`,
+    """Answer `cfg.sample_count` of `rows` (held-out prompts): EOS share and length always, and on the
+    embedded world's prompts (rows with its `topic` column) gold scores of answers and demonstrations.
+    Metrics follow `rlhf.world.judge.gold_means` (`eval/helpfulness/benign`,
     `eval/safety/harmful`, ...); `eval/reference/*` is the same for the demonstrations."""
     from rlhf.world.judge import judge, mean_scores
 
@@ -34,18 +36,22 @@ def sample_and_judge(policy: Any, tokenizer: Any, rows: list[dict[str, Any]], cf
         samples = generate(policy, tokenizer, prompts, max_new_tokens=cfg.sample_max_new_tokens,
                            temperature=cfg.sample_temperature, top_p=cfg.sample_top_p, seed=cfg.seed,
                            budget_key="sft.sample_max_new_tokens")
-    scores = mean_scores(zip(prompts, samples.texts))
-    reference = mean_scores((r["prompt"], r["response"]) for r in picked)
-    table = []
-    for prompt, text in zip(prompts, samples.texts):
-        j = judge(prompt, text)
-        table.append({"prompt": prompt, "response": text, "helpfulness": j.helpfulness, "safety": j.safety,
-                      "harmful": j.harmful})
     metrics = {
-        **{f"eval/{k}": v for k, v in scores.items()},
-        **{f"eval/reference/{k}": v for k, v in reference.items()},  # the demonstrations themselves
         "policy/eos_share": float(samples.ended.float().mean()),
         "policy/response_length": float(samples.response_mask.sum(1).float().mean()),
+    }
+    table = [{"prompt": json.dumps(p) if not isinstance(p, str) else p, "response": t}
+             for p, t in zip(prompts, samples.texts)]
+    if not have(picked, "topic"):  # not the embedded world's prompts: the gold judge cannot read them
+        return metrics, table
+    scores = mean_scores(zip(prompts, samples.texts))
+    reference = mean_scores((r["prompt"], r["response"]) for r in picked)
+    for row, prompt, text in zip(table, prompts, samples.texts):
+        j = judge(prompt, text)
+        row |= {"helpfulness": j.helpfulness, "safety": j.safety, "harmful": j.harmful}
+    metrics |= {
+        **{f"eval/{k}": v for k, v in scores.items()},
+        **{f"eval/reference/{k}": v for k, v in reference.items()},  # the demonstrations themselves
     }
     return metrics, table
 

@@ -9,7 +9,8 @@ B starts at zero, so an adapted model starts exactly at its base.
 - `AdapterOff(model)`: the base under the adapter, called with the adapter disabled: DPO's and PPO's
   reference policy pi_ref without a second copy of the weights in memory.
 - `merged(model)`: a plain transformers model (or `RewardModel`) with B A folded into W, for the
-  stage's output directory; `save_adapter(model, dir)`: the adapter alone.
+  stage's output directory; `save_adapter(model, dir)`: the adapter alone; `saved_form(model)`:
+  what a checkpoint saves (the adapter, and a reward model's head).
 
 Checkpoints of an adapted model hold only the adapter (and a reward model's head): the base is the
 stage's input, which the checkpoint folder's digest already pins, so resuming rebuilds the base and
@@ -128,21 +129,59 @@ def merged(model: Any) -> Any:
     return out
 
 
-def save_adapter(model: Any, target: str | Path) -> Path:
-    """Write the adapter of `model` alone (peft's `adapter_config.json` + `adapter_model.safetensors`)
-    to `target`, atomically. A reward model saves itself there: its backbone's adapter, its head,
-    tokenizer and normalisation."""
+class RewardAdapter(torch.nn.Module):
+    """What is saved of a reward model (or critic) whose backbone has a LoRA adapter: the adapter
+    (peft's `adapter_config.json` + `adapter_model.safetensors`), the head in `head_file` and the
+    tokenizer; `with_reward_lora(rm, cfg, resume=<that dir>, head_file=...)` reads it back.
+    (`RewardModel.save_pretrained` writes a full sequence classifier, which a LoRA checkpoint
+    must not be: resuming puts the adapter back on the untouched base.)"""
+
+    def __init__(self, rm: Any, head_file: str) -> None:
+        super().__init__()
+        self.rm, self.head_file = rm, head_file
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        self.rm.backbone.save_pretrained(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.rm.head.state_dict().items()},
+                  str(Path(path) / self.head_file))
+        self.rm.tokenizer.save_pretrained(path)
+
+
+def saved_form(model: Any, head_file: str | None = None) -> Any:
+    """What a checkpoint should `save_pretrained`: a peft causal LM saves its adapter itself; a
+    reward model with an adapter on its backbone goes through `RewardAdapter`; others as they are."""
+    part = _peft_part(model)
+    if part is None or part is model:
+        return model
+    assert head_file is not None, "a reward model's adapter is saved with its head: pass head_file"
+    return RewardAdapter(model, head_file)
+
+
+def save_adapter(model: Any, target: str | Path, head_file: str | None = None) -> Path:
+    """Write the adapter of `model` alone (a reward model's: with its head and tokenizer) to
+    `target`, atomically."""
     assert _peft_part(model) is not None, "save_adapter needs a model with a LoRA adapter"
     with atomic_dir(target) as tmp, quiet_transformers():
-        model.save_pretrained(tmp)
+        saved_form(model, head_file).save_pretrained(tmp)
     return Path(target)
 
 
-def finish_outputs(run: Any, out_dir: Path, model: Any, cfg: Any, tokenizer: Any = None) -> None:
+def finish_outputs(run: Any, out_dir: Path, model: Any, cfg: Any, tokenizer: Any = None,
+                   head_file: str | None = None) -> None:
     """The stage's final save: `run.finish` with the merged model (the same layout as a full
     fine-tune, loadable by plain transformers) and, with `save_adapter`, the adapter beside it in
-    `<stage dir>/adapter/`."""
+    `<stage dir>/adapter/` (a reward model's with its head in `head_file`)."""
     model = run.accelerator.unwrap_model(model)
     if cfg.save_adapter and run.accelerator.is_main_process:
-        save_adapter(model, Path(out_dir).parent / ADAPTER_DIR)
+        save_adapter(model, Path(out_dir).parent / ADAPTER_DIR, head_file)
     run.finish(out_dir, merged(model), tokenizer)
+
+
+def transformers_model(model: Any) -> Any:
+    """The transformers model inside a peft wrapper, whose layers carry the adapter (a call is the
+    adapted model's): what `generate` gets, so that the model's own `generation_config` is the one
+    `rlhf.generation` hides during sampling; `model` itself without an adapter."""
+    part = _peft_part(model)
+    return part.get_base_model() if part is model else model

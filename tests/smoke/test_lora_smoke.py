@@ -115,3 +115,156 @@ def test_full_fine_tuning_is_the_default(tmp_path, monkeypatch):
     assert type(model).__name__ == "GPT2LMHeadModel" and all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="save_adapter needs an adapter"):
         SFTConfig(save_adapter=True)
+
+
+# ---------------------------------------------------------------- reward, DPO and PPO on a saved SFT model
+@pytest.fixture()
+def world(tmp_path):
+    paths = make_toy_world(tmp_path, n_sft=16, n_pref=24)
+    write_jsonl(paths.rl_prompts, sft_rows(16, seed=5))
+    tok = load_tokenizer(paths.tokenizer)
+    save_model_dir(paths.sft / "model", build_gpt2(tok, 2, 2, 32, 128, seed=0), tok)
+    RewardModel.from_backbone(paths.sft / "model", tok, seed=0).save_pretrained(paths.reward / "model")
+    return paths
+
+
+def record_references(monkeypatch, module) -> list:
+    """Every `AdapterOff` reference `module` builds."""
+    real, made = module.AdapterOff, []
+
+    def spy(model):
+        made.append(real(model))
+        return made[-1]
+
+    monkeypatch.setattr(module, "AdapterOff", spy)
+    return made
+
+
+def sample_ids(paths) -> torch.Tensor:
+    return torch.tensor([load_tokenizer(paths.tokenizer).encode("When should I feed my basil? Feed it.")])
+
+
+RM = dict(max_steps=6, batch_size=8, micro_batch_size=4, warmup_steps=1, learning_rate=1e-2, checkpoint_every=3,
+          max_seq_len=64, norm_examples=8)
+
+
+def test_reward_lora_trains_the_adapter_and_the_head(world, monkeypatch):
+    from transformers import AutoModel
+
+    made = spy_on(monkeypatch, rlhf.stages.reward, "with_reward_lora")
+    out = rlhf.stages.reward.run_reward(RewardConfig(**RM, **LORA), world)
+    ((adapted, before),) = made
+    assert_only_adapter_trained(adapted, before, trainable_extra=("head.",))
+    assert not torch.equal(adapted.head.weight, before["head.weight"]), "the head did not train"
+
+    saved = RewardModel.from_pretrained(world.reward / "model")  # merged backbone + head
+    assert not any("lora_" in k for k in AutoModel.from_pretrained(world.reward / "model").state_dict())
+    seqs = [saved.encode("How do I water a fern?", r) for r in ("Water it weekly.", "I do not know.")]
+    torch.testing.assert_close(saved.raw_scores(seqs), adapted.raw_scores(seqs), rtol=1e-4, atol=1e-5)
+    assert saved.norm["mean"] == pytest.approx(out.metrics["reward_model/norm_mean"])
+    adapter = RewardModel.from_backbone(world.sft / "model", load_tokenizer(world.tokenizer), seed=0)
+    from rlhf.train.lora import with_reward_lora
+    from rlhf.reward.model import HEAD_FILE
+
+    again = with_reward_lora(adapter, RewardConfig(**RM, **LORA), world.reward / ADAPTER_DIR, HEAD_FILE)
+    torch.testing.assert_close(again.raw_scores(seqs), saved.raw_scores(seqs), rtol=1e-4, atol=1e-5)
+
+
+def test_reward_lora_resumes_to_the_same_model(world, monkeypatch):
+    cfg = RewardConfig(**RM, **{**LORA, "save_adapter": False})
+    rlhf.stages.reward.run_reward(cfg, world)
+    full = RewardModel.from_pretrained(world.reward / "model").state_dict()
+    as_if_killed(world.checkpoints("reward"))
+    shutil.rmtree(world.reward / "model")
+    steps = Mock(wraps=rlhf.stages.reward.optimizer_step)
+    monkeypatch.setattr(rlhf.stages.reward, "optimizer_step", steps)
+    rlhf.stages.reward.run_reward(cfg, world)
+    assert steps.call_count == 3
+    again = RewardModel.from_pretrained(world.reward / "model").state_dict()
+    for k in full:
+        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+DPO = dict(epochs=1, max_steps=None, batch_size=8, micro_batch_size=4, learning_rate=1e-2, warmup_steps=0,
+           eval_batch_size=8, checkpoint_every=1)
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_dpo_lora_reference_is_the_base_with_the_adapter_off(world, monkeypatch, precompute):
+    loads = Mock(wraps=rlhf.stages.dpo.load_causal_lm)
+    monkeypatch.setattr(rlhf.stages.dpo, "load_causal_lm", loads)
+    made = spy_on(monkeypatch, rlhf.stages.dpo, "with_lora")
+    refs = record_references(monkeypatch, rlhf.stages.dpo)
+    out = rlhf.stages.dpo.run_dpo(DPOConfig(**DPO, **LORA, precompute_ref_logprobs=precompute), world)
+    assert loads.call_count == 1, "a second model was built for the reference"
+    ((policy, before),), (reference,) = made, refs
+    assert_only_adapter_trained(policy, before)
+    assert out.history[0]["loss/dpo"] == pytest.approx(math.log(2), rel=1e-4)  # starts at pi_ref
+
+    ids = sample_ids(world)
+    base = load_causal_lm(world.sft / "model")
+    torch.testing.assert_close(logits(reference, ids), logits(base, ids), rtol=0, atol=0)
+    adapted = logits(policy.eval(), ids)
+    assert not torch.allclose(adapted, logits(base, ids)), "the policy did not move"
+    saved = AutoModelForCausalLM.from_pretrained(world.dpo / "model", local_files_only=True)
+    torch.testing.assert_close(logits(saved, ids), adapted, rtol=1e-4, atol=1e-5)
+    assert (world.dpo / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+
+
+def test_dpo_lora_resumes_to_the_same_weights(world, monkeypatch):
+    cfg = DPOConfig(**{**DPO, "epochs": 2, "checkpoint_every": 2, "keep_checkpoints": 3}, lora_r=4, lora_alpha=8.0)
+    rlhf.stages.dpo.run_dpo(cfg, world)
+    full = load_causal_lm(world.dpo / "model").state_dict()
+    (kept,) = as_if_killed(world.checkpoints("dpo"))
+    assert kept.name == "step-00000002" and (kept / ADAPTER_CONFIG).is_file()
+    shutil.rmtree(world.dpo)
+    steps = Mock(wraps=rlhf.stages.dpo.optimizer_step)
+    monkeypatch.setattr(rlhf.stages.dpo, "optimizer_step", steps)
+    rlhf.stages.dpo.run_dpo(cfg, world)
+    assert steps.call_count == 6 - 2
+    again = load_causal_lm(world.dpo / "model").state_dict()
+    for k in full:
+        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+PPO = dict(max_steps=2, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ppo_epochs=2,
+           max_new_tokens=8, checkpoint_every=1, learning_rate=1e-2, value_learning_rate=1e-2, temperature=1.0)
+
+
+def test_ppo_lora_policy_and_critic_train_adapters_against_the_base(world, monkeypatch):
+    loads = Mock(wraps=rlhf.stages.ppo.load_causal_lm)
+    monkeypatch.setattr(rlhf.stages.ppo, "load_causal_lm", loads)
+    policies = spy_on(monkeypatch, rlhf.stages.ppo, "with_lora")
+    critics = spy_on(monkeypatch, rlhf.stages.ppo, "with_reward_lora")
+    refs = record_references(monkeypatch, rlhf.stages.ppo)
+    out = rlhf.stages.ppo.run_ppo(PPOConfig(**PPO, **LORA), world)
+    assert loads.call_count == 1, "a second model was built for the reference"
+    ((policy, p_before),), ((critic, c_before),), (reference,) = policies, critics, refs
+    assert_only_adapter_trained(policy, p_before)
+    assert_only_adapter_trained(critic, c_before, trainable_extra=("head.",))
+    assert out.history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at first
+
+    ids = sample_ids(world)
+    base = load_causal_lm(world.sft / "model")
+    torch.testing.assert_close(logits(reference, ids), logits(base, ids), rtol=0, atol=0)
+    adapted = logits(policy.eval(), ids)
+    assert not torch.allclose(adapted, logits(base, ids)), "the policy did not move"
+    saved = AutoModelForCausalLM.from_pretrained(world.ppo / "model", local_files_only=True)
+    torch.testing.assert_close(logits(saved, ids), adapted, rtol=1e-4, atol=1e-5)
+    assert (world.ppo / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+
+
+def test_ppo_lora_resumes_to_the_same_weights(world, monkeypatch):
+    cfg = PPOConfig(**{**PPO, "max_steps": 3}, keep_checkpoints=3, lora_r=4, lora_alpha=8.0)
+    rlhf.stages.ppo.run_ppo(cfg, world)
+    full = load_causal_lm(world.ppo / "model").state_dict()
+    (kept,) = as_if_killed(world.checkpoints("ppo"))
+    assert (kept / ADAPTER_CONFIG).is_file() and (kept / "value" / ADAPTER_CONFIG).is_file()
+    shutil.rmtree(world.ppo)
+    updates = Mock(wraps=rlhf.stages.ppo.ppo_update)
+    monkeypatch.setattr(rlhf.stages.ppo, "ppo_update", updates)
+    rlhf.stages.ppo.run_ppo(cfg, world)
+    assert updates.call_count == 3 - 1
+    again = load_causal_lm(world.ppo / "model").state_dict()
+    for k in full:
+        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -49,6 +49,7 @@ def test_penalise_missing_eos_closed_form():
     # a 0/1 flag works as the bool one; every response with EOS keeps its score
     torch.testing.assert_close(penalise_missing_eos(scores, torch.tensor([1, 0, 0, 1]), -1.0), out)
     torch.testing.assert_close(penalise_missing_eos(scores, torch.ones(4, dtype=torch.bool), -7.0), scores)
+    torch.testing.assert_close(penalise_missing_eos(scores, has_eos, None), scores)  # turned off
     with pytest.raises(AssertionError, match="one EOS flag per score"):
         penalise_missing_eos(scores, has_eos[:3], -1.0)
 
