@@ -5,7 +5,6 @@ resuming works, and DPO's / PPO's reference is the base with the adapter disable
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 from unittest.mock import Mock
@@ -24,7 +23,7 @@ from rlhf.config.reward import RewardConfig
 from rlhf.config.sft import SFTConfig
 from rlhf.reward import RewardModel
 from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, save_model_dir
-from rlhf.train.lora import ADAPTER_CONFIG, ADAPTER_DIR, merged
+from rlhf.train.lora import ADAPTER_CONFIG, ADAPTER_DIR
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 from tests.checkpoints import as_if_killed
 
@@ -57,6 +56,13 @@ def assert_only_adapter_trained(model, before: dict[str, torch.Tensor], trainabl
             assert torch.equal(after[k], before[k]), f"base weight {k} changed"
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all("lora_" in n or n.startswith(trainable_extra) for n in trainable), trainable
+
+
+def assert_same_weights(again: dict[str, torch.Tensor], full: dict[str, torch.Tensor]) -> None:
+    """A resumed run's saved weights equal the uninterrupted run's (CPU: up to float noise)."""
+    assert again.keys() == full.keys()
+    for k in full:
+        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -99,9 +105,7 @@ def test_sft_lora_resumes_from_an_adapter_checkpoint_to_the_same_weights(tmp_pat
     monkeypatch.setattr(rlhf.stages.sft, "optimizer_step", steps)
     rlhf.stages.sft.run_sft(cfg, paths)
     assert steps.call_count == 3
-    again = load_causal_lm(paths.sft / "model").state_dict()
-    for k in full:
-        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_same_weights(load_causal_lm(paths.sft / "model").state_dict(), full)
     assert not (paths.sft / ADAPTER_DIR).exists()
 
 
@@ -162,11 +166,11 @@ def test_reward_lora_trains_the_adapter_and_the_head(world, monkeypatch):
     seqs = [saved.encode("How do I water a fern?", r) for r in ("Water it weekly.", "I do not know.")]
     torch.testing.assert_close(saved.raw_scores(seqs), adapted.raw_scores(seqs), rtol=1e-4, atol=1e-5)
     assert saved.norm["mean"] == pytest.approx(out.metrics["reward_model/norm_mean"])
-    adapter = RewardModel.from_backbone(world.sft / "model", load_tokenizer(world.tokenizer), seed=0)
-    from rlhf.train.lora import with_reward_lora
     from rlhf.reward.model import HEAD_FILE
+    from rlhf.train.lora import with_reward_lora
 
-    again = with_reward_lora(adapter, RewardConfig(**RM, **LORA), world.reward / ADAPTER_DIR, HEAD_FILE)
+    base = RewardModel.from_backbone(world.sft / "model", load_tokenizer(world.tokenizer), seed=0)
+    again = with_reward_lora(base, RewardConfig(**RM, **LORA), world.reward / ADAPTER_DIR, HEAD_FILE)
     torch.testing.assert_close(again.raw_scores(seqs), saved.raw_scores(seqs), rtol=1e-4, atol=1e-5)
 
 
@@ -180,9 +184,7 @@ def test_reward_lora_resumes_to_the_same_model(world, monkeypatch):
     monkeypatch.setattr(rlhf.stages.reward, "optimizer_step", steps)
     rlhf.stages.reward.run_reward(cfg, world)
     assert steps.call_count == 3
-    again = RewardModel.from_pretrained(world.reward / "model").state_dict()
-    for k in full:
-        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_same_weights(RewardModel.from_pretrained(world.reward / "model").state_dict(), full)
 
 
 DPO = dict(epochs=1, max_steps=None, batch_size=8, micro_batch_size=4, learning_rate=1e-2, warmup_steps=0,
@@ -222,9 +224,7 @@ def test_dpo_lora_resumes_to_the_same_weights(world, monkeypatch):
     monkeypatch.setattr(rlhf.stages.dpo, "optimizer_step", steps)
     rlhf.stages.dpo.run_dpo(cfg, world)
     assert steps.call_count == 6 - 2
-    again = load_causal_lm(world.dpo / "model").state_dict()
-    for k in full:
-        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_same_weights(load_causal_lm(world.dpo / "model").state_dict(), full)
 
 
 PPO = dict(max_steps=2, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ppo_epochs=2,
@@ -265,6 +265,4 @@ def test_ppo_lora_resumes_to_the_same_weights(world, monkeypatch):
     monkeypatch.setattr(rlhf.stages.ppo, "ppo_update", updates)
     rlhf.stages.ppo.run_ppo(cfg, world)
     assert updates.call_count == 3 - 1
-    again = load_causal_lm(world.ppo / "model").state_dict()
-    for k in full:
-        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_same_weights(load_causal_lm(world.ppo / "model").state_dict(), full)
