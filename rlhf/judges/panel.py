@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlhf.judges.bootstrap import JudgeMetrics
-from rlhf.judges.gold import gold_metrics
+from rlhf.judges.gold import gold_metrics, is_world_row
 from rlhf.judges.gold import judge_rows as gold_grades
 from rlhf.judges.llm import Grades, LLMJudge, llm_metrics
 from rlhf.judges.refusal import is_refusal, refusal_metrics
 from rlhf.judges.reward_model import reward_model_metrics
+from rlhf.judges.rows import set_counts
 
 GOLD_FIELDS = ("helpfulness", "safety", "utility")
 
@@ -79,15 +80,18 @@ def _cell(metrics: dict[str, float], name: str) -> str:
     return value if low is None else f"{value} [{low:.3f}, {high:.3f}]"
 
 
-def summary(metrics: dict[str, dict[str, float]], missing: dict[str, str], sets: dict[str, int],
+def summary(metrics: dict[str, dict[str, float]], missing: dict[str, str], prompts: Sequence[dict[str, Any]],
             judges: Sequence[str], judge_rm: str, n_resamples: int) -> str:
     """The Markdown report: prompt sets, judges, each policy's means with 95% intervals, left-out metrics."""
+    sets = set_counts(prompts)
+    world = sum(is_world_row(p) for p in prompts)
     names = sorted({k for m in metrics.values() for k in m if not k.endswith(("_low", "_high"))})
     policies = list(metrics)
     lines = ["# Evaluation", "",
              "Prompt sets: " + ", ".join(f"{s} ({n} prompts)" for s, n in sets.items()) + ".",
              f"Judges: {', '.join(judges) or 'none'}; the proxy reward model and the KL to SFT always"
              + (f"; reward_model judge: {judge_rm}" if "reward_model" in judges else "") + ".",
+             *([f"The gold judge graded the embedded world's {world} of {len(prompts)} prompts."] if "gold" in judges else []),
              f"Each mean with its 95% percentile bootstrap interval over prompts (B = {n_resamples}).", "",
              "| metric | " + " | ".join(policies) + " |", "| --- |" + " --- |" * len(policies)]
     lines += [f"| `{n}` | " + " | ".join(_cell(metrics[p], n) for p in policies) + " |" for n in names]

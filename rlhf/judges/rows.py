@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from rlhf.files import read_jsonl
 
 DEFAULT_SET = "heldout"  # the set of a row without a `set` column
 
@@ -27,3 +30,20 @@ def harmful(row: dict[str, Any]) -> bool | None:
 def set_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """{set: prompts}, in order of first appearance."""
     return dict(Counter(prompt_set(r) for r in rows))
+
+
+def read_eval_prompts(path: Path, max_prompts: int | None) -> list[dict[str, Any]]:
+    """The first `max_prompts` rows of eval_prompts.jsonl (None: all), checked for the columns the
+    judges read; a ValueError names the file, the row (1-based) and the field."""
+    rows = read_jsonl(path)[:max_prompts]
+    if not rows:
+        raise ValueError(f"{path}: no eval prompts")
+    for line, row in enumerate(rows, start=1):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+            raise ValueError(f"{path}, row {line}: field 'prompt' must be a non-empty string or message list")
+        if not isinstance(row.get("set", ""), str):
+            raise ValueError(f"{path}, row {line}: field 'set' must be a string, got {row['set']!r}")
+        if row.get("harmful") is not None and not isinstance(row["harmful"], bool):
+            raise ValueError(f"{path}, row {line}: field 'harmful' must be true or false, got {row['harmful']!r}")
+    return rows

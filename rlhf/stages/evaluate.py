@@ -30,14 +30,14 @@ import torch
 
 from rlhf.config.evaluate import EvaluateConfig
 from rlhf.config.ppo import PPOConfig
-from rlhf.files import atomic_dir, read_jsonl, write_jsonl
+from rlhf.files import atomic_dir, write_jsonl
 from rlhf.generation import generate
 from rlhf.judges.best_of_n import best_of_n_choice, best_of_n_kl
 from rlhf.judges.best_of_n import policy_name as bon_name
 from rlhf.judges.llm import LLMJudge, api_key_from_env
 from rlhf.judges.panel import grade_rows, policy_metrics, summary
 from rlhf.judges.reward_model import check_reward_model_dir
-from rlhf.judges.rows import set_counts
+from rlhf.judges.rows import read_eval_prompts
 from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
@@ -117,7 +117,7 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
     # 1. what to evaluate: the policies that exist, the eval prompts, the reference, the proxy RM
     #    and the judges' own models (the reward_model judge's RM, the LLM endpoint)
     policies = policy_dirs(paths)
-    prompts = read_jsonl(paths.eval_prompts)[: cfg.max_prompts]
+    prompts = read_eval_prompts(paths.eval_prompts, cfg.max_prompts)
     texts = [p["prompt"] for p in prompts]
     missing_eos_score = proxy_missing_eos_score(ppo, policies)
     reference = load_causal_lm(policies["sft"]).to(device).eval()
@@ -181,7 +181,7 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
 
     # 6. every sample, for reading and for later analysis, and the summary report
     rm_label = cfg.reward_model_path or "artifacts/reward/model (the pipeline's)"
-    report = summary(metrics, missing, set_counts(prompts), cfg.judges, rm_label, cfg.bootstrap_samples)
+    report = summary(metrics, missing, prompts, cfg.judges, rm_label, cfg.bootstrap_samples)
     with atomic_dir(paths.evaluate) as tmp:
         write_jsonl(tmp / "samples.jsonl", [r for policy_rows in rows.values() for r in policy_rows])
         (tmp / "summary.md").write_text(report, encoding="utf-8")

@@ -59,6 +59,7 @@ def test_refusal_reward_model_and_best_of_n_on_real_style_prompts(world):
     summary = (world.evaluate / "summary.md").read_text()
     assert "`eval/helpfulness/benign`: no prompt of the embedded world" in summary
     assert "advbench (2 prompts), xstest (2 prompts), mt_bench (1 prompts)" in summary
+    assert "The gold judge graded the embedded world's 0 of 5 prompts." in summary
     # the rest is there for every policy, each mean with its interval
     for key in ("eval/refusal/advbench", "eval/refusal/xstest_unsafe", "eval/compliance/xstest_safe",
                 "eval/refusal/harmful", "eval/refusal/benign", "eval/rm/score", "eval/rm/win_rate",

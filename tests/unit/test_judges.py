@@ -203,3 +203,31 @@ def test_docs_list_every_refusal_phrase_and_the_rubric_verbatim():
     assert [p for p in LEADING_PHRASES if f"`{p}`" not in lead] == []
     assert [p for p in ANYWHERE_PHRASES if f"`{p}`" not in anywhere.split("\n\n")[0]] == []
     assert RUBRIC in doc
+
+
+# ---------- eval prompts ----------
+def test_eval_prompts_are_read_with_their_sets(tmp_path):
+    from rlhf.files import write_jsonl
+    from rlhf.judges.rows import read_eval_prompts, set_counts
+
+    path = tmp_path / "eval_prompts.jsonl"
+    write_jsonl(path, [{"prompt": "a", "topic": "t", "harmful": False}, {"prompt": "b", "set": "advbench", "harmful": True},
+                       {"prompt": [{"role": "user", "content": "c"}], "set": "mt_bench", "harmful": None}])
+    assert set_counts(read_eval_prompts(path, None)) == {"heldout": 1, "advbench": 1, "mt_bench": 1}
+    assert len(read_eval_prompts(path, 2)) == 2
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"set": "advbench"}, r"row 2: field 'prompt'"),
+    ({"prompt": "  "}, r"row 2: field 'prompt'"),
+    ({"prompt": "x", "set": 3}, r"row 2: field 'set' must be a string"),
+    ({"prompt": "x", "harmful": "yes"}, r"row 2: field 'harmful' must be true or false"),
+])
+def test_bad_eval_prompt_rows_are_named(tmp_path, row, message):
+    from rlhf.files import write_jsonl
+    from rlhf.judges.rows import read_eval_prompts
+
+    path = tmp_path / "eval_prompts.jsonl"
+    write_jsonl(path, [{"prompt": "fine"}, row])
+    with pytest.raises(ValueError, match=r"eval_prompts.jsonl, " + message):
+        read_eval_prompts(path, None)
