@@ -1,6 +1,7 @@
-"""The `validate` stage: the six files of the embedded world and their train/held-out prompt
-overlap, checked with `rlhf.validation`; `report.json` and `summary.md` are written only when
-everything passes (and removed when anything fails, so no stale report claims a pass).
+"""The `validate` stage: the six files of the data stage (world or user data) and their
+train/held-out prompt overlap, checked with `rlhf.validation`; `report.json` and `summary.md` are
+written only when everything passes (and removed when anything fails, so no stale report claims a
+pass).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rlhf.config.validate import ValidateConfig
 from rlhf.files import write_text
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
+from rlhf.validation.formats import CONTRACT
 from rlhf.validation.report import ValidationReport, listed, plural
 from rlhf.validation.validate import (
     OUTPUTS,
@@ -32,7 +34,10 @@ def run_validate(cfg: ValidateConfig, paths: Paths) -> StageOutput:
     counts as metrics; on any problem removes those two files and raises ValidationFailed.
     """
     files = {name: getattr(paths, name) for name in WORLD_FILES}
-    checked = {name: check_file(files[name], kind, cfg.max_chars) for name, (kind, _) in WORLD_FILES.items()}
+    # the data stage writes the contract's layout: an eval set's `label`/`type` columns (XSTest)
+    # are lineage, not a layout to detect
+    checked = {name: check_file(files[name], kind, cfg.max_chars, CONTRACT[kind])
+               for name, (kind, _) in WORLD_FILES.items()}
     overlap = overlap_report(*(split_frames(checked, split) for split in ("train", "heldout")))
     reports = [c.report for c in checked.values()] + [overlap]
     if not all(r.ok for r in reports):

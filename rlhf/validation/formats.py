@@ -231,6 +231,10 @@ FORMATS: dict[str, dict[str, Format]] = {
 }
 
 
+# the layout of the files the data stage writes (the shared row contract)
+CONTRACT = {"sft": "prompt_response", "preference": "explicit_standard", "prompts": "prompt"}
+
+
 def detect(columns: list[str], first: Record, kind: str) -> str | None:
     """The format of a file of `kind` from its columns and its first record (None if none fits)."""
     cols = set(columns)
