@@ -164,13 +164,21 @@ def test_an_hf_directory_is_copied_from_a_package_layout(tmp_path):
         assert na == nb and torch.equal(pa, pb)
 
 
-def test_package_dir_finds_an_installed_package_without_importing_it():
+def test_a_package_source_is_found_without_importing_it(shipped, tmp_path, monkeypatch):
+    import shutil
     import sys
 
-    assert package_dir("pytest") .joinpath("__init__.py").is_file()
-    before = set(sys.modules)
-    package_dir("json")  # already imported: found the same way
-    assert set(sys.modules) == before
+    pkg = tmp_path / "site" / "llm_tiny_fake"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")  # like a package whose deps are missing
+    shutil.copy(shipped[0] / "tiny.gguf", pkg / "tiny.gguf")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert package_dir("llm_tiny_fake") == pkg
+    saved = import_model("pkg:llm_tiny_fake", tmp_path / "out")
+    assert "llm_tiny_fake" not in sys.modules
+    assert saved["source"] == "pkg:llm_tiny_fake" and saved["source_file"] == "tiny.gguf"
+    assert saved["package"] == "llm-tiny-fake" and saved["package_version"] is None  # no dist-info here
+    assert json.loads((tmp_path / "out" / PROVENANCE).read_text())["sha256"] == sha256_file(pkg / "tiny.gguf")
 
 
 def test_bad_sources_fail_with_clear_messages(shipped, tmp_path):
