@@ -33,9 +33,10 @@ def set_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def read_eval_prompts(path: Path, max_prompts: int | None) -> list[dict[str, Any]]:
-    """The first `max_prompts` rows of eval_prompts.jsonl (None: all), checked for the columns the
-    judges read; a ValueError names the file, the row (1-based) and the field."""
-    rows = read_jsonl(path)[:max_prompts]
+    """The first `max_prompts` rows of each prompt set in eval_prompts.jsonl (None: all), in file
+    order, checked for the columns the judges read; a ValueError names the file, the row (1-based)
+    and the field."""
+    rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{path}: no eval prompts")
     for line, row in enumerate(rows, start=1):
@@ -46,4 +47,12 @@ def read_eval_prompts(path: Path, max_prompts: int | None) -> list[dict[str, Any
             raise ValueError(f"{path}, row {line}: field 'set' must be a string, got {row['set']!r}")
         if row.get("harmful") is not None and not isinstance(row["harmful"], bool):
             raise ValueError(f"{path}, row {line}: field 'harmful' must be true or false, got {row['harmful']!r}")
-    return rows
+    if max_prompts is None:
+        return rows
+    seen: Counter[str] = Counter()
+    kept = []
+    for row in rows:
+        seen[prompt_set(row)] += 1
+        if seen[prompt_set(row)] <= max_prompts:
+            kept.append(row)
+    return kept

@@ -214,7 +214,17 @@ def test_eval_prompts_are_read_with_their_sets(tmp_path):
     write_jsonl(path, [{"prompt": "a", "topic": "t", "harmful": False}, {"prompt": "b", "set": "advbench", "harmful": True},
                        {"prompt": [{"role": "user", "content": "c"}], "set": "mt_bench", "harmful": None}])
     assert set_counts(read_eval_prompts(path, None)) == {"heldout": 1, "advbench": 1, "mt_bench": 1}
-    assert len(read_eval_prompts(path, 2)) == 2
+    assert len(read_eval_prompts(path, 2)) == 3  # max_prompts counts per set: none is cut off
+
+
+def test_max_prompts_keeps_the_first_rows_of_each_set(tmp_path):
+    from rlhf.files import write_jsonl
+    from rlhf.judges.rows import read_eval_prompts
+
+    path = tmp_path / "eval_prompts.jsonl"
+    write_jsonl(path, [{"prompt": f"{s}{i}", "set": s} for s in ("advbench", "xstest") for i in range(3)]
+                + [{"prompt": f"h{i}"} for i in range(3)])
+    assert [r["prompt"] for r in read_eval_prompts(path, 2)] == ["advbench0", "advbench1", "xstest0", "xstest1", "h0", "h1"]
 
 
 @pytest.mark.parametrize("row, message", [
