@@ -40,3 +40,17 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
         (tmp / "w.txt").write_text("v2")
     assert (target / "w.txt").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_dir_gives_an_ordinary_directory(tmp_path):
+    import os
+
+    from rlhf.files import atomic_dir
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a").write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # not mkdtemp's owner-only 0o700
