@@ -21,8 +21,10 @@ responses plain strings. Columns a layout does not consume are kept after these,
 | prompts | `xstest` | prompt, type, label (harmful = label == "unsafe") |
 | prompts | `mt_bench` | turns: the first turn is the prompt (harmful = false) |
 
-A record that does not fit its layout raises `RowError` naming the field; the text checks
-(blank, control characters, length) are the schemas' (`rlhf.validation.schemas`), run afterwards.
+A record whose structure does not fit its layout (a conversation without a final assistant turn,
+an XSTest label other than safe/unsafe) raises `RowError` naming the field. Text values pass
+through as they are: a wrong type, a null, a blank or a control character is the schemas' to report
+(`rlhf.validation.schemas`, run afterwards), named by the file's own column (`Format.source`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ class ValidationReport:
     """The result of validating one file (or one cross-file check) against one dataset kind.
 
     `row_unit` says what the row numbers count (a JSON Lines line, a CSV data row without the
-    header, a record of a JSON array or Parquet file).
+    header, a record of a JSON array or Parquet file); `fmt` names the layout the records were
+    read in (e.g. `implicit_standard` for HH-RLHF dialogues).
     """
 
     file: str
@@ -40,6 +41,7 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     row_unit: str = "row"
+    fmt: str | None = None  # the record layout read (`rlhf.validation.formats`), once known
 
     @property
     def ok(self) -> bool:
@@ -80,6 +82,7 @@ class ValidationReport:
             "n_problems": self.n_problems,
             "n_warnings": self.n_warnings,
             "row_unit": self.row_unit,
+            "format": self.fmt,
             "problems": [asdict(p) for p in self.problems],
             "warnings": [asdict(p) for p in self.warnings],
         }

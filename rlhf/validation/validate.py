@@ -50,12 +50,11 @@ class ValidationFailed(Exception):
 
 @dataclass
 class Checked:
-    """A file's report, its normalised rows (None when the rows could not be read at all) and the
-    format they were read in (`rlhf.validation.formats`; None when none fits)."""
+    """A file's report (with the format its records were read in) and its normalised rows (None
+    when the rows could not be read at all)."""
 
     report: ValidationReport
     frame: pd.DataFrame | None
-    fmt: str | None = None
 
 
 def check_file(path: str | Path, kind: Kind, max_chars: int = DEFAULT_MAX_CHARS, fmt: str = "auto") -> Checked:
@@ -77,14 +76,14 @@ def check_file(path: str | Path, kind: Kind, max_chars: int = DEFAULT_MAX_CHARS,
     except FormatError as err:
         report.problems.append(Problem(file, None, err.field, str(err)))
         return Checked(report, None)
-    frame = converted.frame
+    frame, report.fmt = converted.frame, converted.fmt
     report.problems += converted.errors
     report.warnings += converted.warnings
     if frame.empty:  # every row failed its format
-        return Checked(report, None, converted.fmt)
+        return Checked(report, None)
     report.problems += check_rows(frame, kind, file, converted.fmt, max_chars)
     report.problems.sort(key=lambda p: p.row or 0)
-    return Checked(report, frame, converted.fmt)
+    return Checked(report, frame)
 
 
 def check_rows(frame: pd.DataFrame, kind: Kind, file: str, fmt: str, max_chars: int) -> list[Problem]:

@@ -83,7 +83,7 @@ def test_each_format_is_detected_and_converted(tmp_path, kind, fmt, records, fir
     # the validator reads the same file the same way
     checked = check_file(path, kind)
     assert checked.report.ok, checked.report.summary()
-    assert checked.fmt == fmt
+    assert checked.report.fmt == fmt and checked.report.to_dict()["format"] == fmt
     assert {k: checked.frame.iloc[0][k] for k in first} == first
 
 
