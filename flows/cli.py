@@ -137,6 +137,40 @@ def compare(
     typer.echo(json.dumps(rm.compare(_unescape(text_a), _unescape(text_b)), indent=2))
 
 
+@app.command()
+def chat(
+    model_dir: Annotated[Path, typer.Argument(help="a policy directory: artifacts/{sft,ppo,dpo}/model or any causal LM")],
+    temperature: Annotated[float, typer.Option(min=0.0, help="sampling temperature T (0 = greedy)")] = 0.7,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="nucleus sampling mass (1 = off)")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="longest reply, in tokens")] = 128,
+    system: Annotated[Optional[str], typer.Option(help="system prompt, kept when old turns are dropped")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed the sampling, for a reproducible conversation")] = None,
+) -> None:
+    """Chat with a trained policy in the terminal (/reset forgets, /exit or Ctrl-D ends, Ctrl-C stops a reply)."""
+    import torch
+
+    from rlhf.chat_session import ChatError, ChatSession, load_chat_model, run_chat
+
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:  # pragma: no cover
+        pass
+    cuda = torch.cuda.is_available()
+    try:
+        model, tokenizer = load_chat_model(model_dir, "cuda" if cuda else "cpu")
+        session = ChatSession(model, tokenizer, temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens, system=system, seed=seed, autocast=cuda)
+    except ChatError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    run_chat(session, input, write)
+
+
 @app.command(name="import-model")
 def import_model(
     source: Annotated[str, typer.Argument(help="a .gguf file, a model directory, or pkg:NAME (an installed package's folder)")],
