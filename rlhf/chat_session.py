@@ -100,7 +100,8 @@ class ChatSession:
     seed: int | None = None
     autocast: bool = False  # bf16 autocast around generate (CUDA)
     messages: list[Message] = field(default_factory=list)  # user/assistant turns, oldest first
-    _rng: Any = None  # the session's own RNG state, so the global RNG never moves
+    # the session's own RNG state (CPU, CUDA devices), so the global RNG never moves
+    _rng: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -138,10 +139,12 @@ class ChatSession:
             dropped += cut
         return dropped
 
-    def reply(self, text: str, write: Callable[[str], None], notice: Callable[[str], None] | None = None) -> str:
+    def reply(self, text: str, write: Callable[[str], None], notice: Callable[[str], None] | None = None
+              ) -> str | None:
         """Answer the user turn `text`: the reply is streamed through `write` and kept in the
         conversation (as far as it got when interrupted by Ctrl-C). `notice` gets what the session
-        did on its own (dropped turns, an interrupted reply)."""
+        did on its own (dropped turns, an interrupted reply). None: `text` alone does not fit the
+        context beside `max_new_tokens`, so it was refused (a notice says so) and nothing changed."""
         notice = notice or write
         turn = {"role": "user", "content": text}
         alone = len(encode_prompt(self.tokenizer, self.conversation()[:1 if self.system else 0] + [turn]))
@@ -149,7 +152,7 @@ class ChatSession:
         if alone > budget:  # refused before any history is dropped for it
             notice(f"[this message makes a {alone}-token prompt; {budget} tokens fit beside "
                    f"--max-new-tokens={self.max_new_tokens}; shorten it or lower --max-new-tokens]\n")
-            return ""
+            return None
         self.messages.append(turn)
         dropped = self.fit_context()
         if dropped:
@@ -219,6 +222,6 @@ def run_chat(session: ChatSession, read: Callable[[str], str], write: Callable[[
             known = "; ".join(f"{c}: {h}" for c, h in COMMANDS.items())
             write(("" if line == "/help" else f"[unknown command {line}] ") + known + "\n")
             continue
-        session.reply(line, write)
+        answered = session.reply(line, write) is not None
         write("\n")
-        replies += 1
+        replies += answered

@@ -127,7 +127,7 @@ def test_old_turns_are_dropped_to_fit_the_context(dirs, monkeypatch):
     assert "Be kind." in tok.decode(prompts[-1])  # the system prompt stays
     # a message that cannot fit even alone is refused, not sent
     before = list(session.messages)
-    assert session.reply("rose " * 60, write=lambda _: None, notice=notices.append) == ""
+    assert session.reply("rose " * 60, write=lambda _: None, notice=notices.append) is None
     assert "shorten it" in notices[-1] and session.messages == before and len(prompts) == len(turns)
 
 
