@@ -107,10 +107,11 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
 
     # 2. model and tokenizer: the newest checkpoint of this config and these inputs, a local model,
     #    or a new GPT-2; with LoRA, an adapter on it (a checkpoint then holds only the adapter)
-    inputs = [paths.sft_train, paths.tokenizer, *([source] if source else [])]
+    tokenizer_dir = source if source is not None and has_tokenizer(source) else paths.tokenizer
+    inputs = [paths.sft_train, tokenizer_dir, *([source] if source and source != tokenizer_dir else [])]
     run = TrainingRun(paths.checkpoints("sft"), inputs, cfg, accelerator)
     ckpt = run.resume_dir
-    tokenizer = load_tokenizer(ckpt or (source if source and has_tokenizer(source) else paths.tokenizer))
+    tokenizer = load_tokenizer(ckpt or tokenizer_dir)
     if ckpt is not None and not has_adapter(ckpt):
         model = load_causal_lm(ckpt)
     elif source is not None:
