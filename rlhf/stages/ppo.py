@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from rlhf.config.ppo import PPOConfig
+from rlhf.files import write_jsonl
 from rlhf.generation import generate
 from rlhf.logprobs import entropy_from_logits, forward_logits, logprobs_from_logits, position_ids_from_mask
 from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
@@ -67,6 +68,7 @@ from rlhf.train.lora import (
 from rlhf.train.loop import TrainingRun
 
 VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
+HISTORY = "history.jsonl"  # per-iteration statistics in artifacts/ppo/
 
 
 # ---------------------------------------------------------------- the critic
@@ -306,11 +308,13 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
 
     # 7. the final policy + tokenizer, atomically (LoRA: merged, and the adapter if asked)
     finish_outputs(run, out_dir, policy, cfg, tokenizer)
+    write_jsonl(paths.ppo / HISTORY, history)  # every iteration's statistics, beside the model
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
     return StageOutput(
         metrics={"stage/enabled": 1.0, **{k: last[k] for k in keys if k in last}, "objective/beta": kl_ctl.value},
         history=history,
         inputs={"rl_prompts": paths.rl_prompts},
+        reports=[paths.ppo / HISTORY],
         models={StageOutput.registered_name("ppo"): out_dir},
     )

@@ -41,6 +41,14 @@ def test_shipped_params_are_valid():
     assert configs["tokenizer"].vocab_size >= 300
 
 
+def test_the_real_profiles_params_are_valid():
+    from pathlib import Path
+
+    configs = load_all(Path(__file__).resolve().parents[2] / "profiles" / "real" / "params.yaml")
+    assert configs["data"].source == "files" and configs["sft"].lora_r > 0
+    assert configs["reward"].model_path == "models/all-minilm-l6-v2"
+
+
 def test_python_defaults_are_the_shipped_params():
     """params.yaml is where a value is set: every field of every stage config appears there, and the
     Python default (used by tests and by a params file that leaves a key out) is that same value."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rlhf.config import SECTIONS
@@ -162,3 +163,36 @@ def test_a_missing_dep_is_reported_with_stage_and_file():
     stages["sft"]["deps"] = [f for f in sorted(imported_files("sft")) if f != "rlhf/ops.py"]
     assert uncovered(stages) == ["stage 'sft' imports rlhf/ops.py, which none of its deps covers"]
     assert any("lists rlhf, but does not import rlhf/train/toy.py" in p for p in loose({"sft": {"deps": ["rlhf"]}}))
+
+
+PROFILES = sorted((ROOT / "profiles").glob("*/dvc.yaml"))
+
+
+def _profile_stages(path: Path) -> dict[str, dict]:
+    """A profile's pipeline stages with their code deps as paths from the repository root."""
+    stages = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+    prefix = path.parent.relative_to(ROOT)
+    out = {}
+    for name, spec in stages.items():
+        deps = [(path.parent / str(d)).resolve().relative_to(ROOT.resolve()).as_posix()
+                if str(d).startswith("..") else f"{prefix}/{d}" for d in spec.get("deps", [])]
+        out[name] = {**spec, "deps": deps}
+    return out
+
+
+def test_profiles_exist():
+    assert PROFILES, "profiles/real/dvc.yaml is missing"
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.parent.name)
+def test_a_profiles_code_deps_are_exactly_what_its_stages_import(path):
+    """The same check for each profile's dvc.yaml (stage commands run from the profile's folder, so
+    its code deps are ../../rlhf/...); a stage outside the stage table (importing models) lists
+    the module its command runs."""
+    stages = _profile_stages(path)
+    table = {n: s for n, s in stages.items() if n in STAGES}
+    problems = uncovered(table) + loose(table)
+    assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+    for name in set(stages) - set(table):
+        assert stages[name]["cmd"].startswith("rlhf import-model"), name
+        assert _code_deps(stages[name]) == ["rlhf/model_import.py"]
