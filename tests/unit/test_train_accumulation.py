@@ -58,7 +58,8 @@ def test_reward_pairs_accumulate_like_one_batch(setup):
     from rlhf.reward.model import RewardModel
 
     backbone = model.transformer
-    rm = RewardModel(backbone, tok, max_seq_len=128)
+    torch.manual_seed(0)
+    rm = RewardModel(backbone, torch.nn.Linear(backbone.config.hidden_size, 1), tok, max_seq_len=128)
     seqs = [e["input_ids"] for e in exs]
     chosen, rejected = seqs[:4], seqs[4:]
 
