@@ -132,6 +132,19 @@ def world(tmp_path):
     return paths
 
 
+def assert_reference_is_base_and_output_merged(world, stage_dir, reference, policy):
+    """The reference equals the SFT base exactly, the adapted policy moved, and the stage's merged
+    output (plain transformers) gives the adapted logits; the adapter is saved beside it."""
+    ids = sample_ids(world)
+    base = load_causal_lm(world.sft / "model")
+    torch.testing.assert_close(logits(reference, ids), logits(base, ids), rtol=0, atol=0)
+    adapted = logits(policy.eval(), ids)
+    assert not torch.allclose(adapted, logits(base, ids)), "the policy did not move"
+    saved = AutoModelForCausalLM.from_pretrained(stage_dir / "model", local_files_only=True)
+    torch.testing.assert_close(logits(saved, ids), adapted, rtol=1e-4, atol=1e-5)
+    assert (stage_dir / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+
+
 def record_references(monkeypatch, module) -> list:
     """Every `AdapterOff` reference `module` builds."""
     real, made = module.AdapterOff, []
@@ -203,14 +216,7 @@ def test_dpo_lora_reference_is_the_base_with_the_adapter_off(world, monkeypatch,
     assert_only_adapter_trained(policy, before)
     assert out.history[0]["loss/dpo"] == pytest.approx(math.log(2), rel=1e-4)  # starts at pi_ref
 
-    ids = sample_ids(world)
-    base = load_causal_lm(world.sft / "model")
-    torch.testing.assert_close(logits(reference, ids), logits(base, ids), rtol=0, atol=0)
-    adapted = logits(policy.eval(), ids)
-    assert not torch.allclose(adapted, logits(base, ids)), "the policy did not move"
-    saved = AutoModelForCausalLM.from_pretrained(world.dpo / "model", local_files_only=True)
-    torch.testing.assert_close(logits(saved, ids), adapted, rtol=1e-4, atol=1e-5)
-    assert (world.dpo / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+    assert_reference_is_base_and_output_merged(world, world.dpo, reference, policy)
 
 
 def test_dpo_lora_resumes_to_the_same_weights(world, monkeypatch):
@@ -244,14 +250,7 @@ def test_ppo_lora_policy_and_critic_train_adapters_against_the_base(world, monke
     assert_only_adapter_trained(critic, c_before, trainable_extra=("head.",))
     assert out.history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at first
 
-    ids = sample_ids(world)
-    base = load_causal_lm(world.sft / "model")
-    torch.testing.assert_close(logits(reference, ids), logits(base, ids), rtol=0, atol=0)
-    adapted = logits(policy.eval(), ids)
-    assert not torch.allclose(adapted, logits(base, ids)), "the policy did not move"
-    saved = AutoModelForCausalLM.from_pretrained(world.ppo / "model", local_files_only=True)
-    torch.testing.assert_close(logits(saved, ids), adapted, rtol=1e-4, atol=1e-5)
-    assert (world.ppo / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
+    assert_reference_is_base_and_output_merged(world, world.ppo, reference, policy)
 
 
 def test_ppo_lora_resumes_to_the_same_weights(world, monkeypatch):
