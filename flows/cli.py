@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -25,6 +27,40 @@ def _setup() -> None:
     configure()
 
 
+class _UsersError(logging.Filter):
+    """Keeps an error written for the user (a diverged run's `NonFiniteError`) off the console
+    while Prefect reports it, with its traceback, in four records: the command prints it once.
+    The run's log on the Prefect server keeps every record."""
+
+    def __init__(self, kind: type[Exception]) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, self.kind) and f"{self.kind.__name__}:" not in record.getMessage()
+
+
+def _run_flow(run: Callable[[], Any], what: str) -> None:
+    """`run()` a flow for its final state; when it failed, print one `error:` line and exit 1."""
+    from rlhf.train.optim import NonFiniteError
+
+    quiet = _UsersError(NonFiniteError)
+    console = logging.getLogger().handlers  # Prefect's console handler sits on the root logger
+    for handler in console:
+        handler.addFilter(quiet)
+    try:
+        state = run()
+    finally:
+        for handler in console:
+            handler.removeFilter(quiet)
+    if not state.is_completed():
+        err = state.result(raise_on_failure=False)
+        reason = str(err) if isinstance(err, NonFiniteError) else f"{what} failed: {state.message}"
+        typer.echo(f"error: {reason}", err=True)
+        raise typer.Exit(1)
+
+
 def _run_stage(stage: str, params: Path) -> None:
     _setup()
     from rlhf.config import ConfigError, load_config
@@ -36,10 +72,7 @@ def _run_stage(stage: str, params: Path) -> None:
         raise typer.Exit(2)
     from flows.pipeline import stage_flow
 
-    state = stage_flow(stage, str(params), return_state=True)
-    if not state.is_completed():
-        typer.echo(f"error: stage '{stage}' failed: {state.message}", err=True)
-        raise typer.Exit(1)
+    _run_flow(lambda: stage_flow(stage, str(params), return_state=True), f"stage '{stage}'")
 
 
 def _stage_command(stage: str):
@@ -74,10 +107,7 @@ def pipeline(
         raise typer.Exit(2)
     from flows.pipeline import pipeline as flow
 
-    state = flow(str(params), use_dvc=not no_dvc, force=force, return_state=True)
-    if not state.is_completed():
-        typer.echo(f"error: pipeline failed: {state.message}", err=True)
-        raise typer.Exit(1)
+    _run_flow(lambda: flow(str(params), use_dvc=not no_dvc, force=force, return_state=True), "pipeline")
 
 
 @app.command()

@@ -103,6 +103,10 @@ class TrainConfig(StageConfig):
     checkpoint_every: CheckpointEvery
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     log_every: LogEvery = 1
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss, gradient norm (PPO: or score): 'stop' the stage with an error and no "
+                            "model, or 'skip' that optimizer step (no update; the schedule advances), counted in "
+                            "train/skipped_steps")
     # LoRA (Hu et al. 2021): W x + (alpha / r) B A x with A, B of rank r trained and W frozen
     lora_r: int = Field(0, ge=0, description="LoRA rank r; 0 = full fine-tuning, no adapter")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scale alpha: the update is (alpha / r) B A")

@@ -181,9 +181,10 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
                                 accelerator.num_processes)
         stats = optimizer_step(policy, optimizer, scheduler, accelerator, [micro_batch(p) for p in parts],
                                loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
+        run.guard(step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})  # NaN/inf: stop, or skip
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             history.append({"step": step + 1, "train/epoch": order.epoch(step + 1), "train/lr": stats["lr"],
-                            "train/grad_norm": stats["grad_norm"],
+                            "train/grad_norm": stats["grad_norm"], "train/skipped_steps": run.skipped,
                             **{k: v for k, v in stats.items() if k not in ("loss", "lr", "grad_norm")}})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss/dpo']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}")
@@ -200,6 +201,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
                                                  reduce_logps(cfg, ref_held, held_len), held_rows)}
     last = history[-1] if history else {}
     metrics.update({k: last[k] for k in ("loss/dpo", "rewards/accuracies", "rewards/margins") if k in last})
+    metrics["train/skipped_steps"] = run.skipped
 
     # 7. the final policy + tokenizer, atomically (LoRA: merged, and the adapter if asked);
     #    checkpoints are no longer needed

@@ -21,6 +21,7 @@ policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from rlhf.train.lora import (
     with_reward_lora,
 )
 from rlhf.train.loop import TrainingRun
+from rlhf.train.optim import advance, nonfinite
 
 VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
 HISTORY = "history.jsonl"  # per-iteration statistics in artifacts/ppo/
@@ -187,11 +189,15 @@ def trim_padding(batch: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_value: Any, accelerator: Any,
-               batch: dict) -> list[dict[str, float]]:
+               batch: dict, guard: Callable[[dict[str, float]], bool] = lambda q: not nonfinite(q)
+               ) -> list[dict[str, float]]:
     """K epochs over shuffled minibatches of the frozen batch; one dict of metrics per optimizer step.
 
     Each minibatch is split into micro-batches whose losses are normalised by the minibatch's
     token count, so gradient accumulation equals one large-batch step (STYLE rule 8).
+    `guard` gets each step's `loss`, `grad_norm/policy` and `grad_norm/value` (before clipping) and
+    says whether to apply it (default: when all are finite; `TrainingRun.guard` may also stop the
+    stage); a step it refuses leaves both models and their optimizers as they were.
     """
     n = batch["seqs"].shape[0]
     policy.train()
@@ -201,6 +207,7 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
         for mb in torch.randperm(n).split(cfg.mini_batch_size):  # (mini_batch_size,) indices
             num_tokens = float(batch["mask"][mb].sum())
             sums: dict[str, float] = {}
+            loss = 0.0
             for idx in mb.split(cfg.micro_batch_size):
                 seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
                 mask = batch["mask"][idx, :r_len]  # (b, r)
@@ -211,17 +218,21 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
                 vf_loss, vf_m = ppo_value_loss(values, frozen["values"], frozen["returns"], mask,
                                                cfg.value_clip, num_tokens)
                 entropy_term = masked_sum(entropy, mask) / num_tokens
-                accelerator.backward(pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term)
+                total = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term
+                accelerator.backward(total)
+                loss += float(total.detach())
                 # metrics: token-weighted means over the minibatch (the losses are shares of it)
                 share = float(mask.sum()) / num_tokens
                 parts = {**pg_m, **vf_m, "loss/policy": pg_loss.detach() / share,
                          "loss/value": vf_loss.detach() / share, "policy/entropy": entropy_term.detach() / share}
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share
-            accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            accelerator.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+            norms = {f"grad_norm/{name}": float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                     for name, model in (("policy", policy), ("value", critic))}
+            apply = guard({"loss": loss, **norms})  # a NaN or infinite step never reaches the weights
             for opt in (opt_policy, opt_value):
-                opt.step()
+                if apply:
+                    opt.step()
                 opt.zero_grad(set_to_none=True)
             stats.append(sums)
     policy.eval()
@@ -287,15 +298,20 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
                 reward_model,
                 tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)  # sampling seed: f(seed, step)
         t1 = time.perf_counter()
-        # 5. K epochs of clipped updates
-        stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch)
+        # 5. K epochs of clipped updates; a non-finite score (the reward model's), loss or gradient
+        #    norm stops the stage or skips that optimizer step (`ppo.nonfinite`)
+        rollout = {k: metrics[k] for k in ("objective/scores", "objective/rlhf_reward")}
+        fix = f"check the reward model in {reward_dir}" if nonfinite(rollout) else None
+        stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch,
+                           lambda q: run.guard(step + 1, {**rollout, **q}, fix))
         metrics["train/lr"] = schedulers["policy"].get_last_lr()[0]
         for sched in schedulers.values():
-            sched.step()
+            advance(sched)  # also after an update whose every step was skipped
         # 6. log (update metrics averaged over its optimizer steps), adapt beta, checkpoint
         for key in stats[0]:
             metrics[key] = sum(s[key] for s in stats) / len(stats)
-        metrics.update({"time/rollout_s": t1 - t0, "time/update_s": time.perf_counter() - t1})
+        metrics.update({"time/rollout_s": t1 - t0, "time/update_s": time.perf_counter() - t1,
+                        "train/skipped_steps": run.skipped})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             history.append({"step": step + 1, **metrics})
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
@@ -310,7 +326,8 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     finish_outputs(run, out_dir, policy, cfg, tokenizer)
     write_jsonl(paths.ppo / HISTORY, history)  # every iteration's statistics, beside the model
     last = history[-1] if history else {}
-    keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length")
+    keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length",
+            "train/skipped_steps")
     return StageOutput(
         metrics={"stage/enabled": 1.0, **{k: last[k] for k in keys if k in last}, "objective/beta": kl_ctl.value},
         history=history,

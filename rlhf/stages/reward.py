@@ -135,6 +135,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
                  for part in parts]  # each (2b, T): chosen rows first
         stats = optimizer_step(model, optimizer, scheduler, accelerator, micro, loss_fn,
                                lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
+        run.guard(step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})  # NaN/inf: stop, or skip
         meter.stop(tokens=sum(int(mb["attention_mask"].sum()) for mb in micro) * accelerator.num_processes,
                    samples=cfg.batch_size)
         recent = (recent + [stats])[-cfg.log_every:]
@@ -146,7 +147,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
             keys = ("loss/reward", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
             history.append({"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
                             "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
-                            "train/epoch": order.epoch(step + 1), "throughput/pairs_per_s": speed["throughput/pairs_per_s"]})
+                            "train/skipped_steps": run.skipped, "train/epoch": order.epoch(step + 1),
+                            "throughput/pairs_per_s": speed["throughput/pairs_per_s"]})
         saved = saved_form(accelerator.unwrap_model(model), HEAD_FILE)  # LoRA: the adapter and the head
         run.checkpoint(step + 1, cfg.max_steps, {"": saved}, {"model": optimizer}, {"model": scheduler},
                        {"history": history, "samples_seen": (step + 1) * cfg.batch_size})
@@ -177,6 +179,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         "reward_model/norm_mean": rm.norm["mean"],
         "reward_model/norm_std": rm.norm["std"],
         "train/epoch": order.epoch(cfg.max_steps),
+        "train/skipped_steps": run.skipped,
         **meter.metrics(),
     })
     return StageOutput(

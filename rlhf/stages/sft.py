@@ -150,6 +150,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         micro = [collate_sft([train[i] for i in part], tokenizer.pad_token_id) for part in parts]
         last = optimizer_step(model, optimizer, scheduler, accelerator, micro, micro_batch_loss, loss_tokens,
                               cfg.max_grad_norm)
+        run.guard(step + 1, {"loss": last["loss"], "grad_norm": last["grad_norm"]})  # NaN/inf: stop, or skip
         rows = [train[i] for part in parts for i in part]
         meter.stop(tokens=sum(len(r["input_ids"]) for r in rows) * accelerator.num_processes,
                    samples=sum(r["segment_ids"][-1] + 1 if "segment_ids" in r else 1 for r in rows)
@@ -160,6 +161,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             history.append({"step": step + 1, "loss/sft": last["loss/sft"], "train/lr": last["lr"],
                             "train/grad_norm": last["grad_norm"], "train/epoch": order.epoch(step + 1),
+                            "train/skipped_steps": run.skipped,
                             "throughput/tokens_per_s": speed["throughput/tokens_per_s"]})
         run.checkpoint(step + 1, cfg.max_steps, {"": model}, {"model": optimizer}, {"model": scheduler},
                        {"history": history, "samples_seen": (step + 1) * cfg.batch_size}, tokenizer)
@@ -182,6 +184,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         "eval/perplexity/sft_train": math.exp(min(train_loss, 50.0)),
         "loss/sft": float(last.get("loss/sft", math.nan)),  # of the last optimizer step
         "train/epoch": order.epoch(cfg.max_steps),
+        "train/skipped_steps": run.skipped,
         **meter.metrics(),
     }
     return StageOutput(

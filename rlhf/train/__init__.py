@@ -5,9 +5,9 @@
 | `runtime` | `make_accelerator(mixed_precision)`, `seed_everything(seed)`, RNG state save/restore, `progress_bar` |
 | `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
 | `batching` | chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
-| `optim` | `build_optimizer`, `build_scheduler`, `optimizer_from` / `scheduler_from` (from a `TrainConfig`), `optimizer_step` (gradient accumulation normalised over the whole step), `Throughput` |
+| `optim` | `build_optimizer`, `build_scheduler`, `optimizer_from` / `scheduler_from` (from a `TrainConfig`), `optimizer_step` (gradient accumulation normalised over the whole step; a non-finite step is not applied), `check_finite` / `NonFiniteError`, `Throughput` |
 | `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir` |
-| `loop` | `TrainingRun`: resume or start, periodic and final checkpoints, the final save, retiring |
+| `loop` | `TrainingRun`: resume or start, the non-finite guard, periodic and final checkpoints, the final save, retiring |
 
 `atomic_dir`, `read_jsonl` and `write_json` are re-exported from `rlhf.files`.
 
@@ -25,6 +25,7 @@ A trainer's loop, in outline (rlhf/stages/sft.py is the worked example):
                               accelerator.process_index, accelerator.num_processes)
         stats = optimizer_step(model, optimizer, scheduler, accelerator,
                                [collate(idx_mb) for idx_mb in idx], loss_fn, units, cfg.max_grad_norm)
+        run.guard(step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})  # NaN: stop or skip
         run.checkpoint(step + 1, total_steps, {"": model}, {"model": optimizer}, {"model": scheduler}, state)
     run.finish(out_dir, model, tokenizer)
 """

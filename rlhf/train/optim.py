@@ -6,6 +6,10 @@ normalises the loss over the *whole step*: each micro-batch contributes
 where a unit is a loss token (SFT, PPO) or a pair (reward model, DPO). Summed over micro-batches
 this is exactly the loss of one big batch, so accumulation cannot change the gradient; the
 per-micro-batch mean of TRL issue 2175 would overweight the tokens of short micro-batches.
+
+Divergence is never silent: a step whose loss or gradient norm is NaN or infinite is not applied
+(`optimizer_step`), and the trainer's `TrainingRun.guard` then stops the stage with a
+`NonFiniteError` (`nonfinite: stop`) or counts the skipped step (`nonfinite: skip`).
 """
 
 from __future__ import annotations
@@ -13,15 +17,46 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 
 Schedule = Literal["cosine", "linear", "constant"]
+NonFinite = Literal["stop", "skip"]  # what a trainer does with a non-finite step (TrainConfig.nonfinite)
 
 # loss_fn(model, micro_batch, units_in_step) -> (loss share of this micro-batch, metric means)
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], float], tuple[torch.Tensor, dict[str, Any]]]
+
+
+class NonFiniteError(ValueError):
+    """Training diverged: a loss, gradient norm or reward was NaN or infinite. The message is the
+    one the user reads: stage, optimizer step, quantities, what was kept and what to change."""
+
+
+def nonfinite(quantities: dict[str, float]) -> dict[str, float]:
+    """The entries of `quantities` that are NaN or infinite, in their order."""
+    return {k: float(v) for k, v in quantities.items() if not math.isfinite(v)}
+
+
+def check_finite(stage: str, step: int, quantities: dict[str, float], policy: NonFinite = "stop",
+                 kept_step: int | None = None, fix: str | None = None) -> bool:
+    """True when every quantity of optimizer step `step` (1-based) is finite. Otherwise False with
+    `policy` "skip" (the caller skips the step), or, with "stop", a `NonFiniteError` naming the
+    stage, the step, each non-finite quantity and its value, the newest checkpoint `kept_step`
+    (None: none written yet) and `fix` (default: lower the learning rate or skip such steps)."""
+    bad = nonfinite(quantities)
+    if not bad:
+        return True
+    if policy == "skip":
+        return False
+    named = ", ".join(f"{k} ({v})" for k, v in bad.items())
+    kept = (f"the last good checkpoint (step {kept_step}) is kept" if kept_step is not None
+            else "no checkpoint was written before it")
+    fix = fix or f"lower {stage}.learning_rate"
+    raise NonFiniteError(f"{stage}: non-finite {named} at step {step}; {kept}, no model was written; "
+                         f"{fix} or set {stage}.nonfinite: skip")
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
@@ -74,6 +109,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     )
 
 
+def advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """`scheduler.step()`, also after a step whose update was skipped as non-finite: torch's
+    warning of a call before `optimizer.step()` is then expected, not the call-order slip it means."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
+
+
 def optimizer_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -93,6 +136,12 @@ def optimizer_step(
     over processes, which turns the P shares back into one sum over all units / all units.
     Returns `loss` (the step loss; with P processes, this process's share times P), the metric
     means, `grad_norm` (before clipping) and `lr`.
+
+    A step whose `loss` or `grad_norm` is NaN or infinite leaves the parameters and the optimizer
+    state as they were (gradients zeroed); the scheduler still advances, so every later step keeps
+    the learning rate it has in an unskipped run. The caller decides to stop or go on
+    (`TrainingRun.guard`). With P processes all decide alike: `grad_norm` is that of the
+    synchronised gradients, which a NaN loss on any one process makes NaN on all.
     """
     assert micro_batches, "an optimizer step needs at least one micro-batch"
     # 1. count the loss units of the whole step, on every process
@@ -113,15 +162,16 @@ def optimizer_step(
         step_loss += float(loss.detach())
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * count
-    # 3. clip, step, schedule
-    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    optimizer.step()
+    # 3. clip, step only when finite, schedule
+    norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf")))
+    if not nonfinite({"loss": step_loss, "grad_norm": norm}):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     lr = optimizer.param_groups[0]["lr"]
     if scheduler is not None:
-        scheduler.step()
+        advance(scheduler)
     out = {k: v / sum(counts) for k, v in sums.items()} if sum(counts) else {}
-    out.update(loss=step_loss, grad_norm=float(norm), lr=lr)
+    out.update(loss=step_loss, grad_norm=norm, lr=lr)
     return out
 
 

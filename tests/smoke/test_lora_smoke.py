@@ -22,10 +22,11 @@ from rlhf.config.ppo import PPOConfig
 from rlhf.config.reward import RewardConfig
 from rlhf.config.sft import SFTConfig
 from rlhf.reward import RewardModel
-from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, save_model_dir
+from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer
 from rlhf.train.lora import ADAPTER_CONFIG, ADAPTER_DIR
-from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
+from rlhf.train.toy import make_toy_world
 from tests.checkpoints import as_if_killed
+from tests.worlds import rl_world
 
 LORA = dict(lora_r=4, lora_alpha=8.0, save_adapter=True)
 SFT = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, batch_size=8, micro_batch_size=4,
@@ -124,12 +125,7 @@ def test_full_fine_tuning_is_the_default(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- reward, DPO and PPO on a saved SFT model
 @pytest.fixture()
 def world(tmp_path):
-    paths = make_toy_world(tmp_path, n_sft=16, n_pref=24)
-    write_jsonl(paths.rl_prompts, sft_rows(16, seed=5))
-    tok = load_tokenizer(paths.tokenizer)
-    save_model_dir(paths.sft / "model", build_gpt2(tok, 2, 2, 32, 128, seed=0), tok)
-    RewardModel.from_backbone(paths.sft / "model", tok, seed=0).save_pretrained(paths.reward / "model")
-    return paths
+    return rl_world(tmp_path)
 
 
 def assert_reference_is_base_and_output_merged(world, stage_dir, reference, policy):

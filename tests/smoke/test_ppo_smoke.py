@@ -14,20 +14,16 @@ from rlhf.generation import encode_prompts, generate
 from rlhf.logprobs import forward_logits, logprobs_from_logits
 from rlhf.stages.ppo import make_critic, make_experience, ppo_update, run_ppo
 from rlhf.reward import RewardModel
-from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator, save_model_dir
-from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
+from rlhf.train import build_gpt2, load_causal_lm, load_tokenizer, make_accelerator
+from rlhf.train.toy import sft_rows
 from tests.checkpoints import as_if_killed
 from tests.spies import record_adamw
+from tests.worlds import rl_world
 
 
 @pytest.fixture()
 def world(tmp_path):
-    paths = make_toy_world(tmp_path, n_sft=16, n_pref=16)
-    write_jsonl(paths.rl_prompts, sft_rows(16, seed=5))
-    tok = load_tokenizer(paths.tokenizer)
-    save_model_dir(paths.sft / "model", build_gpt2(tok, 2, 2, 32, 128, seed=0), tok)
-    RewardModel.from_backbone(paths.sft / "model", tok, seed=0).save_pretrained(paths.reward / "model")
-    return paths
+    return rl_world(tmp_path)
 
 
 def _params(model):
