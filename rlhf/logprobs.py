@@ -24,17 +24,29 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def forward_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+    keep: int = 0,
 ) -> torch.Tensor:
-    """logits / T of every position. Shapes: (B, T), (B, T) -> (B, T, V)."""
+    """logits / T of the last `keep` positions (0: of every position). Shapes: (B, T), (B, T) ->
+    (B, keep or T, V). The LM head and the softmax are the costliest layers of a small model with a
+    large vocabulary: a caller that reads only the response asks for those positions only."""
     assert temperature > 0, "temperature must be positive"
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
+        **({"logits_to_keep": keep} if keep else {}),
     )
-    return out.logits / temperature
+    return out.logits if temperature == 1.0 else out.logits / temperature
+
+
+def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """logits / T that predict the response tokens input_ids[:, prompt_len:] (left-padded prompts of
+    width `prompt_len`, then responses). Shapes: (B, P + R), (B, P + R) -> (B, R, V)."""
+    keep = input_ids.shape[1] - prompt_len + 1  # positions P-1 .. P+R-1; the last predicts nothing
+    return forward_logits(model, input_ids, attention_mask, temperature, keep)[:, :-1]
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -72,7 +84,10 @@ def sequence_logprobs(
     `response_mask` (B, T) is 1 on the response tokens (EOS included) of `input_ids`, 0 on prompt
     and padding. Shapes: (B, T) x3 -> (B,).
     """
-    target_mask = response_mask[:, 1:].to(torch.float32)  # (B, T-1), aligned with token_logprobs
-    assert bool((target_mask.sum(dim=1) > 0).all()), "every row needs at least one response token"
-    logp = token_logprobs(model, input_ids, attention_mask, temperature)  # (B, T-1)
-    return (logp * target_mask).sum(dim=1)
+    T = input_ids.shape[1]
+    assert bool((response_mask[:, 1:].sum(dim=1) > 0).all()), "every row needs at least one response token"
+    # the batch's earliest response token: positions before it predict nothing that is summed
+    first = max(int(response_mask[:, 1:].float().argmax(dim=1).min()) + 1, 1)
+    logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)[:, :-1]  # (B, T-first, V)
+    logp = logprobs_from_logits(logits, input_ids[:, first:])  # (B, T-first)
+    return (logp * response_mask[:, first:].to(torch.float32)).sum(dim=1)

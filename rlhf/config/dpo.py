@@ -29,6 +29,7 @@ class DPOConfig(TrainConfig):
     max_seq_len: int = Field(160, ge=8, description="longest prompt + response in tokens (longer pairs are cut)")
     precompute_ref_logprobs: bool = Field(True, description="compute log pi_ref once before training and cache it")
     eval_batch_size: int = Field(32, ge=1, description="pairs per forward pass on pref_heldout")
+    eval_pairs: int | None = Field(None, ge=1, description="score the first this many pairs of pref_heldout (null: all)")
     checkpoint_every: CheckpointEvery = 50
     log_every: LogEvery = 1
 

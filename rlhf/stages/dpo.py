@@ -27,6 +27,7 @@ from rlhf.train import (
     BatchOrder,
     collate_sft,
     encode_sft_example,
+    length_order,
     load_causal_lm,
     load_tokenizer,
     make_accelerator,
@@ -60,13 +61,16 @@ def collate_pairs(pairs: list[tuple[dict, dict]], pad_id: int) -> dict[str, torc
 @torch.no_grad()
 def pair_logprobs(model: Any, pairs: list[tuple[dict, dict]], pad_id: int, batch_size: int,
                   device: Any) -> torch.Tensor:
-    """Summed response log-probs of every pair under `model`. Returns (N, 2): [chosen, rejected]."""
-    out = []
+    """Summed response log-probs of every pair under `model`, batched in order of length (little
+    padding). Returns (N, 2): [chosen, rejected], in the pairs' order."""
+    out = torch.zeros(len(pairs), 2)
+    order = length_order([max(len(c["input_ids"]), len(r["input_ids"])) for c, r in pairs])
     for i in range(0, len(pairs), batch_size):
-        mb = {k: v.to(device) for k, v in collate_pairs(pairs[i: i + batch_size], pad_id).items()}
+        idx = order[i: i + batch_size]
+        mb = {k: v.to(device) for k, v in collate_pairs([pairs[j] for j in idx], pad_id).items()}
         logps = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
-        out.append(torch.stack(logps.float().cpu().chunk(2), dim=1))  # (b, 2)
-    return torch.cat(out)
+        out[torch.tensor(idx)] = torch.stack(logps.float().cpu().chunk(2), dim=1)  # (b, 2)
+    return out
 
 
 def pair_lengths(pairs: list[tuple[dict, dict]]) -> torch.Tensor:
@@ -133,7 +137,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
 
     # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens
     max_len = min(cfg.max_seq_len, max_positions(policy.config))
-    train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)
+    train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)[: cfg.eval_pairs]
     train, held = encode_pairs(tokenizer, train_rows, max_len), encode_pairs(tokenizer, held_rows, max_len)
     pad_id = tokenizer.pad_token_id
 

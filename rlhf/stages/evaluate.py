@@ -38,12 +38,12 @@ from rlhf.judges.llm import LLMJudge, api_key_from_env
 from rlhf.judges.panel import grade_rows, policy_metrics, summary
 from rlhf.judges.reward_model import check_reward_model_dir
 from rlhf.judges.rows import read_eval_prompts
-from rlhf.logprobs import forward_logits, logprobs_from_logits
+from rlhf.logprobs import logprobs_from_logits, response_logits
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
 from rlhf.rl import penalise_missing_eos
 from rlhf.stage import StageOutput, is_skipped
-from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator
+from rlhf.train import length_order, load_causal_lm, load_tokenizer, make_accelerator
 from rlhf.train.checkpoint import STAGE_CONFIG
 
 PROMPT_COLUMNS = ("set", "harmful", "topic", "label", "type")  # eval-prompt columns kept in each sample row
@@ -79,19 +79,24 @@ def proxy_missing_eos_score(ppo: PPOConfig, policies: dict[str, Path]) -> float:
 
 @torch.no_grad()
 def sequence_kl(policy: Any, reference: Any, samples: Any, temperature: float, batch_size: int) -> torch.Tensor:
-    """sum_t (log pi - log pi_ref) over each sampled response, on the policy's device. Returns (N,) on the CPU."""
-    out = []
+    """sum_t (log pi - log pi_ref) over each sampled response, on the policy's device. Returns (N,) on the CPU.
+
+    Rows go through in order of length, each batch without the padding its rows share; the
+    reference itself (SFT) has KL 0 exactly, with no forward pass."""
+    n = len(samples.texts)
+    if policy is reference:
+        return torch.zeros(n)
+    out = torch.zeros(n)
     device = next(policy.parameters()).device
-    prompt_len = samples.prompt_ids.shape[1]
-    for i in range(0, len(samples.texts), batch_size):
-        seqs = samples.sequences[i: i + batch_size].to(device)  # (b, P + R)
-        attn = samples.attention_mask[i: i + batch_size].to(device)
-        mask = samples.response_mask[i: i + batch_size].to(device).float()  # (b, R)
-        targets = seqs[:, prompt_len:]  # (b, R)
-        logp = logprobs_from_logits(forward_logits(policy, seqs, attn, temperature)[:, prompt_len - 1: -1], targets)
-        ref = logprobs_from_logits(forward_logits(reference, seqs, attn, temperature)[:, prompt_len - 1: -1], targets)
-        out.append(((logp - ref) * mask).sum(dim=1).cpu())  # (b,)
-    return torch.cat(out)
+    order = length_order((samples.prompt_mask.sum(dim=1) + samples.response_mask.sum(dim=1)).tolist())
+    for i in range(0, n, batch_size):
+        idx = order[i: i + batch_size]
+        seqs, attn, mask, prompt_len = (t.to(device) if torch.is_tensor(t) else t for t in samples.rows(idx))
+        targets = seqs[:, prompt_len:]  # (b, r)
+        logp = logprobs_from_logits(response_logits(policy, seqs, attn, prompt_len, temperature), targets)
+        ref = logprobs_from_logits(response_logits(reference, seqs, attn, prompt_len, temperature), targets)
+        out[torch.tensor(idx)] = ((logp - ref) * mask.float()).sum(dim=1).cpu()  # (b,)
+    return out
 
 
 def sample_rows(name: str, prompts: list[dict[str, Any]], samples: Any, picks: torch.Tensor, kl: torch.Tensor,

@@ -30,7 +30,7 @@ import torch
 from rlhf.config.ppo import PPOConfig
 from rlhf.files import write_jsonl
 from rlhf.generation import generate
-from rlhf.logprobs import entropy_from_logits, forward_logits, logprobs_from_logits, position_ids_from_mask
+from rlhf.logprobs import entropy_from_logits, logprobs_from_logits, position_ids_from_mask, response_logits
 from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
 from rlhf.ops import masked_mean, masked_sum, masked_whiten
 from rlhf.paths import Paths
@@ -121,7 +121,7 @@ def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.T
     response token t, and V(s_t) is read at the same column (the state before token t).
     Returns (B, R), (B, R), (B, R).
     """
-    logits = forward_logits(policy, seqs, attn, temperature)[:, prompt_len - 1: -1]  # (B, R, V)
+    logits = response_logits(policy, seqs, attn, prompt_len, temperature)  # (B, R, V)
     logprobs = logprobs_from_logits(logits, seqs[:, prompt_len:])  # (B, R)
     values = token_values(critic, seqs, attn)[:, prompt_len - 1: -1] if critic is not None else None  # (B, R)
     return logprobs, entropy_from_logits(logits), values

@@ -37,6 +37,7 @@ from rlhf.train.batching import (
     collate_sft,
     encode_dialogue,
     encode_sft_example,
+    length_order,
     pack_examples,
     pad,
     position_ids,
@@ -81,7 +82,7 @@ from rlhf.train.runtime import (
 __all__ = [
     "BatchOrder", "Throughput", "atomic_dir", "build_gpt2", "build_optimizer", "build_scheduler",
     "collate_pairs", "collate_sft", "disable_dropout", "encode_dialogue",
-    "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "load_causal_lm",
+    "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "length_order", "load_causal_lm",
     "load_checkpoint", "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_from", "optimizer_step", "pack_examples", "pad",
     "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "retire_checkpoints", "rng_state",
     "run_checkpoint_root",

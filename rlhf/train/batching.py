@@ -69,6 +69,11 @@ def pack_examples(examples: Sequence[dict[str, list[int]]], max_len: int) -> lis
     return rows
 
 
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices sorted by length (stable): consecutive batches of them need the least padding."""
+    return sorted(range(len(lengths)), key=lambda i: lengths[i])
+
+
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
     """(B,) lists of ints -> (B, T) LongTensor, T = longest sequence, padded on `side`."""
     assert side in ("left", "right"), side

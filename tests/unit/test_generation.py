@@ -4,7 +4,7 @@ import torch
 from rlhf.chat import encode_prompt, prompt_text, response_text
 from rlhf.generation import encode_prompts, generate, truncate_after_eos
 from rlhf.tokenizer import train_tokenizer
-from rlhf.train import build_gpt2
+from rlhf.train import build_gpt2, length_order
 from rlhf.train.toy import sft_rows
 
 
@@ -94,10 +94,12 @@ def test_sampling_ignores_the_checkpoints_generation_config(tok_model, monkeypat
     P = samples.prompt_ids.shape[1]
     with torch.no_grad():
         logits = forward_logits(model, samples.sequences, samples.attention_mask, temperature)  # (B, P+R, V)
-    teacher = torch.softmax(logits[:, P - 1: -1], dim=-1)  # (B, R, V)
+    # the sampler sees the prompts in order of length (one batch here)
+    order = length_order(samples.prompt_mask.sum(dim=1).tolist())
+    teacher = torch.softmax(logits[order, P - 1: -1], dim=-1)  # (B, R, V) in sampling order
     compared = 0
     for t, probs in enumerate(drawn):
-        rows = samples.response_mask[:, t].bool()
+        rows = samples.response_mask[order, t].bool()
         torch.testing.assert_close(probs[rows], teacher[rows, t], atol=1e-5, rtol=1e-4)
         compared += int(rows.sum())
     assert compared == int(samples.response_mask.sum()) > 3
@@ -110,3 +112,31 @@ def test_prompts_that_do_not_fit_the_context_are_refused(tok_model):
     with pytest.raises(ValueError, match=r"sft.sample_max_new_tokens=50 .* 1 of 2 prompts are longer"):
         generate(model, tok, ["hi", "How do I water a fern? " * 3], max_new_tokens=50,
                  budget_key="sft.sample_max_new_tokens")
+
+
+def test_length_ordered_batches_keep_each_prompt_with_its_own_response(tok_model):
+    """Prompts are batched by length; each response must still be the one its own prompt gets
+    alone (greedy decoding makes that exact)."""
+    tok, model = tok_model
+    prompts = ["How do I water a fern? " * 3, "hi", "Where should I put a rose?", "ok", "How tall is a fern?"]
+    together = generate(model, tok, prompts, max_new_tokens=6, temperature=0, batch_size=2)
+    for i, p in enumerate(prompts):
+        alone = generate(model, tok, [p], max_new_tokens=6, temperature=0)
+        assert together.texts[i] == alone.texts[0]
+        assert together.prompt_ids[i][together.prompt_mask[i].bool()].tolist() == encode_prompt(tok, p)
+
+
+def test_rows_without_shared_padding_give_the_same_logprobs(tok_model):
+    from rlhf.logprobs import logprobs_from_logits, response_logits
+
+    tok, model = tok_model
+    prompts = ["How do I water a fern? " * 3, "hi", "Where should I put a rose?", "ok"]
+    s = generate(model, tok, prompts, max_new_tokens=6, temperature=1.0, seed=0, batch_size=4)
+    P = s.prompt_ids.shape[1]
+    full = logprobs_from_logits(response_logits(model, s.sequences, s.attention_mask, P), s.response_ids)
+    seqs, attn, mask, p = s.rows([1, 3])  # the two short prompts: most of the width is shared padding
+    assert p < P and seqs.shape[1] == p + mask.shape[1] and mask.shape[1] <= s.response_ids.shape[1]
+    part = logprobs_from_logits(response_logits(model, seqs, attn, p), seqs[:, p:])
+    r = mask.shape[1]
+    assert torch.equal(mask, s.response_mask[[1, 3], :r])
+    torch.testing.assert_close(part * mask, full[[1, 3], :r] * s.response_mask[[1, 3], :r], atol=1e-5, rtol=1e-5)
