@@ -173,9 +173,9 @@ def generate(
     the prompts' own order.
 
     `temperature=0` decodes greedily. `seed` makes the samples reproducible without moving the
-    global RNG. With `max_prompt_len` unset, every prompt must fit the model's context together
-    with `max_new_tokens` (a ValueError naming `budget_key` otherwise); set, longer prompts keep
-    BOS and their last tokens. Pass an unwrapped model (`accelerator.unwrap_model`); autocast, if
+    global RNG. Longer prompts than `max_prompt_len` (if set) keep BOS and their last tokens; every
+    prompt must then fit the model's context together with `max_new_tokens` (a ValueError naming
+    `budget_key` otherwise). Pass an unwrapped model (`accelerator.unwrap_model`); autocast, if
     any, is the caller's context.
     """
     from rlhf.train.models import max_positions
@@ -183,11 +183,9 @@ def generate(
     assert len(prompts) > 0 and max_new_tokens > 0 and temperature >= 0 and 0 < top_p <= 1
     device = next(model.parameters()).device
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
-    if max_prompt_len is None:
-        context = max_positions(model.config)
-        check_prompt_budget([len(s) for s in seqs], max_new_tokens, context, budget_key)
-    else:
+    if max_prompt_len is not None:
         seqs = [keep_prompt_tail(s, max_prompt_len) for s in seqs]
+    check_prompt_budget([len(s) for s in seqs], max_new_tokens, max_positions(model.config), budget_key)
     gen_cfg = sampling_config(tokenizer, max_new_tokens, temperature, top_p)
     devices = [device.index or 0] if device.type == "cuda" else []
     responses: list[torch.Tensor] = []

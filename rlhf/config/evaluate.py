@@ -29,7 +29,7 @@ class EvaluateConfig(StageConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p")
     max_new_tokens: int = Field(64, ge=1, description="longest response in tokens")
     batch_size: int = Field(64, ge=1, description="prompts per sampling batch")
-    max_prompts: int | None = Field(None, ge=1, description="evaluate only the first this many prompts of each prompt set (None: all)")
+    max_prompts: int | None = Field(None, ge=1, description="evaluate this many prompts of each prompt set, evenly spaced over it (None: all)")
     table_rows: int = Field(12, ge=0, description="sample rows per policy in the samples table")
     judges: list[JudgeName] = Field(["gold"], description="judges beside the proxy score and the KL: gold, reward_model, refusal, llm")
     reward_model_path: str | None = Field(None, description="the reward_model judge's model dir, relative to the project root (None: the pipeline's)")

@@ -21,6 +21,8 @@ class PPOConfig(TrainConfig):
     temperature: float = Field(0.7, gt=0, le=2, description="T: sampling temperature; log-probs use logits / T")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass p; must be 1 (see _check)")
     max_new_tokens: int = Field(64, ge=1, description="longest response in tokens")
+    max_prompt_len: int | None = Field(
+        None, ge=1, description="longer prompts keep BOS and their last this many tokens; null: every prompt must fit")
     missing_eos_score: float | None = Field(
         -1.0, description="score r given to a response with no EOS (normalised RM units); null: the RM scores it")
 

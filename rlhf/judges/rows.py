@@ -33,9 +33,11 @@ def set_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def read_eval_prompts(path: Path, max_prompts: int | None) -> list[dict[str, Any]]:
-    """The first `max_prompts` rows of each prompt set in eval_prompts.jsonl (None: all), in file
-    order, checked for the columns the judges read; a ValueError names the file, the row (1-based)
-    and the field."""
+    """`max_prompts` rows of each prompt set in eval_prompts.jsonl (None: all), evenly spaced over
+    the set (rows floor(i * n / k) of a set of n rows, i < k), so that a slice still covers every
+    part of a set written in groups (XSTest lists its safe and unsafe types in blocks); file order
+    is kept. Rows are checked for the columns the judges read; a ValueError names the file, the
+    row (1-based) and the field."""
     rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{path}: no eval prompts")
@@ -49,10 +51,13 @@ def read_eval_prompts(path: Path, max_prompts: int | None) -> list[dict[str, Any
             raise ValueError(f"{path}, row {line}: field 'harmful' must be true or false, got {row['harmful']!r}")
     if max_prompts is None:
         return rows
+    sizes = set_counts(rows)
+    picked = {name: {i * n // max_prompts for i in range(min(n, max_prompts))} for name, n in sizes.items()}
     seen: Counter[str] = Counter()
     kept = []
     for row in rows:
-        seen[prompt_set(row)] += 1
-        if seen[prompt_set(row)] <= max_prompts:
+        name = prompt_set(row)
+        if seen[name] in picked[name]:
             kept.append(row)
+        seen[name] += 1
     return kept

@@ -137,7 +137,8 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
     # 1. rollout with the KV cache; responses cut after the first EOS
     policy.eval()
     samples = generate(policy, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                       top_p=cfg.top_p, batch_size=len(prompts), seed=seed, budget_key="ppo.max_new_tokens")
+                       top_p=cfg.top_p, batch_size=len(prompts), seed=seed, max_prompt_len=cfg.max_prompt_len,
+                       budget_key="ppo.max_new_tokens")
     seqs, attn = samples.sequences.to(device), samples.attention_mask.to(device)  # (N, P + R)
     mask = samples.response_mask.to(device).float()  # (N, R)
     prompt_len = samples.prompt_ids.shape[1]

@@ -113,6 +113,14 @@ def test_prompts_that_do_not_fit_the_context_are_refused(tok_model):
         generate(model, tok, ["hi", "How do I water a fern? " * 3], max_new_tokens=50,
                  budget_key="sft.sample_max_new_tokens")
 
+    # max_prompt_len keeps the prompt's start token and its last tokens, so the long prompt fits
+    long = "How do I water a fern? " * 3
+    cut = generate(model, tok, ["hi", long], max_new_tokens=50, max_prompt_len=12, temperature=0)
+    full = encode_prompt(tok, long)
+    assert cut.prompt_ids[1][cut.prompt_mask[1].bool()].tolist() == full[:1] + full[-11:]
+    with pytest.raises(ValueError, match="ppo.max_new_tokens=60"):
+        generate(model, tok, [long], max_new_tokens=60, max_prompt_len=12, budget_key="ppo.max_new_tokens")
+
 
 def test_length_ordered_batches_keep_each_prompt_with_its_own_response(tok_model):
     """Prompts are batched by length; each response must still be the one its own prompt gets

@@ -217,14 +217,18 @@ def test_eval_prompts_are_read_with_their_sets(tmp_path):
     assert len(read_eval_prompts(path, 2)) == 3  # max_prompts counts per set: none is cut off
 
 
-def test_max_prompts_keeps_the_first_rows_of_each_set(tmp_path):
+def test_max_prompts_keeps_evenly_spaced_rows_of_each_set(tmp_path):
     from rlhf.files import write_jsonl
     from rlhf.judges.rows import read_eval_prompts
 
     path = tmp_path / "eval_prompts.jsonl"
-    write_jsonl(path, [{"prompt": f"{s}{i}", "set": s} for s in ("advbench", "xstest") for i in range(3)]
+    write_jsonl(path, [{"prompt": f"{s}{i}", "set": s} for s in ("advbench", "xstest") for i in range(4)]
                 + [{"prompt": f"h{i}"} for i in range(3)])
-    assert [r["prompt"] for r in read_eval_prompts(path, 2)] == ["advbench0", "advbench1", "xstest0", "xstest1", "h0", "h1"]
+    assert [r["prompt"] for r in read_eval_prompts(path, 2)] == ["advbench0", "advbench2", "xstest0", "xstest2", "h0", "h1"]
+    # a set written in blocks (XSTest: safe types, then unsafe ones) keeps both halves in a slice
+    write_jsonl(path, [{"prompt": f"x{i}", "set": "xstest", "harmful": i >= 10} for i in range(20)])
+    kept = read_eval_prompts(path, 4)
+    assert [r["prompt"] for r in kept] == ["x0", "x5", "x10", "x15"] and sum(r["harmful"] for r in kept) == 2
 
 
 @pytest.mark.parametrize("row, message", [
