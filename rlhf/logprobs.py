@@ -87,7 +87,7 @@ def sequence_logprobs(
     T = input_ids.shape[1]
     assert bool((response_mask[:, 1:].sum(dim=1) > 0).all()), "every row needs at least one response token"
     # the batch's earliest response token: positions before it predict nothing that is summed
-    first = max(int(response_mask[:, 1:].float().argmax(dim=1).min()) + 1, 1)
+    first = int(response_mask[:, 1:].float().argmax(dim=1).min()) + 1
     logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)[:, :-1]  # (B, T-first, V)
     logp = logprobs_from_logits(logits, input_ids[:, first:])  # (B, T-first)
     return (logp * response_mask[:, first:].to(torch.float32)).sum(dim=1)

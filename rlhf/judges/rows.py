@@ -34,7 +34,7 @@ def set_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 def read_eval_prompts(path: Path, max_prompts: int | None) -> list[dict[str, Any]]:
     """`max_prompts` rows of each prompt set in eval_prompts.jsonl (None: all), evenly spaced over
-    the set (rows floor(i * n / k) of a set of n rows, i < k), so that a slice still covers every
+    the set (rows floor(i * n / k) of a set of n > k rows, i < k; a smaller set is kept whole), so that a slice still covers every
     part of a set written in groups (XSTest lists its safe and unsafe types in blocks); file order
     is kept. Rows are checked for the columns the judges read; a ValueError names the file, the
     row (1-based) and the field."""
@@ -52,7 +52,8 @@ def read_eval_prompts(path: Path, max_prompts: int | None) -> list[dict[str, Any
     if max_prompts is None:
         return rows
     sizes = set_counts(rows)
-    picked = {name: {i * n // max_prompts for i in range(min(n, max_prompts))} for name, n in sizes.items()}
+    picked = {name: set(range(n)) if n <= max_prompts else {i * n // max_prompts for i in range(max_prompts)}
+              for name, n in sizes.items()}
     seen: Counter[str] = Counter()
     kept = []
     for row in rows:

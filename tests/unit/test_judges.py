@@ -215,6 +215,8 @@ def test_eval_prompts_are_read_with_their_sets(tmp_path):
                        {"prompt": [{"role": "user", "content": "c"}], "set": "mt_bench", "harmful": None}])
     assert set_counts(read_eval_prompts(path, None)) == {"heldout": 1, "advbench": 1, "mt_bench": 1}
     assert len(read_eval_prompts(path, 2)) == 3  # max_prompts counts per set: none is cut off
+    write_jsonl(path, [{"prompt": f"h{i}"} for i in range(3)])
+    assert [r["prompt"] for r in read_eval_prompts(path, 24)] == ["h0", "h1", "h2"]  # a smaller set is kept whole
 
 
 def test_max_prompts_keeps_evenly_spaced_rows_of_each_set(tmp_path):
