@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,26 +28,47 @@ def _setup() -> None:
     configure()
 
 
-class _UsersError(logging.Filter):
-    """Keeps an error written for the user (a diverged run's `NonFiniteError`) off the console
-    while Prefect reports it, with its traceback, in four records: the command prints it once.
-    The run's log on the Prefect server keeps every record."""
+DEBUG_ENV = "RLHF_DEBUG"  # set by `rlhf --debug`; stage processes started by DVC inherit it
 
-    def __init__(self, kind: type[Exception]) -> None:
-        super().__init__()
-        self.kind = kind
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of errors written for the user")] = False) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+class _UsersError(logging.Filter):
+    """Keeps an error written for the user (`rlhf.errors.UserError`: bad params or data, a missing
+    input, a diverged run) off the console while Prefect reports it, with its traceback, in four
+    records: the command prints it once. The run's log on the Prefect server keeps every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from rlhf.errors import UserError
+
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, self.kind) and f"{self.kind.__name__}:" not in record.getMessage()
+        message = record.getMessage()
+        return not isinstance(exc, UserError) and not any(
+            f"{kind.__name__}:" in message for kind in _user_error_kinds())
+
+
+def _user_error_kinds() -> list[type]:
+    from rlhf.errors import UserError
+
+    kinds, todo = [], [UserError]
+    while todo:
+        kind = todo.pop()
+        kinds.append(kind)
+        todo.extend(kind.__subclasses__())
+    return kinds
 
 
 def _run_flow(run: Callable[[], Any], what: str) -> None:
-    """`run()` a flow for its final state; when it failed, print one `error:` line and exit 1."""
-    from rlhf.train.optim import NonFiniteError
+    """`run()` a flow for its final state; when it failed, print one `error:` line and exit 1
+    (with `--debug`, Prefect's records of a user's error, tracebacks included, stay on the console)."""
+    from rlhf.errors import UserError
 
-    quiet = _UsersError(NonFiniteError)
-    console = logging.getLogger().handlers  # Prefect's console handler sits on the root logger
+    quiet = _UsersError()
+    console = [] if os.environ.get(DEBUG_ENV) else logging.getLogger().handlers  # Prefect's console handler
     for handler in console:
         handler.addFilter(quiet)
     try:
@@ -56,7 +78,7 @@ def _run_flow(run: Callable[[], Any], what: str) -> None:
             handler.removeFilter(quiet)
     if not state.is_completed():
         err = state.result(raise_on_failure=False)
-        reason = str(err) if isinstance(err, NonFiniteError) else f"{what} failed: {state.message}"
+        reason = str(err) if isinstance(err, UserError) else f"{what} failed: {state.message}"
         typer.echo(f"error: {reason}", err=True)
         raise typer.Exit(1)
 
@@ -228,6 +250,40 @@ def summary() -> None:
 
     _setup()
     print_summary()
+
+
+tracking = typer.Typer(help="MLflow records that wait in the outbox while the tracking server is away.",
+                       no_args_is_help=True)
+app.add_typer(tracking, name="tracking")
+
+
+@tracking.command(name="status")
+def tracking_status() -> None:
+    """List the stage records waiting in .state/tracking-outbox."""
+    _setup()
+    from tasks.outbox import outbox_dir, pending
+
+    queued = pending()
+    typer.echo(f"{len(queued)} record(s) waiting in {outbox_dir()}")
+    for path in queued:
+        typer.echo(f"  {path.stem}")
+
+
+@tracking.command(name="sync")
+def tracking_sync() -> None:
+    """Log every waiting record to MLflow (MLFLOW_TRACKING_URI), oldest first; exit 1 if the
+    server is still away (the records stay queued)."""
+    _setup()
+    import mlflow
+
+    from tasks.outbox import pending, replay
+    from tasks.tracking import log_record
+
+    logged, error = replay(log_record)
+    typer.echo(f"logged {len(logged)} record(s) to {mlflow.get_tracking_uri()}")
+    if error is not None:
+        typer.echo(f"error: MLflow is unreachable ({error}); {len(pending())} record(s) still queued", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

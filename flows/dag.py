@@ -25,19 +25,33 @@ def read_stages(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, dict]:
     return data["stages"]
 
 
+def upstream_inputs(stages: dict[str, dict], name: str) -> list[tuple[str, str]]:
+    """(dep, the stage that writes it) for each of `name`'s deps that another stage outputs."""
+    found = []
+    for dep in stages[name].get("deps", []):
+        for other, spec in stages.items():
+            outs = [_out_path(o) for key in ("outs", "metrics") for o in spec.get(key, [])]
+            if other != name and any(_inside(str(dep), out) for out in outs):
+                found.append((str(dep), other))
+    return found
+
+
 def dependencies(stages: dict[str, dict]) -> dict[str, set[str]]:
     """stage -> the stages whose outputs it reads."""
-    produced = {
-        name: [_out_path(o) for key in ("outs", "metrics") for o in spec.get(key, [])]
-        for name, spec in stages.items()
-    }
-    needs: dict[str, set[str]] = {name: set() for name in stages}
-    for name, spec in stages.items():
-        for dep in spec.get("deps", []):
-            for other, outs in produced.items():
-                if other != name and any(_inside(str(dep), out) for out in outs):
-                    needs[name].add(other)
-    return needs
+    return {name: {other for _, other in upstream_inputs(stages, name)} for name in stages}
+
+
+def check_inputs(stage: str, root: Path = Path(".")) -> None:
+    """Every input of `stage` that another stage writes must exist (a UserError naming the stage
+    to run otherwise), so a missing upstream output is one clear message, not a loader's traceback."""
+    from rlhf.errors import require_input
+
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        return
+    stages = read_stages(dvc_yaml)
+    for dep, made_by in upstream_inputs(stages, stage) if stage in stages else []:
+        require_input(root / dep, stage, made_by)
 
 
 def stage_order(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:

@@ -12,17 +12,24 @@ import os
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.dag import stage_order
+from flows.dag import check_inputs, stage_order
+from rlhf.errors import UserError
 from tasks.stages import compute, track
+
+
+class StageFailed(UserError):
+    """A stage run by `dvc repro` failed; the stage's process has printed why."""
 
 
 @flow(name="rlhf-stage", flow_run_name="{stage}")
 def stage_flow(stage: str, params: str = "params.yaml", root: str = ".") -> dict:
+    check_inputs(stage, Path(root))
     cfg, output, seconds = compute(stage, params, root)
-    track(stage, cfg, output, seconds)
+    track(stage, cfg, output, seconds, root)
     return output.metrics
 
 
@@ -42,8 +49,8 @@ def dvc_repro(stage: str, force: bool = False) -> None:
     env = os.environ.copy()
     env.setdefault("PREFECT_API_URL", _api_url())  # stage flows report to this flow's server
     result = subprocess.run(cmd, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"dvc repro of stage '{stage}' failed with exit code {result.returncode}")
+    if result.returncode != 0:  # the stage printed its own error above; say which stage, once
+        raise StageFailed(f"stage '{stage}' failed (dvc repro exited with {result.returncode}; its error is above)")
 
 
 @flow(name="rlhf", flow_run_name="pipeline-{params}")
@@ -57,11 +64,12 @@ def pipeline(
     from tasks.tracking import pipeline_run
 
     stages = [s for s in stage_order() if only is None or s in only]
-    with pipeline_run(f"pipeline-{datetime.now():%Y%m%d-%H%M%S}"):
+    with pipeline_run(f"pipeline-{datetime.now():%Y%m%d-%H%M%S}", get_run_logger().warning):
         for stage in stages:
             if use_dvc:
                 dvc_repro(stage, force)
             else:
+                check_inputs(stage)
                 cfg, output, seconds = compute(stage, params)
                 track(stage, cfg, output, seconds)
     return stages

@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rlhf.errors import UserError
+
 HUMAN = "\n\nHuman: "
 ASSISTANT = "\n\nAssistant:"
 SYSTEM = "\n\nSystem: "
@@ -47,7 +49,7 @@ CHAT_TEMPLATE = (
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(UserError):
     """A prompt or response that cannot be rendered; the message says what is wrong."""
 
 

@@ -25,13 +25,14 @@ from typing import Any
 import torch
 
 from rlhf.chat import Message, encode_prompt, uses_model_template
+from rlhf.errors import UserError
 from rlhf.generation import checkpoint_generation_config_hidden, sampling_config
 from rlhf.train.models import has_tokenizer, load_causal_lm, load_tokenizer, max_positions
 
 COMMANDS = {"/reset": "forget the conversation", "/exit": "end the chat (or Ctrl-D)", "/help": "list the commands"}
 
 
-class ChatError(ValueError):
+class ChatError(UserError):
     """A model directory or setting the chat cannot use; the message says which and why."""
 
 

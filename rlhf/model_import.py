@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlhf.errors import UserError
 from rlhf.files import atomic_dir, write_json
 
 PACKAGE_PREFIX = "pkg:"
 PROVENANCE = "provenance.json"
 
 
-class ModelImportError(ValueError):
+class ModelImportError(UserError):
     """A source that cannot be imported; the message names the path or package and what to do."""
 
 

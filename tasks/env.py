@@ -42,6 +42,11 @@ def configure(root: Path | None = None) -> None:
         "MLFLOW_TRACKING_URI": tracking_uri(root),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # bounded retries against a tracking server (about 10 s, not MLflow's minutes of backoff);
+        # what still fails waits in the outbox (tasks.outbox)
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
         # DVC
         "DVC_NO_ANALYTICS": "1",
     }

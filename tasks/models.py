@@ -1,10 +1,11 @@
-"""Log trained model directories to MLflow as pyfunc models and register them.
+"""Log trained model directories to MLflow and register them, with no pickle on any load path.
 
-Causal LM policies (`rlhf-sft`, `rlhf-ppo`, `rlhf-dpo`) predict a response for each prompt; the reward
-model (`rlhf-reward`) predicts a score for each (prompt, response). The Hugging Face directory
-(weights, tokenizer, stage config) is stored whole as the model's artifact, so
-`mlflow.artifacts.download_artifacts` also gives back a directory that `from_pretrained` reads.
-Loading the pyfunc needs this package installed (it is named in the model's requirements).
+Policies (`rlhf-sft`, `rlhf-ppo`, `rlhf-dpo`) are logged with MLflow's standard `transformers`
+flavour from their directory (weights, tokenizer and chat template as the stage saved them), so
+`mlflow.transformers.load_model("models:/rlhf-ppo/1")` gives a text-generation pipeline. The reward
+model (`rlhf-reward`) is a pyfunc logged as code (`tasks/reward_pyfunc.py`) around its directory:
+`mlflow.pyfunc.load_model` scores (prompt, response) pairs with the reward normalisation applied.
+`mlflow.artifacts.download_artifacts` gives back directories that `from_pretrained` reads.
 """
 
 from __future__ import annotations
@@ -12,39 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import pandas as pd
-
-
-class PolicyModel(mlflow.pyfunc.PythonModel):
-    """Input: a DataFrame with a `prompt` column. Output: the sampled responses (fixed seed)."""
-
-    def load_context(self, context):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = context.artifacts["model"]
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).eval()
-
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        from rlhf.generation import generate
-        from rlhf.train.models import max_positions
-
-        # default: up to 64 new tokens, never more than half the model's context
-        new_tokens = min(64, max_positions(self.model.config) // 2)
-        options = {"max_new_tokens": new_tokens, "temperature": 1.0, "seed": 0, **(params or {})}
-        return generate(self.model, self.tokenizer, list(model_input["prompt"]), **options).texts
-
-
-class RewardPyfunc(mlflow.pyfunc.PythonModel):
-    """Input: a DataFrame with `prompt` and `response` columns. Output: normalised reward scores."""
-
-    def load_context(self, context):
-        from rlhf.reward import RewardModel
-
-        self.rm = RewardModel.from_pretrained(context.artifacts["model"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        return self.rm.score_pairs(list(model_input["prompt"]), list(model_input["response"]))
 
 
 def requirements() -> list[str]:
@@ -54,11 +22,31 @@ def requirements() -> list[str]:
 
 
 def log_model_dir(model_dir: Path, registered_name: str) -> None:
-    wrapper = RewardPyfunc() if registered_name.endswith("reward") else PolicyModel()
-    mlflow.pyfunc.log_model(
-        name=registered_name,
-        python_model=wrapper,
-        artifacts={"model": str(model_dir)},
-        pip_requirements=requirements(),
-        registered_model_name=registered_name,
-    )
+    if registered_name.endswith("reward"):
+        mlflow.pyfunc.log_model(
+            name=registered_name,
+            python_model=str(Path(__file__).with_name("reward_pyfunc.py")),
+            artifacts={"model": str(model_dir)},
+            pip_requirements=requirements() + ["rlhf-pipeline"],
+            registered_model_name=registered_name,
+        )
+    else:
+        import logging
+
+        from transformers import pipeline
+
+        # a text-generation pipeline over the directory (MLflow's path-only logging does not yet
+        # read transformers 5's task table); the Hub's model card is not asked for (offline)
+        pipe = pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir))
+        quiet = logging.getLogger("mlflow.transformers")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            mlflow.transformers.log_model(
+                transformers_model=pipe,
+                name=registered_name,
+                pip_requirements=requirements(),
+                registered_model_name=registered_name,
+            )
+        finally:
+            quiet.setLevel(level)

@@ -2,7 +2,7 @@
 
 Each stage is two tasks: `compute` calls the library function (no retries: a failed training run
 is not retried blindly) and writes `metrics/<stage>.json`; `track` records the result in MLflow
-(retried, since it is I/O against a tracking server).
+through the outbox (`tasks.outbox`): a tracking server that is away never fails a stage that ran.
 """
 
 from __future__ import annotations
@@ -77,8 +77,23 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     return cfg.model_dump(mode="json"), output, seconds
 
 
-@task(name="track", task_run_name="track-{stage}", retries=2, retry_delay_seconds=5)
-def track(stage: str, params: dict, output: StageOutput, seconds: float) -> str:
-    from tasks.tracking import log_stage
+@task(name="track", task_run_name="track-{stage}")
+def track(stage: str, params: dict, output: StageOutput, seconds: float, root: str = ".") -> str | None:
+    """Queue the stage's record in `<root>/.state`, then log that outbox (older records first;
+    MLflow retries each request with bounded backoff). Returns the stage's run id, or None when the
+    server is away."""
+    import mlflow
 
-    return log_stage(stage, params, output, seconds)
+    from tasks.outbox import enqueue, make_record, pending, replay
+    from tasks.tracking import log_record
+
+    record = make_record(stage, params, output, seconds)
+    path = enqueue(record, Path(root))  # first: a crash while logging leaves the record queued, never lost
+    logged, error = replay(log_record, Path(root))
+    if error is None:
+        return logged[-1]
+    get_run_logger().warning(
+        "stage %s ran and wrote its outputs, but MLflow at %s is unreachable (%s): its record waits in "
+        "%s (%d queued); the next stage or `rlhf tracking sync` logs it",
+        stage, mlflow.get_tracking_uri(), error, path.parent, len(pending(Path(root))))
+    return None

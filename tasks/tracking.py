@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,19 @@ def use_experiment(root: Path | None = None) -> str:
 
 
 @contextmanager
-def pipeline_run(name: str) -> Iterator[str]:
-    """A parent run for one pipeline execution; yields its id and exports it to child processes."""
-    use_experiment()
-    with mlflow.start_run(run_name=name, tags={"kind": "pipeline"}) as run:
+def pipeline_run(name: str, warn: Callable[[str], None] = print) -> Iterator[str | None]:
+    """A parent run for one pipeline execution; yields its id and exports it to child processes.
+    With the tracking server away it yields None (and `warn`s): the stages run and queue their
+    records (`tasks.outbox`) as top-level runs."""
+    try:
+        use_experiment()
+        active = mlflow.start_run(run_name=name, tags={"kind": "pipeline"})
+    except Exception as err:  # noqa: BLE001 - tracking never stops the pipeline
+        warn(f"MLflow at {mlflow.get_tracking_uri()} is unreachable ({type(err).__name__}: {err}); "
+             "the stages run and queue their records for `rlhf tracking sync`")
+        yield None
+        return
+    with active as run:
         previous = os.environ.get(PARENT_RUN_ENV)
         os.environ[PARENT_RUN_ENV] = run.info.run_id
         try:
@@ -92,14 +101,50 @@ def _log_model(registered_name: str, model_dir: Path) -> None:
     log_model_dir(model_dir, registered_name)
 
 
-def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float) -> str:
-    """Record one stage execution as an MLflow run; returns the run id."""
+def _runs_tagged(record_id: str) -> list[Any]:
+    """The runs of this experiment that carry `record_id` (at most one finished, when replayed)."""
+    return mlflow.search_runs(filter_string=f"tags.record_id = '{record_id}'", output_format="list")
+
+
+def _existing_parent(parent: str | None) -> str | None:
+    """`parent` if the tracking store holds that run (a pipeline that started while the server was
+    away has none), else None: the stage run is then top-level."""
+    if not parent:
+        return None
+    try:
+        mlflow.get_run(parent)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return parent
+
+
+def log_record(record: Mapping[str, Any]) -> str:
+    """Log one outbox record (`tasks.outbox.make_record`) as an MLflow run; returns the run id.
+
+    Idempotent: a finished run tagged with the record's id is returned as it is, and an unfinished
+    one (the connection dropped mid-record) is deleted before the record is logged again."""
+    from tasks.outbox import record_output
+
     use_experiment()
-    parent = os.environ.get(PARENT_RUN_ENV) or None
-    # In the pipeline's own process the parent run is active: nest under it; in a stage process
-    # (started by DVC) it is not: name it by id.
+    for run in _runs_tagged(record["record_id"]):
+        if run.info.status == "FINISHED":
+            return run.info.run_id
+        mlflow.delete_run(run.info.run_id)
+    return log_stage(record["stage"], record["params"], record_output(record), record["seconds"],
+                     record_id=record["record_id"], parent=_existing_parent(record.get("parent_run_id")))
+
+
+def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float,
+              record_id: str | None = None, parent: str | None = None) -> str:
+    """Record one stage execution as an MLflow run (tagged `stage` and, from the outbox,
+    `record_id`) under the pipeline's run `parent`; returns the run id."""
+    use_experiment()
+    # In the pipeline's own process (`--no-dvc`) its run is active: nest under it (a record replayed
+    # from an earlier pipeline lands there too); in a stage process (started by DVC) it is not:
+    # name the parent by id.
     nesting = {"nested": True} if mlflow.active_run() else {"parent_run_id": parent}
-    with mlflow.start_run(run_name=stage, tags={"stage": stage}, **nesting) as run:
+    tags = {"stage": stage, **({"record_id": record_id} if record_id else {})}
+    with mlflow.start_run(run_name=stage, tags=tags, **nesting) as run:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(params).items()})
         for row in output.history:
             step = int(row["step"])

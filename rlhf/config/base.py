@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlhf.errors import UserError
+
 
 class StageConfig(BaseModel):
     """Base of every stage config: strict, immutable, documented fields. Strict means no coercion:
@@ -21,7 +23,7 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A params file that cannot configure a stage; the message names the key and the expectation."""
 
 
@@ -80,7 +82,7 @@ CheckpointEvery = Annotated[int, Field(ge=1, description="save a resumable check
 LogEvery = Annotated[int, Field(ge=1, description="a history row every this many steps")]
 AdamBeta2 = Annotated[float, Field(ge=0, lt=1, description="beta_2 of AdamW")]
 AdamEps = Annotated[float, Field(gt=0, description="epsilon of AdamW")]
-Precision = Annotated[Literal["auto", "no", "bf16"], Field(description="'auto': bf16 autocast on CUDA, fp32 on CPU")]
+Precision = Annotated[Literal["auto", "no", "bf16"], Field(description="'auto': bf16 autocast on CUDA, fp32 on CPU; 'bf16' also on a CPU with native bf16 matmul")]
 
 
 class TrainConfig(StageConfig):

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf.config.base import StageConfig
+from rlhf.config.base import Precision, StageConfig
 
 JudgeName = Literal["gold", "reward_model", "refusal", "llm"]
 
@@ -36,6 +36,7 @@ class EvaluateConfig(StageConfig):
     llm: LLMJudgeConfig = Field(LLMJudgeConfig(), description="the llm judge's endpoint")
     bootstrap_samples: int = Field(1000, ge=1, description="B: resamples of each 95% percentile bootstrap interval")
     best_of_n: list[int] = Field([4, 16], description="n of each best-of-n baseline bon<n> (n SFT samples, the proxy RM's best kept)")
+    mixed_precision: Precision = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateConfig":

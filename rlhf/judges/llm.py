@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf.errors import UserError
 from rlhf.judges.bootstrap import JudgeMetrics
 from rlhf.judges.rows import harmful
 
@@ -51,7 +52,7 @@ RETRIED_STATUS = {408, 429, 500, 502, 503, 504}  # the server is busy or down: t
 ANSWER_SNIPPET = 200  # characters of a bad answer quoted in the error
 
 
-class LLMJudgeError(RuntimeError):
+class LLMJudgeError(UserError, RuntimeError):
     """The LLM judge could not grade: endpoint unreachable, an HTTP error, or a malformed answer."""
 
 

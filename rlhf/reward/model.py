@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from rlhf.chat import Prompt, prompt_text, response_text, split_hh_dialogue
+from rlhf.errors import UserError
 from rlhf.files import write_json
 from rlhf.train.batching import encode_dialogue, pad, position_ids
 from rlhf.train.models import (
@@ -192,6 +193,9 @@ class RewardModel(torch.nn.Module):
     def from_pretrained(cls, path: str | Path) -> "RewardModel":
         """Load a directory written by `save_pretrained` (no pickle: safetensors + JSON)."""
         path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise UserError(f"{path} is not a reward-model directory (no {CONFIG_FILE}): run the 'reward' "
+                            "stage first, or give a folder it wrote")
         extra = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         norm = json.loads((path / NORM_FILE).read_text(encoding="utf-8")) if (path / NORM_FILE).is_file() else None
         name, backbone, head = split_classifier(_load_sequence_classifier(path))

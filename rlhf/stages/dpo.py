@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rlhf.config.dpo import DPOConfig
+from rlhf.errors import UserError
 from rlhf.logprobs import sequence_logprobs
 from rlhf.losses.dpo import dpo_loss, ipo_loss
 from rlhf.paths import Paths
@@ -153,7 +154,8 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     # 4. optimizer, schedule, state when resuming
     steps_per_epoch = len(train) // cfg.batch_size
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    assert total_steps > 0, f"pref_train has {len(train)} pairs, fewer than batch_size={cfg.batch_size}"
+    if total_steps <= 0:
+        raise UserError(f"dpo: pref_train has {len(train)} pairs, fewer than dpo.batch_size={cfg.batch_size}")
     optimizer = optimizer_from(policy, cfg)
     scheduler = scheduler_from(optimizer, cfg, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)

@@ -30,6 +30,7 @@ import torch
 
 from rlhf.config.evaluate import EvaluateConfig
 from rlhf.config.ppo import PPOConfig
+from rlhf.errors import UserError
 from rlhf.files import atomic_dir, write_jsonl
 from rlhf.generation import generate
 from rlhf.judges.best_of_n import best_of_n_choice, best_of_n_kl
@@ -56,7 +57,9 @@ def policy_dirs(paths: Paths) -> dict[str, Path]:
         model = stage_dir / "model"
         if not is_skipped(stage_dir) and (model / "config.json").is_file():
             found[name] = model
-    assert "sft" in found, f"no SFT model in {paths.sft / 'model'}: run the sft stage first"
+    if "sft" not in found:
+        raise UserError(f"stage 'evaluate' needs the SFT model in {paths.sft / 'model'}, which is missing: "
+                        "run the 'sft' stage first (dvc repro sft)")
     return found
 
 
@@ -115,8 +118,9 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
     """`ppo` is the ppo section of the same params: the proxy is scored as PPO defines it."""
     # 0. runtime: device and precision chosen as for the training stages ('auto': CUDA with bf16
     #    autocast when present, else fp32 on the CPU). One process: evaluation is not sharded.
-    accelerator = make_accelerator("auto")
-    assert accelerator.num_processes == 1, "evaluation runs in one process (it is not sharded)"
+    accelerator = make_accelerator(cfg.mixed_precision)
+    if accelerator.num_processes != 1:
+        raise UserError("evaluate runs in one process (it is not sharded): run it without `accelerate launch`")
     device = accelerator.device
 
     # 1. what to evaluate: the policies that exist, the eval prompts, the reference, the proxy RM

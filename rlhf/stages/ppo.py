@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from rlhf.config.ppo import PPOConfig
+from rlhf.errors import UserError
 from rlhf.files import write_jsonl
 from rlhf.generation import generate
 from rlhf.logprobs import entropy_from_logits, logprobs_from_logits, position_ids_from_mask, response_logits
@@ -251,7 +252,9 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     #    The rollout runs under the same autocast as the update (fp32 by default, ppo.mixed_precision),
     #    so the ratio pi / pi_old is 1 on the first minibatch. One process: rollouts are not sharded.
     accelerator = make_accelerator(cfg.mixed_precision)
-    assert accelerator.num_processes == 1, "PPO runs in one process (data-parallel rollouts are not implemented)"
+    if accelerator.num_processes != 1:
+        raise UserError("ppo runs in one process (data-parallel rollouts are not implemented): "
+                        "run it without `accelerate launch`")
     seed_everything(cfg.seed)
     sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
     run = TrainingRun(paths.checkpoints("ppo"), [paths.rl_prompts, sft_dir, reward_dir], cfg, accelerator)
@@ -272,7 +275,9 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         reference = load_causal_lm(sft_dir).requires_grad_(False).eval().to(accelerator.device)
     reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval()
     prompts = [r["prompt"] for r in read_jsonl(paths.rl_prompts)]
-    assert len(prompts) >= cfg.rollout_batch_size, "fewer RL prompts than rollout_batch_size"
+    if len(prompts) < cfg.rollout_batch_size:
+        raise UserError(f"ppo: {paths.rl_prompts} holds {len(prompts)} prompts, fewer than "
+                        f"ppo.rollout_batch_size={cfg.rollout_batch_size}")
 
     opt_policy = optimizer_from(policy, cfg)
     opt_value = optimizer_from(critic, cfg, cfg.value_learning_rate)

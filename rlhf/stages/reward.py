@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rlhf.config.reward import RewardConfig
+from rlhf.errors import UserError
 from rlhf.losses.reward import bradley_terry_loss
 from rlhf.paths import Paths
 from rlhf.reward.model import HEAD_FILE, RewardModel
@@ -108,7 +109,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 3. data: (chosen, rejected) token ids per pair in the one chat format, in the model's tokenizer
     train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)
     pairs = [(model.encode(r["prompt"], r["chosen"]), model.encode(r["prompt"], r["rejected"])) for r in train_rows]
-    assert pairs, "no preference pairs"
+    if not pairs:
+        raise UserError(f"reward: {paths.pref_train} holds no preference pairs")
 
     # 4. optimizer, schedule, and the rest of the training state when resuming
     optimizer = optimizer_from(model, cfg)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rlhf.config.sft import SFTConfig
+from rlhf.errors import UserError
 from rlhf.losses.sft import sft_loss, shifted_token_logprobs
 from rlhf.ops import masked_sum
 from rlhf.paths import Paths
@@ -129,7 +130,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     held_eval = rng.sample(held, min(cfg.eval_examples, len(held)))
     if cfg.packing:
         train = pack_examples(rng.sample(train, len(train)), cfg.max_seq_len)  # shuffled, then packed
-    assert len(train) >= 1, "no SFT training examples"
+    if not train:
+        raise UserError(f"sft: {paths.sft_train} holds no training examples")
 
     # 4. optimizer, schedule, and the rest of the training state when resuming
     optimizer = optimizer_from(model, cfg)

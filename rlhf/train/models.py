@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from rlhf.errors import UserError
+
 # Config attributes that hold a dropout probability, across GPT-2, Llama, BERT, ... configs.
 _DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
 
@@ -108,6 +110,9 @@ def load_causal_lm(path: str | Path):
 
     from rlhf.train.runtime import quiet_transformers
 
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{path} is not a Hugging Face model directory (no config.json): "
+                        "check the model path in the params, or run the stage that writes it")
     config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True))
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(

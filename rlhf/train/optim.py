@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import torch
 
+from rlhf.errors import UserError
+
 Schedule = Literal["cosine", "linear", "constant"]
 NonFinite = Literal["stop", "skip"]  # what a trainer does with a non-finite step (TrainConfig.nonfinite)
 
@@ -30,7 +32,7 @@ NonFinite = Literal["stop", "skip"]  # what a trainer does with a non-finite ste
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], float], tuple[torch.Tensor, dict[str, Any]]]
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UserError):
     """Training diverged: a loss, gradient norm or reward was NaN or infinite. The message is the
     one the user reads: stage, optimizer step, quantities, what was kept and what to change."""
 

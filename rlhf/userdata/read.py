@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rlhf.errors import UserError
 from rlhf.validation.formats import FormatError, RowError, choose, convert
 from rlhf.validation.readers import SUFFIXES, DataFileError, decode, file_format, frame_of, read_bytes, read_table
 from rlhf.validation.report import Problem, listed, plural
@@ -33,7 +34,7 @@ BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
 MAX_SHOWN = 5  # problems listed in an error message
 
 
-class UserDataError(ValueError):
+class UserDataError(UserError):
     """A user dataset that cannot be used; the message names the file, the row and the field."""
 
     def __init__(self, problems: list[Problem], entry: str):

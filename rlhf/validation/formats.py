@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rlhf.errors import UserError
 from rlhf.validation.hh import PairError, split_pair
 from rlhf.validation.readers import describe, frame_of
 from rlhf.validation.report import Problem
@@ -43,7 +44,7 @@ from rlhf.validation.report import Problem
 Record = dict[str, Any]
 
 
-class RowError(ValueError):
+class RowError(UserError):
     """A record that does not fit its layout; `field` names the culprit (a column of the file)."""
 
     def __init__(self, field: str, message: str):
@@ -51,7 +52,7 @@ class RowError(ValueError):
         self.field = field
 
 
-class FormatError(ValueError):
+class FormatError(UserError):
     """A file whose columns fit no layout, or not the one forced by `format:`; `field` names the
     missing column(s)."""
 

@@ -23,6 +23,7 @@ shipped harmless-base test split validates (see `tests/data/test_hh.py` for what
 from __future__ import annotations
 
 from rlhf.chat import ASSISTANT, split_hh_dialogue
+from rlhf.errors import UserError
 from rlhf.validation.readers import describe
 from rlhf.validation.report import plural
 
@@ -31,7 +32,7 @@ EMPTY_OK = DIALOGUES  # columns that may hold an empty response in this format
 EMPTY_RESPONSE = "empty response (the dialogue ends with an empty Assistant turn); kept as an empty reply"
 
 
-class PairError(ValueError):
+class PairError(UserError):
     """A record that cannot be read as a preference pair; `field` names the culprit."""
 
     def __init__(self, field: str, message: str):

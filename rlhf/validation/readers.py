@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rlhf.errors import UserError
+
 # format -> what its row numbers count (shown beside every report)
 ROW_UNITS = {
     "jsonl": "rows are 1-based line numbers",
@@ -36,7 +38,7 @@ SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parq
 TEXT_FORMATS = ("jsonl", "json", "csv")
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError):
     """A dataset file that cannot be read.
 
     `reason` says what is wrong; `row` (with `where`, e.g. "line 3") locates it where one row is at

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlhf.chat import ChatFormatError, prompt_text
+from rlhf.errors import UserError
 from rlhf.validation.formats import FormatError, convert_frame, source_field
 from rlhf.validation.hh import EMPTY_OK
 from rlhf.validation.readers import DataFileError, read_table
@@ -40,7 +41,7 @@ WORLD_FILES: dict[str, tuple[Kind, str]] = {
 OUTPUTS = ("report.json", "summary.md")
 
 
-class ValidationFailed(Exception):
+class ValidationFailed(UserError):
     """The `validate` stage found problems; the message lists the first few, `reports` holds all."""
 
     def __init__(self, message: str, reports: list[ValidationReport]):

@@ -1,11 +1,12 @@
 """The stage order is declared once (dvc.yaml); the Prefect flow follows DVC's own graph."""
 
+import shutil
 from pathlib import Path
 
 import networkx as nx
 import pytest
 
-from flows.dag import stage_order
+from flows.dag import check_inputs, stage_order
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +48,15 @@ def test_every_dvc_stage_has_a_task_and_its_own_params_section():
         other = [str(p).split(".")[0] for p in spec["params"][1:]]
         assert set(other) <= set(STAGES[name].reads), f"stage {name} lists params of sections it does not read"
         assert spec["cmd"].startswith(f"rlhf {name}")
+
+
+def test_a_missing_upstream_output_is_one_clear_error_naming_the_stage_to_run(tmp_path):
+    from rlhf.errors import UserError
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "artifacts" / "data").mkdir(parents=True)
+    (tmp_path / "artifacts" / "tokenizer").mkdir()
+    (tmp_path / "artifacts" / "sft").mkdir()
+    check_inputs("sft", tmp_path)  # artifacts/data and artifacts/tokenizer are there
+    with pytest.raises(UserError, match=r"stage 'ppo' needs .*artifacts/reward, which is missing: run the 'reward' stage first"):
+        check_inputs("ppo", tmp_path)

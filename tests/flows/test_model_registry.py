@@ -1,5 +1,6 @@
 """Trained models are logged to MLflow under the names the stages give them, registered, and load
-back for inference."""
+back for inference: policies through the standard transformers flavour, the reward model as a
+pyfunc logged as code; no pickle is stored or read."""
 
 import ast
 from pathlib import Path
@@ -54,14 +55,16 @@ def test_policy_and_reward_model_round_trip(tmp_path, mlflow_sqlite):
         log_model_dir(policy_dir, SFT)
         log_model_dir(rm_dir, REWARD)
 
-    policy = mlflow.pyfunc.load_model(f"models:/{SFT}/1")
-    out = policy.predict(pd.DataFrame({"prompt": ["How do I water a fern?", "Explain tides."]}),
-                         params={"max_new_tokens": 8})
-    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    pipe = mlflow.transformers.load_model(f"models:/{SFT}/1")
+    out = pipe(["How do I water a fern?", "Explain tides."], max_new_tokens=8, do_sample=False)
+    assert len(out) == 2 and all(isinstance(o[0]["generated_text"], str) for o in out)
+    assert pipe.model.config.n_embd == 16  # the trained model itself
 
     reward = mlflow.pyfunc.load_model(f"models:/{REWARD}/1")
     frame = pd.DataFrame({"prompt": ["How do I water a fern?"] * 2, "response": ["Water it weekly.", "No."]})
     scores = reward.predict(frame)
     expected = RewardModel.from_pretrained(rm_dir).score_pairs(list(frame["prompt"]), list(frame["response"]))
     assert list(scores) == expected
-    assert any((tmp_path / ".state" / "mlartifacts").rglob("MLmodel")), "model artifacts outside the state folder"
+    artifacts = tmp_path / ".state" / "mlartifacts"
+    assert any(artifacts.rglob("MLmodel")), "model artifacts outside the state folder"
+    assert not [p for p in artifacts.rglob("*") if p.suffix in (".pkl", ".pickle")], "a pickle was logged"

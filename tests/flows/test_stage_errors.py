@@ -1,6 +1,7 @@
-"""A diverged stage says so once: `rlhf <stage>` prints the `NonFiniteError` message as one
-`error:` line (Prefect's console records of it, tracebacks included, are held back) and exits 1;
-any other failure keeps Prefect's account. Run in a subprocess with its own ephemeral Prefect
+"""An error written for the user says so once: `rlhf <stage>` prints a `UserError`'s message (a
+diverged run's `NonFiniteError`, a missing upstream output) as one `error:` line (Prefect's console
+records of it, tracebacks included, are held back, unless `rlhf --debug`) and exits 1; any other
+failure keeps Prefect's account. Run in a subprocess with its own ephemeral Prefect
 server, since Prefect's console handler writes to the process's real stderr."""
 
 import os
@@ -15,6 +16,7 @@ SCRIPT = """
 import sys
 import tasks.stages
 from flows.cli import app
+from rlhf.errors import UserError
 from rlhf.train.optim import NonFiniteError
 
 def diverged(cfg, paths):
@@ -23,10 +25,13 @@ def diverged(cfg, paths):
 def broken(cfg, paths):
     raise RuntimeError("a bug")
 
-for run in (diverged, broken):
+def no_input(cfg, paths):
+    raise UserError("stage 'tokenizer' needs artifacts/data, which is missing")
+
+for run, debug in ((diverged, []), (broken, []), (no_input, []), (no_input, ["--debug"])):
     tasks.stages.library_function = lambda stage: run
     try:
-        app(["tokenizer", "--params", "params.yaml"])
+        app(debug + ["tokenizer", "--params", "params.yaml"])
     except SystemExit as done:
         print(f"=== exit {done.code}", file=sys.stderr, flush=True)
 """
@@ -38,8 +43,11 @@ def test_a_diverged_stage_prints_its_message_once_and_other_failures_as_before(t
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
     done = subprocess.run([sys.executable, "-c", SCRIPT, MESSAGE], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
-    diverged, broken, _ = done.stderr.split("=== exit 1\n")
+    diverged, broken, missing, debug, _ = done.stderr.split("=== exit 1\n")
     assert diverged.count("non-finite") == 1 and f"\nerror: {MESSAGE}\n" in diverged
     assert "Traceback" not in diverged and "NonFiniteError" not in diverged
     assert "error: stage 'tokenizer' failed: Flow run encountered an exception: RuntimeError: a bug" in broken
     assert "Traceback" in broken  # Prefect's own report of an unexpected error is left as it was
+    assert missing.count("artifacts/data") == 1 and "Traceback" not in missing
+    assert "\nerror: stage 'tokenizer' needs artifacts/data, which is missing\n" in missing
+    assert "Traceback" in debug and "UserError" in debug  # --debug shows Prefect's full account

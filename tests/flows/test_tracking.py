@@ -42,3 +42,23 @@ def test_log_stage_records_params_metrics_inputs_tables_and_nesting(tmp_path, ml
         a.path for a in client.list_artifacts(run_id, "reports")
     }
     assert "samples.json" in artifacts and "reports/report.json" in artifacts
+
+
+def test_no_key_from_the_environment_reaches_the_tracking_store(tmp_path, mlflow_sqlite, monkeypatch):
+    """The LLM judge's key is named by its variable (`evaluate.llm.api_key_env`), never logged: every
+    byte MLflow wrote for a run (the SQLite store and the artifact folder) is scanned for it."""
+    from rlhf.config.evaluate import EvaluateConfig
+    from tasks.tracking import use_experiment
+
+    secret = "sk-test-3f9a1c77e2b04d5c"
+    monkeypatch.setenv("JUDGE_API_KEY", secret)
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    cfg = EvaluateConfig(judges=["refusal", "llm"],
+                         llm={"base_url": "http://127.0.0.1:9/v1", "model": "judge", "api_key_env": "JUDGE_API_KEY"})
+    use_experiment(tmp_path)
+    with pipeline_run("pipeline-test"):
+        run_id = log_stage("evaluate", cfg.model_dump(mode="json"), StageOutput(metrics={"sft": {"eval/x": 1.0}}), 1.0)
+    assert mlflow.get_run(run_id).data.params["llm/api_key_env"] == "JUDGE_API_KEY"
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in written)
+    assert not [p for p in written if secret.encode() in p.read_bytes()]

@@ -39,5 +39,6 @@ def test_building_blocks_never_import_a_stage(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "rlhf" / "config").glob("*.py")), ids=rel)
 def test_configs_import_only_configs(path):
-    bad = {m for m in imports(path) if m.startswith("rlhf.") and not m.startswith("rlhf.config")}
+    # and rlhf.errors, the leaf module of the user-facing error class (it imports nothing of rlhf)
+    bad = {m for m in imports(path) if m.startswith("rlhf.") and not m.startswith("rlhf.config") and m != "rlhf.errors"}
     assert not bad, f"{rel(path)} imports {sorted(bad)}"

@@ -23,3 +23,13 @@ def test_the_evaluate_table_shows_the_reported_judges_only(tmp_path, capsys):
     assert "helpfulness" not in header and "llm_help" not in header  # no policy reports them
     bon = next(line for line in out.splitlines() if " bon4 " in line)
     assert "0.636" in bon and "0.750" in bon
+
+
+def test_the_summary_names_the_experiment_the_runs_went_to(tmp_path, capsys, monkeypatch):
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.setenv("RLHF_MLFLOW_EXPERIMENT", "rlhf-real")
+    print_summary(tmp_path)
+    assert "(experiment 'rlhf-real')" in capsys.readouterr().out
+    monkeypatch.delenv("RLHF_MLFLOW_EXPERIMENT")
+    print_summary(tmp_path)
+    assert "(experiment 'rlhf')" in capsys.readouterr().out
