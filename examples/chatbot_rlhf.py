@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     workdir = args.workdir or ROOT / ".state" / "examples" / f"{args.model_name.resolve().name}-{args.algorithm}"
     params = build_params(args.params.resolve(), args.model_name, args.algorithm, args.batch_size, args.ppo_epochs)
     run_pipeline(workdir, params, stage_order_file(args.params.resolve()))
+    if not (workdir / "metrics" / "evaluate.json").is_file():
+        sys.exit(f"error: the pipeline in {workdir} ended without metrics/evaluate.json")
     print(f"\n== {args.model_name} with {args.algorithm.upper()} ({workdir}) ==")
     print(report(workdir, args.algorithm))
 

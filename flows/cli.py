@@ -297,3 +297,7 @@ def serve() -> None:
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover  (python -m flows.cli, as the example script runs it)
+    main()

@@ -6,6 +6,7 @@ order is a topological sort that keeps `dvc.yaml`'s declaration order among inde
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import yaml
@@ -41,9 +42,10 @@ def dependencies(stages: dict[str, dict]) -> dict[str, set[str]]:
     return {name: {other for _, other in upstream_inputs(stages, name)} for name in stages}
 
 
-def check_inputs(stage: str, root: Path = Path(".")) -> None:
-    """Every input of `stage` that another stage writes must exist (a UserError naming the stage
-    to run otherwise), so a missing upstream output is one clear message, not a loader's traceback."""
+def check_inputs(stage: str, root: Path = Path("."), makers: Collection[str] | None = None) -> None:
+    """Every input of `stage` that another stage writes (one of `makers`, if given) must exist (a
+    UserError naming the stage to run otherwise), so a missing upstream output is one clear
+    message, not a loader's traceback."""
     from rlhf.errors import require_input
 
     dvc_yaml = root / "dvc.yaml"
@@ -51,7 +53,8 @@ def check_inputs(stage: str, root: Path = Path(".")) -> None:
         return
     stages = read_stages(dvc_yaml)
     for dep, made_by in upstream_inputs(stages, stage) if stage in stages else []:
-        require_input(root / dep, stage, made_by)
+        if makers is None or made_by in makers:
+            require_input(root / dep, stage, made_by)
 
 
 def stage_order(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.dag import check_inputs, stage_order
 from rlhf.errors import UserError
-from tasks.stages import compute, track
+from tasks.stages import STAGES, compute, track
 
 
 class StageFailed(UserError):
@@ -68,8 +68,10 @@ def pipeline(
         for stage in stages:
             if use_dvc:
                 dvc_repro(stage, force)
+            elif stage not in STAGES:  # a shell command of dvc.yaml (a profile's model import)
+                get_run_logger().info("stage %s is a command that runs under DVC only: skipped", stage)
             else:
-                check_inputs(stage)
+                check_inputs(stage, makers=STAGES)
                 cfg, output, seconds = compute(stage, params)
                 track(stage, cfg, output, seconds)
     return stages

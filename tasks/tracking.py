@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -134,6 +135,43 @@ def log_record(record: Mapping[str, Any]) -> str:
                      record_id=record["record_id"], parent=_existing_parent(record.get("parent_run_id")))
 
 
+POLICY_STAGES = ("sft", "ppo", "dpo")  # the stages whose model is a policy the evaluate stage samples
+
+
+def attach_evaluation(metrics: Mapping[str, Any], parent: str | None) -> list[str]:
+    """Copy each policy's evaluation (`eval/...`, and its `policy/...` figures as `eval/policy/...`)
+    onto that policy's own stage run, so that selecting the PPO and DPO runs in the MLflow UI and
+    pressing Compare shows which did better; the pipeline's run `parent` gets the whole table as
+    `<policy>/eval/...`. The policy's run is its newest finished one under `parent`, else (a stage
+    DVC did not rerun) its newest in the experiment. Returns the run ids written to."""
+    from mlflow.entities import Metric
+
+    client = mlflow.tracking.MlflowClient()
+    exp_id = use_experiment()
+    now = int(time.time() * 1000)
+    written = []
+    for policy in POLICY_STAGES:
+        values = metrics.get(policy)
+        if not isinstance(values, Mapping):
+            continue
+        runs = []
+        for scope in ([f" and tags.mlflow.parentRunId = '{parent}'"] if parent else []) + [""]:
+            runs = client.search_runs([exp_id], f"tags.stage = '{policy}' and attributes.status = 'FINISHED'{scope}",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                break
+        if not runs:
+            continue
+        batch = [Metric(k if k.startswith("eval/") else f"eval/{k}", float(v), now, 0)
+                 for k, v in values.items() if isinstance(v, (int, float))]
+        client.log_batch(runs[0].info.run_id, metrics=batch)
+        written.append(runs[0].info.run_id)
+    if parent:
+        table = [Metric(k, float(v), now, 0) for k, v in flatten(metrics).items() if isinstance(v, (int, float))]
+        client.log_batch(parent, metrics=table)
+    return written
+
+
 def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float,
               record_id: str | None = None, parent: str | None = None) -> str:
     """Record one stage execution as an MLflow run (tagged `stage` and, from the outbox,
@@ -142,8 +180,11 @@ def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, second
     # In the pipeline's own process (`--no-dvc`) its run is active: nest under it (a record replayed
     # from an earlier pipeline lands there too); in a stage process (started by DVC) it is not:
     # name the parent by id.
-    nesting = {"nested": True} if mlflow.active_run() else {"parent_run_id": parent}
-    tags = {"stage": stage, **({"record_id": record_id} if record_id else {})}
+    active = mlflow.active_run()
+    nesting = {"nested": True} if active else {"parent_run_id": parent}
+    parent = active.info.run_id if active else parent
+    tags = {"stage": stage, **({"algorithm": stage} if stage in POLICY_STAGES else {}),
+            **({"record_id": record_id} if record_id else {})}
     with mlflow.start_run(run_name=stage, tags=tags, **nesting) as run:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(params).items()})
         for row in output.history:
@@ -151,7 +192,11 @@ def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, second
             mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=step)
         final = {k: float(v) for k, v in flatten(output.metrics).items() if isinstance(v, (int, float))}
         final["time/stage_seconds"] = seconds
-        mlflow.log_metrics(final)
+        # at the last step of the curves: "Latest" in the UI reads the final value, and a curve
+        # gets no stray first point at step 0
+        mlflow.log_metrics(final, step=max((int(r["step"]) for r in output.history), default=0))
+        if stage == "evaluate":
+            attach_evaluation(output.metrics, parent)
         _log_inputs(output.inputs, stage)
         for report in output.reports:
             if Path(report).is_file():

@@ -62,3 +62,24 @@ def test_no_key_from_the_environment_reaches_the_tracking_store(tmp_path, mlflow
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "mlflow.db" for p in written)
     assert not [p for p in written if secret.encode() in p.read_bytes()]
+
+
+def test_each_policy_run_carries_its_evaluation_and_final_values_sit_at_the_last_step(mlflow_sqlite):
+    """Compare in the MLflow UI: the PPO and DPO runs hold their own eval/... figures (tag
+    algorithm=<stage>), the pipeline's run the whole table; a final value closes its curve."""
+    client = mlflow.tracking.MlflowClient()
+    history = [{"step": 1, "loss/policy": 0.5}, {"step": 2, "loss/policy": 0.25}]
+    with pipeline_run("pipeline-test") as parent_id:
+        runs = {s: log_stage(s, {}, StageOutput(metrics={"loss/policy": 0.25}, history=history), 1.0)
+                for s in ("sft", "ppo", "dpo")}
+        evaluation = {p: {"eval/rm/win_rate": w, "policy/eos_share": 0.5} for p, w in
+                      (("sft", 0.5), ("ppo", 0.625), ("dpo", 0.75), ("bon4", 0.875))}
+        log_stage("evaluate", {}, StageOutput(metrics=evaluation), 1.0)
+    for stage, run_id in runs.items():
+        run = client.get_run(run_id)
+        assert run.data.tags["algorithm"] == stage
+        assert run.data.metrics["eval/rm/win_rate"] == evaluation[stage]["eval/rm/win_rate"]
+        assert run.data.metrics["eval/policy/eos_share"] == 0.5
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss/policy")] == [(1, 0.5), (2, 0.25), (2, 0.25)]
+    parent = client.get_run(parent_id)
+    assert parent.data.metrics["bon4/eval/rm/win_rate"] == 0.875 and parent.data.metrics["ppo/eval/rm/win_rate"] == 0.625

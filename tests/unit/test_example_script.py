@@ -55,3 +55,13 @@ def test_a_directory_without_a_model_is_refused(example, tmp_path, capsys):
     with pytest.raises(SystemExit):
         example.main(["--model_name", str(tmp_path), "--algorithm", "dpo"])
     assert "not a Hugging Face model directory" in capsys.readouterr().err
+
+
+def test_the_cli_module_runs_as_the_script_starts_it():
+    """The script runs `python -m flows.cli pipeline ...`: the module must act as the `rlhf` command."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "pipeline" in done.stdout and "tracking" in done.stdout
