@@ -83,8 +83,10 @@ def encode_framed(tokenizer: Any, frame: tuple[list[int], list[int]], prompt: Pr
     """prefix + prompt_text + response_text + suffix (e.g. [CLS] ... [SEP]); over-long texts lose
     tokens from the front of the prompt, so [CLS] (the pooled token) and the response's end stay."""
     prefix, suffix = frame
-    body = (tokenizer.encode(prompt_text(prompt), add_special_tokens=False)
-            + tokenizer.encode(response_text(response), add_special_tokens=False))
+    # verbose=False: the texts are cut to max_len just below, so the tokenizer's "longer than the
+    # model's maximum" warning would only be noise
+    body = (tokenizer.encode(prompt_text(prompt), add_special_tokens=False, verbose=False)
+            + tokenizer.encode(response_text(response), add_special_tokens=False, verbose=False))
     keep = max_len - len(prefix) - len(suffix)
     assert keep > 0, f"max_seq_len {max_len} leaves no room besides the special tokens"
     return prefix + body[max(len(body) - keep, 0):] + suffix

@@ -184,7 +184,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         "eval/loss/sft_train": train_loss,
         "eval/perplexity/sft": math.exp(min(held_loss, 50.0)),
         "eval/perplexity/sft_train": math.exp(min(train_loss, 50.0)),
-        "loss/sft": float(last.get("loss/sft", math.nan)),  # of the last optimizer step
+        # of the last optimizer step (resumed from the final checkpoint: the history's last row)
+        "loss/sft": float(last.get("loss/sft", history[-1]["loss/sft"] if history else math.nan)),
         "train/epoch": order.epoch(cfg.max_steps),
         "train/skipped_steps": run.skipped,
         **meter.metrics(),

@@ -7,6 +7,7 @@ A checkpoint is a Hugging Face model directory (safetensors) with the training s
         stage_config.json                                 the stage config that produced it
         optimizer.pt                                      optimizer + scheduler state dicts
         rng_state.pt                                      Python, NumPy, torch (and CUDA) RNG states
+        checksums.json                                    sha256 of every file above
         trainer_state.json                                step, data position, history, ...
 
 Every directory is written to a temporary sibling and renamed into place (`os.replace`), so a
@@ -14,35 +15,69 @@ SIGKILL leaves either the previous checkpoint or the new one, never half of one.
 hold only tensors, numbers and strings and are read with `torch.load(weights_only=True)` (no
 arbitrary pickle). Resuming = load the model from the latest checkpoint directory, rebuild the
 optimizer over it, then `load_checkpoint` restores the rest; the data order is a function of the
-step (`rlhf.train.batching.BatchOrder`).
+step (`rlhf.train.batching.BatchOrder`). A resume verifies the checksums first: a checkpoint with
+a missing, truncated or altered file is skipped (with a warning) for the one before it. A write
+refused for want of space (ENOSPC, EDQUOT) is a `UserError` naming the folder and what is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhf.errors import UserError
 from rlhf.files import atomic_dir, write_json
 from rlhf.train.runtime import quiet_transformers, rng_state, set_rng_state
 
 STAGE_CONFIG = "stage_config.json"
 TRAINER_STATE = "trainer_state.json"
+CHECKSUMS = "checksums.json"
 _PREFIX = "step-"
+
+
+def _disk_full(err: BaseException | None) -> str | None:
+    """Why the disk refused a write, when `err` or an exception it came from is such a refusal: an
+    `OSError` with errno ENOSPC or EDQUOT, or safetensors' error, which only names the errno in its
+    text ("... (os error 28)"); else None."""
+    while err is not None:
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if (isinstance(err, OSError) and err.errno == code) or f"(os error {code})" in str(err):
+                return os.strerror(code)
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _full_disk_is_users(target: Path, kept: str) -> Iterator[None]:
+    """Raise a write of `target` refused for want of space as a `UserError` naming `target` and
+    what is `kept` (`atomic_dir` inside has already removed the partial copy)."""
+    try:
+        yield
+    except Exception as err:
+        reason = _disk_full(err)
+        if reason is None:
+            raise
+        raise UserError(f"cannot write {target}: the disk is full ({reason}); {kept}") from err
 
 
 def save_model_dir(target: str | Path, model: Any, tokenizer: Any = None, config: Any = None,
                    extra_json: dict[str, Any] | None = None) -> Path:
     """Atomically write `model.save_pretrained` (+ tokenizer, + `stage_config.json` from a pydantic
-    config, + extra JSON files `{name: data}`) to `target`. Returns `target`."""
-    with atomic_dir(target) as tmp, quiet_transformers():
+    config, + extra JSON files `{name: data}`) to `target`. Returns `target`. A full disk leaves
+    `target` as it was and raises a `UserError`: a stage's final save comes before its checkpoints
+    are retired, so a rerun resumes from the last one."""
+    kept = "what was there is kept, and so is the stage's last checkpoint: free space and run the stage again"
+    with _full_disk_is_users(Path(target), kept), atomic_dir(target) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -111,11 +146,49 @@ def retire_checkpoints(root: str | Path) -> Path | None:
     return done
 
 
+def file_checksums(folder: str | Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` but the checksum file and the trainer
+    state (written after it)."""
+    folder = Path(folder)
+    sums = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name not in (CHECKSUMS, TRAINER_STATE):
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            sums[name] = h.hexdigest()
+    return sums
+
+
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """What is wrong with a checkpoint's files (None: every checksum matches and its trainer state
+    reads). A checkpoint written before checksums existed is only checked for its trainer state."""
+    ckpt = Path(ckpt)
+    try:
+        json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
+        expected = json.loads((ckpt / CHECKSUMS).read_text(encoding="utf-8")) if (ckpt / CHECKSUMS).is_file() else None
+    except (OSError, ValueError) as err:
+        return f"unreadable trainer state or checksums ({err})"
+    if expected is None:
+        return None
+    found = file_checksums(ckpt)
+    for name, digest in expected.items():
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != digest:
+            return f"{name} does not match its checksum (truncated or altered)"
+    return None
+
+
 def find_resumable(root: str | Path, config: Any) -> Path | None:
-    """The latest checkpoint under `root` written with the same stage config, or None.
+    """The latest intact checkpoint under `root` written with the same stage config, or None.
 
     Checkpoints of a different config (changed params) are removed with a warning: resuming them
-    would mix two runs. Leftover temporary directories of a killed save are removed too.
+    would mix two runs. A checkpoint whose files fail their checksums is removed with a warning
+    naming the file, and the one before it is used. Leftover temporary directories of a killed save
+    are removed too.
     """
     root = Path(root)
     if not root.is_dir():
@@ -123,7 +196,14 @@ def find_resumable(root: str | Path, config: Any) -> Path | None:
     for p in root.iterdir():
         if p.name.startswith("."):
             shutil.rmtree(p, ignore_errors=True)
-    ckpt = latest_checkpoint(root)
+    ckpt = None
+    for candidate in reversed(list_checkpoints(root)):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            ckpt = candidate
+            break
+        warnings.warn(f"{candidate} is corrupt: {problem}; resuming from the checkpoint before it", stacklevel=2)
+        shutil.rmtree(candidate, ignore_errors=True)
     if ckpt is None:
         return None
     saved = json.loads((ckpt / STAGE_CONFIG).read_text(encoding="utf-8"))
@@ -141,23 +221,34 @@ def save_checkpoint(root: str | Path, step: int, accelerator: Any, models: dict[
     `keep_last` newest checkpoints. `models` maps a sub-directory to a model with `save_pretrained`
     ("" is the checkpoint directory itself, so the main model loads with `from_pretrained(ckpt)`);
     `optimizers` and `schedulers` map names to objects with state dicts (a scheduler may be None).
-    `state` must be JSON-serialisable (history, data position)."""
+    `state` must be JSON-serialisable (history, data position). A full disk raises a `UserError`
+    and leaves the previous checkpoints as they were."""
     ckpt = Path(root) / f"{_PREFIX}{step:08d}"
     if accelerator.is_main_process:
-        with atomic_dir(ckpt) as tmp, quiet_transformers():
+        previous = latest_checkpoint(root)
+        kept = (f"the previous checkpoint {previous.name} is kept and the stage resumes from it once space is freed"
+                if previous is not None else "there is no earlier checkpoint: free space and run the stage again")
+        with _full_disk_is_users(ckpt, kept), atomic_dir(ckpt) as tmp, quiet_transformers():
             for sub, model in models.items():
                 (tmp / sub).mkdir(parents=True, exist_ok=True)
                 accelerator.unwrap_model(model).save_pretrained(tmp / sub)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             write_json(tmp / STAGE_CONFIG, config.model_dump(mode="json"))
-            torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                        "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None}},
-                       tmp / "optimizer.pt")
-            torch.save(rng_state(), tmp / "rng_state.pt")
+            # through Python files: torch's own writer reports a full disk only as "unexpected pos"
+            with (tmp / "optimizer.pt").open("wb") as f:
+                torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                            "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None}}, f)
+            with (tmp / "rng_state.pt").open("wb") as f:
+                torch.save(rng_state(), f)
+            write_json(tmp / CHECKSUMS, file_checksums(tmp))
             write_json(tmp / TRAINER_STATE, {**state, "step": step})  # last: marks it complete
         for old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed to a dot-name first: a kill mid-delete leaves a folder that is no checkpoint
+            # and that the next resume removes (find_resumable drops dot-entries)
+            hidden = old.with_name(f".{old.name}.old")
+            os.replace(old, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
     accelerator.wait_for_everyone()
     return ckpt
 

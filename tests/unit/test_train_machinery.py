@@ -124,3 +124,22 @@ def test_run_checkpoint_root_drops_folders_of_other_inputs(tmp_path):
     data.write_text("2\n")
     second = run_checkpoint_root(tmp_path / "ckpt", [data])
     assert second != first and not first.exists()
+
+
+def test_a_corrupt_checkpoint_is_skipped_for_the_one_before_it(tmp_path):
+    acc = make_accelerator("no")
+    model = _Linear(3, 2)
+    opt = build_optimizer(model, 1e-2)
+    cfg = SFTConfig(max_steps=10, warmup_steps=2)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, acc, {"": model}, {"model": opt}, {}, cfg, {}, keep_last=3)
+    # step 3: its weights truncated (a write cut short by a full disk, a bad copy)
+    weights = tmp_path / "step-00000003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.warns(UserWarning, match=r"step-00000003 is corrupt: model.safetensors does not match its checksum"):
+        assert find_resumable(tmp_path, cfg) == tmp_path / "step-00000002"
+    assert not (tmp_path / "step-00000003").exists()
+    # step 2: a file gone
+    (tmp_path / "step-00000002" / "optimizer.pt").unlink()
+    with pytest.warns(UserWarning, match="optimizer.pt is missing"):
+        assert find_resumable(tmp_path, cfg) == tmp_path / "step-00000001"

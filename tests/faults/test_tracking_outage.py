@@ -1,0 +1,132 @@
+"""A real MLflow server killed between two stages: the second stage's record waits in the outbox,
+and once the server is back on the same store the replay logs it; both runs then exist once, with
+every metric and every curve point, none lost and none duplicated."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rlhf.stage import StageOutput
+from tasks.outbox import pending, replay
+from tasks.tracking import flatten, log_record
+
+pytestmark = pytest.mark.faults
+
+START_S = 60  # the server starts in ~6 s on a quiet 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: str, port: int, folder: Path) -> subprocess.Popen:
+    """`mlflow server` on `store`, in its own process group (it starts worker processes), once
+    `/health` answers."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: a faster start
+    with (folder / f"server-{time.monotonic_ns()}.log").open("wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", store,
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + START_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_server(proc)
+            pytest.fail(f"mlflow server did not answer within {START_S} s (exit code {proc.returncode})")
+        time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGKILL the server and its workers: an outage, not a shutdown."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def stage_output(scale: float) -> StageOutput:
+    return StageOutput(metrics={"loss/sft": 0.45 * scale, "eval": {"loss/sft": 0.75 * scale}},
+                       history=[{"step": s, "loss/sft": scale / s, "train/lr": 1e-3 * s} for s in (1, 2, 3, 4, 5)])
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A tracking server on a SQLite store in `tmp_path`; the test may stop and start it again."""
+    store, port = f"sqlite:///{tmp_path / 'mlflow.db'}", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.chdir(tmp_path)  # the outbox and the artifacts live in this project
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv("RLHF_MLFLOW_EXPERIMENT", "faults")
+    monkeypatch.delenv("RLHF_PARENT_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    running = {"proc": start_server(store, port, tmp_path)}
+
+    class Server:
+        def stop(self):
+            stop_server(running["proc"])
+
+        def start(self):
+            running["proc"] = start_server(store, port, tmp_path)
+
+    yield Server()
+    stop_server(running["proc"])
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_record_queued_during_an_outage_is_logged_once_when_the_server_returns(server, tmp_path):
+    from prefect.logging import disable_run_logger
+
+    from tasks.stages import track
+
+    outputs = {"sft": stage_output(1.0), "reward": stage_output(2.0)}
+    with disable_run_logger():
+        first = track.fn("sft", {"lr": 1e-3}, outputs["sft"], 1.5)
+        assert isinstance(first, str) and pending() == []
+        server.stop()
+        assert track.fn("reward", {"lr": 2e-3}, outputs["reward"], 2.5) is None  # the stage still succeeds
+    (queued,) = pending()
+    assert json.loads(queued.read_text())["stage"] == "reward"
+
+    server.start()
+    logged, error = replay(log_record, tmp_path)
+    assert error is None and len(logged) == 1 and pending() == []
+
+    client = MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["faults"], output_format="list")
+    assert sorted(r.data.tags["stage"] for r in runs) == ["reward", "sft"]  # each once
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert by_stage["sft"].info.run_id == first and by_stage["reward"].info.run_id == logged[0]
+    for stage, out in outputs.items():
+        run = by_stage[stage]
+        assert run.info.status == "FINISHED"
+        assert run.data.params["lr"] == str({"sft": 1e-3, "reward": 2e-3}[stage])
+        final = {**flatten(out.metrics), "time/stage_seconds": {"sft": 1.5, "reward": 2.5}[stage]}
+        assert set(run.data.metrics) == set(final) | {"train/lr"}
+        for key in set(final) - set(out.history[0]):  # not also a curve (a curve's point may be the value shown)
+            assert run.data.metrics[key] == pytest.approx(final[key]), (stage, key)
+        for key in ("loss/sft", "train/lr"):
+            points = Counter((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            curve = Counter((row["step"], row[key]) for row in out.history)
+            assert not curve - points, (stage, key, "points lost")
+            # beyond the curve, only the final value (MLflow picks its step)
+            extra = [value for _, value in (points - curve).elements()]
+            assert extra == ([out.metrics[key]] if key in out.metrics else []), (stage, key, "points duplicated")
