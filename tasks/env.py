@@ -52,3 +52,28 @@ def configure(root: Path | None = None) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def provenance() -> dict[str, str]:
+    """Tags that tie a run to what produced it: the git commit of the code (with `+changes` when
+    the working tree differs from it) and the Prefect flow run it belongs to."""
+    import subprocess
+
+    tags: dict[str, str] = {}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=30).stdout.strip()
+            tags["git_commit"] = commit.stdout.strip() + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            tags["prefect_flow_run_id"] = str(flow_run.id)
+            tags["prefect_flow_run_name"] = str(flow_run.name)
+    except Exception:  # noqa: BLE001 - outside a flow run there is nothing to link
+        pass
+    return tags

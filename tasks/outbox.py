@@ -24,7 +24,7 @@ from typing import Any
 
 from rlhf.files import write_json
 from rlhf.stage import StageOutput
-from tasks.env import PARENT_RUN_ENV, state_dir
+from tasks.env import PARENT_RUN_ENV, provenance, state_dir
 
 OUTBOX = "tracking-outbox"
 
@@ -48,6 +48,7 @@ def make_record(stage: str, params: dict[str, Any], output: StageOutput, seconds
         "params": params,
         "seconds": seconds,
         "parent_run_id": os.environ.get(PARENT_RUN_ENV) or None,
+        "origin": provenance(),  # the commit and Prefect run that produced it, not the replay's
         "output": {
             "metrics": output.metrics,
             "history": output.history,

@@ -91,9 +91,26 @@ def track(stage: str, params: dict, output: StageOutput, seconds: float, root: s
     path = enqueue(record, Path(root))  # first: a crash while logging leaves the record queued, never lost
     logged, error = replay(log_record, Path(root))
     if error is None:
+        link_run(stage, logged[-1])
         return logged[-1]
     get_run_logger().warning(
         "stage %s ran and wrote its outputs, but MLflow at %s is unreachable (%s): its record waits in "
         "%s (%d queued); the next stage or `rlhf tracking sync` logs it",
         stage, mlflow.get_tracking_uri(), error, path.parent, len(pending(Path(root))))
     return None
+
+
+def link_run(stage: str, run_id: str) -> None:
+    """The Prefect task run links back to its MLflow run (an artifact on the flow run's page)."""
+    import mlflow
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:  # called outside a Prefect task run (`track.fn`)
+        return
+    run = mlflow.get_run(run_id)
+    create_markdown_artifact(
+        key=f"mlflow-{stage}",
+        markdown=f"MLflow run `{run_id}` (`{run.info.run_name}`) in experiment `{run.info.experiment_id}` "
+                 f"at `{mlflow.get_tracking_uri()}`",
+        description=f"the MLflow run of stage {stage}")

@@ -20,7 +20,7 @@ from typing import Any
 import mlflow
 
 from rlhf.stage import StageOutput
-from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, PARENT_RUN_ENV, state_dir
+from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, PARENT_RUN_ENV, provenance, state_dir
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -71,6 +71,7 @@ def pipeline_run(name: str, warn: Callable[[str], None] = print) -> Iterator[str
         yield None
         return
     with active as run:
+        mlflow.set_tags(provenance())
         previous = os.environ.get(PARENT_RUN_ENV)
         os.environ[PARENT_RUN_ENV] = run.info.run_id
         try:
@@ -80,6 +81,17 @@ def pipeline_run(name: str, warn: Callable[[str], None] = print) -> Iterator[str
                 os.environ.pop(PARENT_RUN_ENV, None)
             else:
                 os.environ[PARENT_RUN_ENV] = previous
+    _drop_if_empty(run.info.run_id)
+
+
+def _drop_if_empty(run_id: str) -> None:
+    """A pipeline execution in which DVC found every stage up to date leaves no empty parent run."""
+    try:
+        children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{run_id}'", output_format="list")
+        if not children:
+            mlflow.delete_run(run_id)
+    except Exception:  # noqa: BLE001 - tidying the tracking store never fails a pipeline
+        pass
 
 
 def _log_inputs(inputs: Mapping[str, Path], stage: str) -> None:
@@ -94,6 +106,7 @@ def _log_inputs(inputs: Mapping[str, Path], stage: str) -> None:
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=file_md5(path))
         mlflow.log_input(dataset, context=stage)
+        mlflow.set_tag(f"data/{name}", dataset.digest)  # the file's DVC md5, also as a searchable tag
 
 
 def _log_model(registered_name: str, model_dir: Path) -> None:
@@ -132,7 +145,8 @@ def log_record(record: Mapping[str, Any]) -> str:
             return run.info.run_id
         mlflow.delete_run(run.info.run_id)
     return log_stage(record["stage"], record["params"], record_output(record), record["seconds"],
-                     record_id=record["record_id"], parent=_existing_parent(record.get("parent_run_id")))
+                     record_id=record["record_id"], parent=_existing_parent(record.get("parent_run_id")),
+                     origin=record.get("origin"))
 
 
 POLICY_STAGES = ("sft", "ppo", "dpo")  # the stages whose model is a policy the evaluate stage samples
@@ -173,8 +187,9 @@ def attach_evaluation(metrics: Mapping[str, Any], parent: str | None) -> list[st
 
 
 def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float,
-              record_id: str | None = None, parent: str | None = None) -> str:
-    """Record one stage execution as an MLflow run (tagged `stage` and, from the outbox,
+              record_id: str | None = None, parent: str | None = None, origin: Mapping[str, str] | None = None) -> str:
+    """Record one stage execution as an MLflow run (tagged `stage`, `algorithm` for a policy, the
+    `origin` of the execution (`tasks.env.provenance`, taken now if None) and, from the outbox,
     `record_id`) under the pipeline's run `parent`; returns the run id."""
     use_experiment()
     # In the pipeline's own process (`--no-dvc`) its run is active: nest under it (a record replayed
@@ -184,7 +199,7 @@ def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, second
     nesting = {"nested": True} if active else {"parent_run_id": parent}
     parent = active.info.run_id if active else parent
     tags = {"stage": stage, **({"algorithm": stage} if stage in POLICY_STAGES else {}),
-            **({"record_id": record_id} if record_id else {})}
+            **({"record_id": record_id} if record_id else {}), **(provenance() if origin is None else origin)}
     with mlflow.start_run(run_name=stage, tags=tags, **nesting) as run:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(params).items()})
         for row in output.history:

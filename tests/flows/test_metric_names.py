@@ -53,6 +53,13 @@ def logged(stage: str) -> set[str]:
     keys = set(run.data.metrics)
     if stage == "evaluate":
         keys = {k.split("/", 1)[1] if POLICIES.fullmatch(k.split("/", 1)[0]) else k for k in keys}
+    elif stage in ("sft", "ppo", "dpo"):
+        # the policy's evaluation, attached by the evaluate stage (tasks.tracking.attach_evaluation),
+        # is documented under evaluate: its names are evaluate's, `eval/`-prefixed where they are not
+        (evaluation,) = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
+        policy = {k.split("/", 1)[1] for k in evaluation.data.metrics if k.startswith(f"{stage}/")}
+        # (a name the stage also logs itself, such as SFT's gold eval/helpfulness/..., stays)
+        keys -= {k if k.startswith("eval/") else f"eval/{k}" for k in policy} - documented().get(stage, set())
     return keys
 
 

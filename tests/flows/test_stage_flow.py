@@ -30,4 +30,12 @@ def test_tokenizer_stage_through_prefect(tmp_path, prefect_harness, mlflow_sqlit
     runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
     (run,) = [r for r in runs if r.data.tags.get("stage") == "tokenizer"]
     assert run.data.params["vocab_size"] == "400"
+    # the MLflow run names its Prefect flow run, and the flow run links back to the MLflow run
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    assert run.data.tags["prefect_flow_run_id"]
+    with get_client(sync_client=True) as client:
+        (link,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mlflow-tokenizer"])))
+    assert str(link.flow_run_id) == run.data.tags["prefect_flow_run_id"] and run.info.run_id in link.data
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"sft_train", "pref_train", "rl_prompts"}

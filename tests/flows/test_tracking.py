@@ -83,3 +83,17 @@ def test_each_policy_run_carries_its_evaluation_and_final_values_sit_at_the_last
         assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss/policy")] == [(1, 0.5), (2, 0.25), (2, 0.25)]
     parent = client.get_run(parent_id)
     assert parent.data.metrics["bon4/eval/rm/win_rate"] == 0.875 and parent.data.metrics["ppo/eval/rm/win_rate"] == 0.625
+
+
+def test_runs_carry_their_provenance_and_a_pipeline_that_ran_nothing_leaves_no_run(tmp_path, mlflow_sqlite):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}))
+    with pipeline_run("pipeline-every-stage-up-to-date") as idle:
+        pass  # DVC skipped every stage
+    assert mlflow.get_run(idle).info.lifecycle_stage == "deleted"
+    with pipeline_run("pipeline-test") as parent_id:
+        run_id = log_stage("reward", {}, StageOutput(metrics={"x": 1.0}, inputs={"pref_train": data}), 1.0)
+    run = mlflow.get_run(run_id)
+    assert len(run.data.tags["git_commit"].removesuffix("+changes")) == 40  # the tests run in the repository
+    assert run.data.tags["data/pref_train"] == file_md5(data)
+    assert mlflow.get_run(parent_id).info.lifecycle_stage == "active"
