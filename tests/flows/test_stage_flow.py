@@ -35,7 +35,8 @@ def test_tokenizer_stage_through_prefect(tmp_path, prefect_harness, mlflow_sqlit
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     assert run.data.tags["prefect_flow_run_id"]
-    with get_client(sync_client=True) as client:
-        (link,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mlflow-tokenizer"])))
-    assert str(link.flow_run_id) == run.data.tags["prefect_flow_run_id"] and run.info.run_id in link.data
+    with get_client(sync_client=True) as client:  # the Prefect test server is shared by the session's tests
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mlflow-tokenizer"])))
+    (link,) = [a for a in links if str(a.flow_run_id) == run.data.tags["prefect_flow_run_id"]]
+    assert run.info.run_id in link.data
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"sft_train", "pref_train", "rl_prompts"}
