@@ -42,24 +42,22 @@ class _UsersError(logging.Filter):
     input, a diverged run) off the console while Prefect reports it, with its traceback, in four
     records: the command prints it once. The run's log on the Prefect server keeps every record."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __init__(self) -> None:
         from rlhf.errors import UserError
 
+        super().__init__()
+        self.kind = UserError
+        self.marks = []  # "<class name>:" of UserError and every subclass, as Prefect's messages quote it
+        todo = [UserError]
+        while todo:
+            kind = todo.pop()
+            self.marks.append(f"{kind.__name__}:")
+            todo.extend(kind.__subclasses__())
+
+    def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         message = record.getMessage()
-        return not isinstance(exc, UserError) and not any(
-            f"{kind.__name__}:" in message for kind in _user_error_kinds())
-
-
-def _user_error_kinds() -> list[type]:
-    from rlhf.errors import UserError
-
-    kinds, todo = [], [UserError]
-    while todo:
-        kind = todo.pop()
-        kinds.append(kind)
-        todo.extend(kind.__subclasses__())
-    return kinds
+        return not isinstance(exc, self.kind) and not any(mark in message for mark in self.marks)
 
 
 def _run_flow(run: Callable[[], Any], what: str) -> None:

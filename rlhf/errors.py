@@ -16,8 +16,8 @@ class UserError(ValueError):
     """A failure the user can fix: bad params, bad data, a missing input or model file."""
 
 
-def require_input(path: Path, stage: str, made_by: str | None) -> None:
+def require_input(path: Path, stage: str, made_by: str) -> None:
     """`path`, an input of `stage`, must exist: else a UserError naming the stage that writes it."""
     if not Path(path).exists():
-        fix = f"run the '{made_by}' stage first (dvc repro {made_by})" if made_by else "check the params and the data"
-        raise UserError(f"stage '{stage}' needs {path}, which is missing: {fix}")
+        raise UserError(f"stage '{stage}' needs {path}, which is missing: "
+                        f"run the '{made_by}' stage first (dvc repro {made_by})")

@@ -7,6 +7,7 @@ through the outbox (`tasks.outbox`): a tracking server that is away never fails 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,9 +109,10 @@ def link_run(stage: str, run_id: str) -> None:
 
     if TaskRunContext.get() is None:  # called outside a Prefect task run (`track.fn`)
         return
-    run = mlflow.get_run(run_id)
+    from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV
+
+    experiment = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     create_markdown_artifact(
         key=f"mlflow-{stage}",
-        markdown=f"MLflow run `{run_id}` (`{run.info.run_name}`) in experiment `{run.info.experiment_id}` "
-                 f"at `{mlflow.get_tracking_uri()}`",
+        markdown=f"MLflow run `{run_id}` (`{stage}`) in experiment `{experiment}` at `{mlflow.get_tracking_uri()}`",
         description=f"the MLflow run of stage {stage}")
