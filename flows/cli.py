@@ -60,17 +60,33 @@ class _UsersError(logging.Filter):
         return not isinstance(exc, self.kind) and not any(mark in message for mark in self.marks)
 
 
-def _run_flow(run: Callable[[], Any], what: str) -> None:
+def _run_flow(run: Callable[[], Any], what: str, name: str) -> None:
     """`run()` a flow for its final state; when it failed, print one `error:` line and exit 1
-    (with `--debug`, Prefect's records of a user's error, tracebacks included, stay on the console)."""
+    (with `--debug`, Prefect's records of a user's error, tracebacks included, stay on the console).
+    A Prefect server that is away at the start is replaced by a temporary local one; one that goes
+    away mid-run fails nothing whose flow code (`name`) ran to its end (`flows.prefect_api`)."""
+    from flows.prefect_api import finished, local_if_unreachable, server_gone
     from rlhf.errors import UserError
+
+    def warn(message: str) -> None:
+        typer.echo(f"warning: {message}", err=True)
 
     quiet = _UsersError()
     console = [] if os.environ.get(DEBUG_ENV) else logging.getLogger().handlers  # Prefect's console handler
     for handler in console:
         handler.addFilter(quiet)
     try:
-        state = run()
+        with local_if_unreachable(warn) as url:
+            state = run()
+    except Exception as err:  # noqa: BLE001 - the engine raises when it cannot reach its server
+        if not server_gone(err):
+            raise
+        if finished(name):
+            warn(f"{what} completed and wrote its outputs, but the Prefect server at {url} went away "
+                 f"({err}): the run's final state is not recorded there")
+            return
+        typer.echo(f"error: {what} stopped: the Prefect server at {url} went away ({err})", err=True)
+        raise typer.Exit(1)
     finally:
         for handler in console:
             handler.removeFilter(quiet)
@@ -92,7 +108,7 @@ def _run_stage(stage: str, params: Path) -> None:
         raise typer.Exit(2)
     from flows.pipeline import stage_flow
 
-    _run_flow(lambda: stage_flow(stage, str(params), return_state=True), f"stage '{stage}'")
+    _run_flow(lambda: stage_flow(stage, str(params), return_state=True), f"stage '{stage}'", stage)
 
 
 def _stage_command(stage: str):
@@ -127,7 +143,7 @@ def pipeline(
         raise typer.Exit(2)
     from flows.pipeline import pipeline as flow
 
-    _run_flow(lambda: flow(str(params), use_dvc=not no_dvc, force=force, return_state=True), "pipeline")
+    _run_flow(lambda: flow(str(params), use_dvc=not no_dvc, force=force, return_state=True), "pipeline", "pipeline")
 
 
 @app.command()

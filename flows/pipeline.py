@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.dag import check_inputs, stage_order
+from flows.prefect_api import mark_finished
 from rlhf.errors import UserError
 from tasks.stages import STAGES, compute, track
 
@@ -30,6 +31,7 @@ def stage_flow(stage: str, params: str = "params.yaml", root: str = ".") -> dict
     check_inputs(stage, Path(root))
     cfg, output, seconds = compute(stage, params, root)
     track(stage, cfg, output, seconds, root)
+    mark_finished(stage)  # the work is done, whether or not Prefect can still record it
     return output.metrics
 
 
@@ -74,4 +76,5 @@ def pipeline(
                 check_inputs(stage, makers=STAGES)
                 cfg, output, seconds = compute(stage, params)
                 track(stage, cfg, output, seconds)
+    mark_finished("pipeline")
     return stages

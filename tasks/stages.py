@@ -103,6 +103,7 @@ def track(stage: str, params: dict, output: StageOutput, seconds: float, root: s
 
 def link_run(stage: str, run_id: str) -> None:
     """The Prefect task run links back to its MLflow run (an artifact on the flow run's page)."""
+    import httpx
     import mlflow
     from prefect.artifacts import create_markdown_artifact
     from prefect.context import TaskRunContext
@@ -112,7 +113,10 @@ def link_run(stage: str, run_id: str) -> None:
     from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV
 
     experiment = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
-    create_markdown_artifact(
-        key=f"mlflow-{stage}",
-        markdown=f"MLflow run `{run_id}` (`{stage}`) in experiment `{experiment}` at `{mlflow.get_tracking_uri()}`",
-        description=f"the MLflow run of stage {stage}")
+    try:
+        create_markdown_artifact(
+            key=f"mlflow-{stage}",
+            markdown=f"MLflow run `{run_id}` (`{stage}`) in experiment `{experiment}` at `{mlflow.get_tracking_uri()}`",
+            description=f"the MLflow run of stage {stage}")
+    except httpx.HTTPError as err:  # the Prefect server went away: the MLflow run is recorded all the same
+        get_run_logger().warning("the Prefect server is unreachable (%s): no link to MLflow run %s", err, run_id)
