@@ -211,6 +211,7 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="longest reply, in tokens")] = 128,
     system: Annotated[Optional[str], typer.Option(help="system prompt, kept when old turns are dropped")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed the sampling, for a reproducible conversation")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="run Python code shipped in the model directory (only code you trust)")] = False,
 ) -> None:
     """Chat with a trained policy in the terminal (/reset forgets, /exit or Ctrl-D ends, Ctrl-C stops a reply)."""
     import torch
@@ -223,7 +224,7 @@ def chat(
         pass
     cuda = torch.cuda.is_available()
     try:
-        model, tokenizer = load_chat_model(model_dir, "cuda" if cuda else "cpu")
+        model, tokenizer = load_chat_model(model_dir, "cuda" if cuda else "cpu", trust_remote_code)
         session = ChatSession(model, tokenizer, temperature=temperature, top_p=top_p,
                               max_new_tokens=max_new_tokens, system=system, seed=seed, autocast=cuda)
     except ChatError as err:

@@ -36,8 +36,9 @@ class ChatError(UserError):
     """A model directory or setting the chat cannot use; the message says which and why."""
 
 
-def load_chat_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer) of a local policy directory, the model in eval mode on `device`."""
+def load_chat_model(path: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of a local policy directory, the model in eval mode on `device`; code
+    shipped in the directory runs only with `trust_remote_code` (`rlhf.train.remote_code`)."""
     path = Path(path)
     if not path.is_dir():
         raise ChatError(f"{path}: no such model directory")
@@ -47,8 +48,8 @@ def load_chat_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     if not (path / "config.json").is_file():
         raise ChatError(f"{path}: no config.json here; not a Hugging Face model directory")
     try:
-        tokenizer = load_tokenizer(path)
-        model = load_causal_lm(path)
+        tokenizer = load_tokenizer(path, trust_remote_code)
+        model = load_causal_lm(path, trust_remote_code)
     except (OSError, ValueError) as err:
         raise ChatError(f"{path}: cannot load the model: {err}") from err
     return model.to(device).eval(), tokenizer

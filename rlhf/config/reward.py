@@ -19,6 +19,7 @@ class RewardConfig(TrainConfig):
 
     # --- model ---
     model_path: str | None = Field(None, description="local HF model directory for the backbone (relative to the project root); null: the SFT model")
+    trust_remote_code: bool = Field(False, description="run the Python code shipped in model_path (config.json auto_map); only for code you have read and trust")
     freeze_backbone: bool = Field(False, description="train the scalar head only (a linear probe)")
     max_seq_len: int = Field(128, ge=8, description="longest scored sequence; longer ones lose prompt tokens after BOS")
 
@@ -43,4 +44,6 @@ class RewardConfig(TrainConfig):
     def _check(self) -> "RewardConfig":
         if self.batch_size % self.micro_batch_size:
             raise ValueError("micro_batch_size must divide batch_size")
+        if self.trust_remote_code and self.model_path is None:
+            raise ValueError("trust_remote_code applies to the model in model_path, which is null")
         return self

@@ -21,6 +21,7 @@ class SFTConfig(TrainConfig):
 
     # --- model: a local HF causal LM directory, or the embedded GPT-2 built from this config ---
     model_path: str | None = Field(None, description="local HF causal LM directory (relative to the project root); null: build GPT-2 below")
+    trust_remote_code: bool = Field(False, description="run the Python code shipped in model_path (config.json auto_map); only for code you have read and trust")
     n_layer: int = Field(4, ge=1, le=48, description="GPT-2 transformer blocks")
     n_head: int = Field(4, ge=1, le=64, description="GPT-2 attention heads")
     n_embd: int = Field(128, ge=8, le=4096, description="GPT-2 width d_model")
@@ -53,6 +54,8 @@ class SFTConfig(TrainConfig):
     def _check(self) -> "SFTConfig":
         if self.batch_size % self.micro_batch_size:
             raise ValueError("micro_batch_size must divide batch_size")
+        if self.trust_remote_code and self.model_path is None:
+            raise ValueError("trust_remote_code applies to the model in model_path, which is null")
         if self.model_path is None:
             if self.n_embd % self.n_head:
                 raise ValueError("n_head must divide n_embd")

@@ -55,6 +55,7 @@ from rlhf.train.models import (
     load_reward_tokenizer,
     max_positions,
 )
+from rlhf.train.remote_code import allow, mark
 from rlhf.train.runtime import quiet_transformers
 
 NORM_FILE, CONFIG_FILE = "reward_norm.json", "reward_config.json"
@@ -92,13 +93,14 @@ def encode_framed(tokenizer: Any, frame: tuple[list[int], list[int]], prompt: Pr
     return prefix + body[max(len(body) - keep, 0):] + suffix
 
 
-def _load_sequence_classifier(path: str | Path):
+def _load_sequence_classifier(path: str | Path, trust: bool | None = None):
     """`AutoModelForSequenceClassification` (one label) from any local backbone or reward-model dir,
     dropout off; the fresh head that a plain backbone gets is initialised without moving the global
     RNG (the caller initialises it again, seeded)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True))
+    code = allow(path, trust)
+    config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=code))
     config.num_labels = 1
     from transformers.utils import logging
 
@@ -107,9 +109,10 @@ def _load_sequence_classifier(path: str | Path):
     try:
         with quiet_transformers(), torch.random.fork_rng(devices=[]):
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), config=config, dtype=torch.float32, local_files_only=True)
+                str(path), config=config, dtype=torch.float32, local_files_only=True, trust_remote_code=code)
     finally:
         logging.set_verbosity(verbosity)
+    mark(model, code)
     return disable_dropout(model)
 
 
@@ -174,14 +177,15 @@ class RewardModel(torch.nn.Module):
     # ---------- construction and persistence ----------
     @classmethod
     def from_backbone(cls, path: str | Path, tokenizer: Any = None, seed: int = 0,
-                      max_seq_len: int | None = None) -> "RewardModel":
+                      max_seq_len: int | None = None, trust: bool | None = None) -> "RewardModel":
         """A new reward model on the backbone in `path`, with the tokenizer saved in `path` unless
-        `tokenizer` (the project's) is given; pooling follows the tokenizer (module docstring)."""
+        `tokenizer` (the project's) is given; pooling follows the tokenizer (module docstring).
+        `trust`: whether code shipped in `path` may run (`rlhf.train.remote_code`)."""
         if tokenizer is None and not has_tokenizer(path):
             raise ValueError(f"{path}: no tokenizer saved with the backbone; pass one")
         source = "backbone" if tokenizer is None else "project"
-        tokenizer = tokenizer if tokenizer is not None else load_reward_tokenizer(path)
-        _, backbone, head = split_classifier(_load_sequence_classifier(path))
+        tokenizer = tokenizer if tokenizer is not None else load_reward_tokenizer(path, trust)
+        _, backbone, head = split_classifier(_load_sequence_classifier(path, trust))
         model = cls(backbone, head, tokenizer, max_seq_len, tokenizer_source=source)
         d_model = model.head.in_features
         with torch.random.fork_rng(devices=[]):

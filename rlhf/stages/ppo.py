@@ -20,6 +20,7 @@ policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,10 +84,8 @@ def make_critic(reward_dir: Path, sft_dir: Path, tokenizer: Any, seed: int) -> R
     architecture; otherwise the critic starts from the SFT backbone with a fresh head. The head is
     rescaled to the normalised units of the scores: w' = w / std, b' = (b - mean) / std.
     """
-    from transformers import AutoConfig
-
     rm = RewardModel.from_pretrained(reward_dir)
-    policy_type = AutoConfig.from_pretrained(str(sft_dir), local_files_only=True).model_type
+    policy_type = json.loads((sft_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
     if rm.tokenizer.get_vocab() != tokenizer.get_vocab() or rm.backbone.config.model_type != policy_type:
         critic = RewardModel.from_backbone(sft_dir, tokenizer, seed)
         critic.head = value_head(critic.head, 0.0, 1.0)

@@ -11,6 +11,7 @@ which must fit the backbone's embedding matrix.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,10 @@ def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], batch_size: 
 def project_tokenizer_for(cfg: RewardConfig, paths: Paths, source: Path) -> Any:
     """None when the backbone in `source` has its own tokenizer (the model uses that one), else the
     project's tokenizer, refused when its ids would index past the backbone's embedding rows."""
-    from transformers import AutoConfig
-
     if has_tokenizer(source):
         return None
     tokenizer = load_tokenizer(paths.tokenizer)
-    rows = getattr(AutoConfig.from_pretrained(str(source), local_files_only=True), "vocab_size", None)
+    rows = json.loads((source / "config.json").read_text(encoding="utf-8")).get("vocab_size")
     if isinstance(rows, int) and len(tokenizer) > rows:
         raise ValueError(
             f"reward.model_path ({cfg.model_path or 'null: the SFT model'}): {source} has no tokenizer, and the "
@@ -100,7 +99,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     if run.resume_dir is not None and not has_adapter(run.resume_dir):
         model = RewardModel.from_pretrained(run.resume_dir)
     else:  # with LoRA a checkpoint holds the adapter and the head: the backbone comes from `source`
-        model = RewardModel.from_backbone(source, project_tokenizer, cfg.seed, cfg.max_seq_len)
+        trust = cfg.trust_remote_code if cfg.model_path else None  # a model the user named, or the SFT output
+        model = RewardModel.from_backbone(source, project_tokenizer, cfg.seed, cfg.max_seq_len, trust)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
     model = with_reward_lora(model, cfg, run.resume_dir, HEAD_FILE)  # LoRA: adapter on the backbone, head trained

@@ -112,11 +112,12 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     inputs = [paths.sft_train, tokenizer_dir, *([source] if source and source != tokenizer_dir else [])]
     run = TrainingRun(paths.checkpoints("sft"), inputs, cfg, accelerator)
     ckpt = run.resume_dir
-    tokenizer = load_tokenizer(ckpt or tokenizer_dir)
+    trust = cfg.trust_remote_code if source is not None else None  # the model the user named
+    tokenizer = load_tokenizer(ckpt) if ckpt else load_tokenizer(tokenizer_dir, trust if tokenizer_dir == source else None)
     if ckpt is not None and not has_adapter(ckpt):
-        model = load_causal_lm(ckpt)
+        model = load_causal_lm(ckpt)  # its config records the trust (rlhf.train.remote_code)
     elif source is not None:
-        model = load_causal_lm(source)
+        model = load_causal_lm(source, cfg.trust_remote_code)
     else:
         model = build_gpt2(tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.seed)
     model = with_lora(model, cfg, resume=ckpt)

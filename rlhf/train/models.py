@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rlhf.errors import UserError
+from rlhf.train.remote_code import allow, mark
 
 # Config attributes that hold a dropout probability, across GPT-2, Llama, BERT, ... configs.
 _DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
@@ -42,8 +43,8 @@ def has_tokenizer(path: str | Path) -> bool:
     return (Path(path) / "tokenizer_config.json").is_file() or (Path(path) / "tokenizer.json").is_file()
 
 
-def load_tokenizer(path: str | Path):
-    """A local tokenizer with `bos`, `eos` and `pad` tokens.
+def load_tokenizer(path: str | Path, trust: bool | None = None):
+    """A local tokenizer with `bos`, `eos` and `pad` tokens (`trust`: `rlhf.train.remote_code`).
 
     The chat helpers need BOS and EOS. A tokenizer without BOS or PAD (e.g. a Llama-family one
     without pad) reuses EOS for them; our masks come from lengths, never from comparing ids with
@@ -51,10 +52,11 @@ def load_tokenizer(path: str | Path):
     """
     from transformers import AutoTokenizer
 
-    return _with_chat_tokens(AutoTokenizer.from_pretrained(str(path), local_files_only=True), path)
+    code = allow(path, trust)
+    return _with_chat_tokens(AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=code), path)
 
 
-def load_reward_tokenizer(path: str | Path):
+def load_reward_tokenizer(path: str | Path, trust: bool | None = None):
     """The tokenizer a reward model encodes its text with.
 
     A causal LM's tokenizer loads as in `load_tokenizer` (the reward head reads the EOS closing
@@ -64,7 +66,7 @@ def load_reward_tokenizer(path: str | Path):
     """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=allow(path, trust))
     if tok.eos_token is None and tok.cls_token is not None:
         if tok.pad_token is None:
             tok.pad_token = tok.sep_token or tok.cls_token
@@ -104,8 +106,9 @@ def build_gpt2(tokenizer: Any, n_layer: int, n_head: int, n_embd: int, n_positio
     return disable_dropout(model)
 
 
-def load_causal_lm(path: str | Path):
-    """Any local Hugging Face causal LM directory, in float32, dropout off."""
+def load_causal_lm(path: str | Path, trust: bool | None = None):
+    """Any local Hugging Face causal LM directory, in float32, dropout off. `trust`: whether the
+    code shipped in the directory may run (`rlhf.train.remote_code`; None: the pipeline's own dir)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rlhf.train.runtime import quiet_transformers
@@ -113,11 +116,13 @@ def load_causal_lm(path: str | Path):
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model directory (no config.json): "
                         "check the model path in the params, or run the stage that writes it")
-    config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True))
+    code = allow(path, trust)
+    config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=code))
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), config=config, dtype=torch.float32, local_files_only=True
+            str(path), config=config, dtype=torch.float32, local_files_only=True, trust_remote_code=code
         )
+    mark(model, code)
     return disable_dropout(model)
 
 
