@@ -1,12 +1,15 @@
-"""Atomic writes and JSON Lines: the one place where the library writes a file or a directory.
+"""Atomic writes, checksums and JSON Lines: the one place where the library writes a file or a directory.
 
 Every writer goes through a temporary sibling and a rename (`os.replace`), so a reader, or a stage
 killed halfway, never sees a half-written file: the old content stays until the new one is whole.
+A model directory or checkpoint carries `checksums.json` (sha256 of its files); readers verify it
+(`checksum_problem`), so a truncated or altered file is named instead of loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -84,3 +87,49 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return list(iter_jsonl(path))
+
+
+CHECKSUMS = "checksums.json"
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_checksums(folder: str | Path, skip: Iterable[str] = ()) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` but the checksum file and `skip`."""
+    folder, skip = Path(folder), {CHECKSUMS, *skip}
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return {name: sha256(folder / name) for name in names if name not in skip}
+
+
+def checksum_problem(folder: str | Path) -> str | None:
+    """The first file of `folder` that is missing or differs from `checksums.json` ("<name> is
+    missing" / "<name> does not match its checksum ..."); None when all match or there is no
+    checksum file (a folder written before checksums existed)."""
+    folder = Path(folder)
+    if not (folder / CHECKSUMS).is_file():
+        return None
+    try:
+        expected = json.loads((folder / CHECKSUMS).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{CHECKSUMS} is unreadable ({err})"
+    for name, digest in expected.items():
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+        if sha256(folder / name) != digest:
+            return f"{name} does not match its checksum (truncated or altered)"
+    return None
+
+
+def require_intact(folder: str | Path) -> None:
+    """A UserError naming the first file of `folder` that fails its checksum."""
+    from rlhf.errors import UserError
+
+    problem = checksum_problem(folder)
+    if problem is not None:
+        raise UserError(f"{folder}: {problem}; restore it (dvc checkout) or rerun the stage that writes it")

@@ -18,7 +18,6 @@ version when the source is a package.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import UserError
-from rlhf.files import atomic_dir, write_json
+from rlhf.files import atomic_dir, sha256, write_json
 
 PACKAGE_PREFIX = "pkg:"
 PROVENANCE = "provenance.json"
@@ -97,14 +96,6 @@ def find_model(path: Path, gguf_file: str | None = None) -> tuple[str, Path]:
     raise ModelImportError(f"{path}: holds no .gguf file and no Hugging Face model (config.json, or model/config.json)")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def supported_gguf_architectures() -> set[str]:
     """The `general.architecture` values the installed transformers can load from a GGUF."""
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
@@ -168,7 +159,7 @@ def copy_hf_dir(src: Path, out: Path) -> dict[str, Any]:
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     weights = sorted(p for p in src.iterdir() if p.suffix in (".safetensors", ".bin"))
     return {"architecture": (config.get("architectures") or [config.get("model_type")])[0],
-            "files_sha256": {p.name: sha256_file(p) for p in weights}}
+            "files_sha256": {p.name: sha256(p) for p in weights}}
 
 
 def dir_size(path: Path) -> int:
@@ -188,7 +179,7 @@ def import_model(source: str | Path, out_dir: str | Path, gguf_file: str | None 
     else:
         provenance["source_file"] = found.name
     if kind == "gguf":
-        provenance["sha256"] = sha256_file(found)
+        provenance["sha256"] = sha256(found)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         provenance.update(convert_gguf(found, tmp) if kind == "gguf" else copy_hf_dir(found, tmp))

@@ -47,7 +47,7 @@ import torch
 
 from rlhf.chat import Prompt, prompt_text, response_text, split_hh_dialogue
 from rlhf.errors import UserError
-from rlhf.files import write_json
+from rlhf.files import require_intact, write_json
 from rlhf.train.batching import encode_dialogue, pad, position_ids
 from rlhf.train.models import (
     disable_dropout,
@@ -99,6 +99,7 @@ def _load_sequence_classifier(path: str | Path, trust: bool | None = None):
     RNG (the caller initialises it again, seeded)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    require_intact(path)
     code = allow(path, trust)
     config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=code))
     config.num_labels = 1

@@ -36,12 +36,11 @@ from typing import Any
 import torch
 
 from rlhf.errors import UserError
-from rlhf.files import atomic_dir, write_json
+from rlhf.files import CHECKSUMS, atomic_dir, checksum_problem, file_checksums, write_json
 from rlhf.train.runtime import quiet_transformers, rng_state, set_rng_state
 
 STAGE_CONFIG = "stage_config.json"
 TRAINER_STATE = "trainer_state.json"
-CHECKSUMS = "checksums.json"
 _PREFIX = "step-"
 
 
@@ -85,6 +84,7 @@ def save_model_dir(target: str | Path, model: Any, tokenizer: Any = None, config
             write_json(tmp / STAGE_CONFIG, config.model_dump(mode="json"))
         for name, data in (extra_json or {}).items():
             write_json(tmp / name, data)
+        write_json(tmp / CHECKSUMS, file_checksums(tmp))  # later stages verify them (rlhf.files)
     return Path(target)
 
 
@@ -146,40 +146,15 @@ def retire_checkpoints(root: str | Path) -> Path | None:
     return done
 
 
-def file_checksums(folder: str | Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` but the checksum file and the trainer
-    state (written after it)."""
-    folder = Path(folder)
-    sums = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = path.relative_to(folder).as_posix()
-        if name not in (CHECKSUMS, TRAINER_STATE):
-            h = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            sums[name] = h.hexdigest()
-    return sums
-
-
 def checkpoint_problem(ckpt: str | Path) -> str | None:
     """What is wrong with a checkpoint's files (None: every checksum matches and its trainer state
     reads). A checkpoint written before checksums existed is only checked for its trainer state."""
     ckpt = Path(ckpt)
     try:
         json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
-        expected = json.loads((ckpt / CHECKSUMS).read_text(encoding="utf-8")) if (ckpt / CHECKSUMS).is_file() else None
     except (OSError, ValueError) as err:
-        return f"unreadable trainer state or checksums ({err})"
-    if expected is None:
-        return None
-    found = file_checksums(ckpt)
-    for name, digest in expected.items():
-        if name not in found:
-            return f"{name} is missing"
-        if found[name] != digest:
-            return f"{name} does not match its checksum (truncated or altered)"
-    return None
+        return f"unreadable trainer state ({err})"
+    return checksum_problem(ckpt)
 
 
 def find_resumable(root: str | Path, config: Any) -> Path | None:
@@ -241,7 +216,7 @@ def save_checkpoint(root: str | Path, step: int, accelerator: Any, models: dict[
                             "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None}}, f)
             with (tmp / "rng_state.pt").open("wb") as f:
                 torch.save(rng_state(), f)
-            write_json(tmp / CHECKSUMS, file_checksums(tmp))
+            write_json(tmp / CHECKSUMS, file_checksums(tmp, skip=[TRAINER_STATE]))  # the state comes after
             write_json(tmp / TRAINER_STATE, {**state, "step": step})  # last: marks it complete
         for old in list_checkpoints(root)[:-keep_last]:
             # renamed to a dot-name first: a kill mid-delete leaves a folder that is no checkpoint

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rlhf.errors import UserError
+from rlhf.files import require_intact
 from rlhf.train.remote_code import allow, mark
 
 # Config attributes that hold a dropout probability, across GPT-2, Llama, BERT, ... configs.
@@ -116,6 +117,7 @@ def load_causal_lm(path: str | Path, trust: bool | None = None):
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model directory (no config.json): "
                         "check the model path in the params, or run the stage that writes it")
+    require_intact(path)
     code = allow(path, trust)
     config = disable_dropout(AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=code))
     with quiet_transformers():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf.model_import import PROVENANCE, ModelImportError, import_model, package_dir, sha256_file
+from rlhf.files import sha256
+from rlhf.model_import import PROVENANCE, ModelImportError, import_model, package_dir
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -137,7 +138,7 @@ def test_gguf_imports_to_safetensors_with_the_same_logits_and_tokens(shipped, tm
     assert tok.convert_ids_to_tokens(tok(chat, add_special_tokens=False)["input_ids"])[0] == "<|im_start|>"
 
     saved = json.loads((out / PROVENANCE).read_text())
-    assert saved["sha256"] == sha256_file(folder / "tiny.gguf")
+    assert saved["sha256"] == sha256(folder / "tiny.gguf")
     assert saved["source_file"] == "tiny.gguf" and saved["kind"] == "gguf" and saved["chat_template"] is True
     assert saved["parameters"] == sum(p.numel() for p in original.parameters())
     assert info["bytes"] > 0 and "package" not in saved
@@ -158,7 +159,7 @@ def test_an_hf_directory_is_copied_from_a_package_layout(tmp_path):
     assert not (out / "stale.txt").exists(), "the output directory is replaced, not merged"
     saved = json.loads((out / PROVENANCE).read_text())
     assert saved["kind"] == "hf" and saved["architecture"] == "BertModel"
-    assert saved["files_sha256"]["model.safetensors"] == sha256_file(src / "model.safetensors")
+    assert saved["files_sha256"]["model.safetensors"] == sha256(src / "model.safetensors")
     a, b = AutoModel.from_pretrained(src), AutoModel.from_pretrained(out)
     for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert na == nb and torch.equal(pa, pb)
@@ -178,7 +179,7 @@ def test_a_package_source_is_found_without_importing_it(shipped, tmp_path, monke
     assert "llm_tiny_fake" not in sys.modules
     assert saved["source"] == "pkg:llm_tiny_fake" and saved["source_file"] == "tiny.gguf"
     assert saved["package"] == "llm-tiny-fake" and saved["package_version"] is None  # no dist-info here
-    assert json.loads((tmp_path / "out" / PROVENANCE).read_text())["sha256"] == sha256_file(pkg / "tiny.gguf")
+    assert json.loads((tmp_path / "out" / PROVENANCE).read_text())["sha256"] == sha256(pkg / "tiny.gguf")
 
 
 def test_bad_sources_fail_with_clear_messages(shipped, tmp_path):
