@@ -29,8 +29,8 @@ class StageFailed(UserError):
 @flow(name="rlhf-stage", flow_run_name="{stage}")
 def stage_flow(stage: str, params: str = "params.yaml", root: str = ".") -> dict:
     check_inputs(stage, Path(root))
-    cfg, output, seconds = compute(stage, params, root)
-    track(stage, cfg, output, seconds, root)
+    cfg, output, seconds, tracking = compute(stage, params, root)
+    track(stage, cfg, output, seconds, root, tracking)
     mark_finished(stage)  # the work is done, whether or not Prefect can still record it
     return output.metrics
 
@@ -74,7 +74,7 @@ def pipeline(
                 get_run_logger().info("stage %s is a command that runs under DVC only: skipped", stage)
             else:
                 check_inputs(stage, makers=STAGES)
-                cfg, output, seconds = compute(stage, params)
-                track(stage, cfg, output, seconds)
+                cfg, output, seconds, tracking = compute(stage, params)
+                track(stage, cfg, output, seconds, tracking=tracking)
     mark_finished("pipeline")
     return stages

@@ -2,11 +2,15 @@
 
 A stage function in `rlhf/` has the signature `run_<stage>(cfg, paths) -> StageOutput`: it reads
 its inputs from `paths`, writes its outputs there, and returns what happened. It never logs to a
-tracker; the task in `tasks/` turns a `StageOutput` into a metrics JSON and MLflow records.
+tracker; the task in `tasks/` turns a `StageOutput` into a metrics JSON and MLflow records, and
+may listen to the history rows while the stage runs (`listening`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,28 @@ class StageOutput:
         `rlhf-ppo`, `rlhf-dpo`. The prefix keeps them apart from other projects' models in a shared
         registry."""
         return f"rlhf-{stage}"
+
+
+# Who hears each history row as a trainer logs it (the task layer's tracker, `tasks.live`): the
+# library only calls this function, in the main process, and never imports a tracker.
+_LISTENER: ContextVar[Callable[[dict[str, float]], None] | None] = ContextVar("history_listener", default=None)
+
+
+@contextmanager
+def listening(listener: Callable[[dict[str, float]], None]) -> Iterator[None]:
+    """Within the block, every trainer hands each new history row to `listener` as it logs it."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def heard(row: dict[str, float]) -> None:
+    """Hand a history row to the listener, if one is listening."""
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(row)
 
 
 SKIPPED = "SKIPPED"  # marker file of a stage that params switched off; evaluation leaves it out

@@ -40,10 +40,18 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def make_record(stage: str, params: dict[str, Any], output: StageOutput, seconds: float) -> dict[str, Any]:
-    """Everything `log_stage` needs, as plain JSON (paths as the stage gave them)."""
+def new_record_id(stage: str) -> str:
+    """Unique, and sorting by the time it was made."""
+    return f"{datetime.now():%Y%m%d-%H%M%S-%f}-{stage}-{uuid.uuid4().hex[:8]}"
+
+
+def make_record(stage: str, params: dict[str, Any], output: StageOutput, seconds: float,
+                record_id: str | None = None, live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `log_stage` needs, as plain JSON (paths as the stage gave them); `live`: the run
+    that `tasks.live.LiveRun` opened for this record, which the record finishes."""
     record = {
-        "record_id": f"{datetime.now():%Y%m%d-%H%M%S-%f}-{stage}-{uuid.uuid4().hex[:8]}",
+        "record_id": record_id or new_record_id(stage),
+        "live": live,
         "stage": stage,
         "params": params,
         "seconds": seconds,

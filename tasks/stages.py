@@ -60,35 +60,49 @@ def library_function(stage: str) -> Callable[..., StageOutput]:
 
 
 @task(name="compute", task_run_name="compute-{stage}")
-def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[dict, StageOutput, float]:
+def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[dict, StageOutput, float, dict]:
+    """Run the stage's library function, its curves going to MLflow as they grow (`tasks.live`);
+    returns (config, output, seconds, what `track` needs to finish the live run)."""
+    from rlhf.stage import listening
+    from tasks.live import LiveRun
+    from tasks.outbox import new_record_id
+
     logger = get_run_logger()
     cfg = load_config(stage, params)  # a bad params file stops here, before any work
     paths = Paths(Path(root))
     extra = {section: load_config(section, params) for section in STAGES[stage].reads}
     logger.info("stage %s: %s", stage, cfg.model_dump())
+    record_id = new_record_id(stage)
+    live = LiveRun(stage, record_id, logger.warning)
     start = time.perf_counter()
-    output = library_function(stage)(cfg, paths, **extra)
-    if STAGES[stage].after is not None:
-        scored = STAGES[stage].after(cfg, paths)
-        output.metrics.update(scored.metrics)
-        output.tables.update(scored.tables)
+    try:
+        with listening(live.row):
+            output = library_function(stage)(cfg, paths, **extra)
+            if STAGES[stage].after is not None:
+                scored = STAGES[stage].after(cfg, paths)
+                output.metrics.update(scored.metrics)
+                output.tables.update(scored.tables)
+    except BaseException as err:
+        live.fail(err)  # a FAILED run that keeps the curves logged so far and the message
+        raise
     seconds = time.perf_counter() - start
     write_json(paths.metrics_file(stage), output.metrics)
     logger.info("stage %s done in %.1f s: %s", stage, seconds, output.metrics)
-    return cfg.model_dump(mode="json"), output, seconds
+    return cfg.model_dump(mode="json"), output, seconds, {"record_id": record_id, "live": live.info()}
 
 
 @task(name="track", task_run_name="track-{stage}")
-def track(stage: str, params: dict, output: StageOutput, seconds: float, root: str = ".") -> str | None:
+def track(stage: str, params: dict, output: StageOutput, seconds: float, root: str = ".",
+          tracking: dict | None = None) -> str | None:
     """Queue the stage's record in `<root>/.state`, then log that outbox (older records first;
-    MLflow retries each request with bounded backoff). Returns the stage's run id, or None when the
-    server is away."""
+    MLflow retries each request with bounded backoff); the record finishes the stage's live run
+    (`tracking`, from `compute`). Returns the stage's run id, or None when the server is away."""
     import mlflow
 
     from tasks.outbox import enqueue, make_record, pending, replay
     from tasks.tracking import log_record
 
-    record = make_record(stage, params, output, seconds)
+    record = make_record(stage, params, output, seconds, **(tracking or {}))
     path = enqueue(record, Path(root))  # first: a crash while logging leaves the record queued, never lost
     logged, error = replay(log_record, Path(root))
     if error is None:

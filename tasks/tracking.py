@@ -140,13 +140,18 @@ def log_record(record: Mapping[str, Any]) -> str:
     from tasks.outbox import record_output
 
     use_experiment()
+    live = (record.get("live") or {}).get("run_id")
+    resume = None
     for run in _runs_tagged(record["record_id"]):
         if run.info.status == "FINISHED":
             return run.info.run_id
-        mlflow.delete_run(run.info.run_id)
+        if run.info.run_id == live and run.info.status == "RUNNING":
+            resume = live  # the stage's live run (tasks.live): finish it
+        else:
+            mlflow.delete_run(run.info.run_id)
     return log_stage(record["stage"], record["params"], record_output(record), record["seconds"],
                      record_id=record["record_id"], parent=_existing_parent(record.get("parent_run_id")),
-                     origin=record.get("origin"))
+                     origin=record.get("origin"), run_id=resume)
 
 
 POLICY_STAGES = ("sft", "ppo", "dpo")  # the stages whose model is a policy the evaluate stage samples
@@ -186,12 +191,29 @@ def attach_evaluation(metrics: Mapping[str, Any], parent: str | None) -> list[st
     return written
 
 
+def _logged_through(run_id: str, history: list[dict[str, float]]) -> int:
+    """The last history step already in run `run_id` (rows go in one batch each: a step is there
+    whole or not at all); -1 when none is."""
+    keys = [k for k in (history[0] if history else {}) if k != "step"]
+    if not keys:
+        return -1
+    points = mlflow.tracking.MlflowClient().get_metric_history(run_id, keys[0])
+    return max((p.step for p in points), default=-1)
+
+
 def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float,
-              record_id: str | None = None, parent: str | None = None, origin: Mapping[str, str] | None = None) -> str:
+              record_id: str | None = None, parent: str | None = None, origin: Mapping[str, str] | None = None,
+              run_id: str | None = None) -> str:
     """Record one stage execution as an MLflow run (tagged `stage`, `algorithm` for a policy, the
     `origin` of the execution (`tasks.env.provenance`, taken now if None) and, from the outbox,
-    `record_id`) under the pipeline's run `parent`; returns the run id."""
+    `record_id`) under the pipeline's run `parent`; returns the run id. With `run_id`, finish that
+    run (the stage's live run, `tasks.live`), logging only the history rows it does not hold yet."""
     use_experiment()
+    if run_id is not None:
+        through = _logged_through(run_id, output.history)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) as run:
+            _log_outcome(stage, params, output, seconds, parent, [r for r in output.history if r["step"] > through])
+            return run.info.run_id
     # In the pipeline's own process (`--no-dvc`) its run is active: nest under it (a record replayed
     # from an earlier pipeline lands there too); in a stage process (started by DVC) it is not:
     # name the parent by id.
@@ -201,26 +223,32 @@ def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, second
     tags = {"stage": stage, **({"algorithm": stage} if stage in POLICY_STAGES else {}),
             **({"record_id": record_id} if record_id else {}), **(provenance() if origin is None else origin)}
     with mlflow.start_run(run_name=stage, tags=tags, **nesting) as run:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(params).items()})
-        for row in output.history:
-            step = int(row["step"])
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=step)
-        final = {k: float(v) for k, v in flatten(output.metrics).items() if isinstance(v, (int, float))}
-        final["time/stage_seconds"] = seconds
-        # at the last step of the curves: "Latest" in the UI reads the final value, and a curve
-        # gets no stray first point at step 0
-        mlflow.log_metrics(final, step=max((int(r["step"]) for r in output.history), default=0))
-        if stage == "evaluate":
-            attach_evaluation(output.metrics, parent)
-        _log_inputs(output.inputs, stage)
-        for report in output.reports:
-            if Path(report).is_file():
-                mlflow.log_artifact(str(report), artifact_path="reports")
-        for file_name, rows in output.tables.items():
-            if rows:
-                import pandas as pd
-
-                mlflow.log_table(pd.DataFrame(rows), artifact_file=file_name)
-        for registered_name, model_dir in output.models.items():
-            _log_model(registered_name, Path(model_dir))
+        _log_outcome(stage, params, output, seconds, parent, output.history)
         return run.info.run_id
+
+
+def _log_outcome(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float, parent: str | None,
+                 history: list[dict[str, float]]) -> None:
+    """Into the active run: params, the `history` rows, final metrics, inputs, reports, tables, models."""
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(params).items()})
+    for row in history:
+        step = int(row["step"])
+        mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "step"}, step=step)
+    final = {k: float(v) for k, v in flatten(output.metrics).items() if isinstance(v, (int, float))}
+    final["time/stage_seconds"] = seconds
+    # at the last step of the curves: "Latest" in the UI reads the final value, and a curve
+    # gets no stray first point at step 0
+    mlflow.log_metrics(final, step=max((int(r["step"]) for r in output.history), default=0))
+    if stage == "evaluate":
+        attach_evaluation(output.metrics, parent)
+    _log_inputs(output.inputs, stage)
+    for report in output.reports:
+        if Path(report).is_file():
+            mlflow.log_artifact(str(report), artifact_path="reports")
+    for file_name, rows in output.tables.items():
+        if rows:
+            import pandas as pd
+
+            mlflow.log_table(pd.DataFrame(rows), artifact_file=file_name)
+    for registered_name, model_dir in output.models.items():
+        _log_model(registered_name, Path(model_dir))

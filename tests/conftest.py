@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 
@@ -11,6 +12,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Tests never write to the project's tracking store: a stage's task opens its MLflow run as it
+# starts (tasks.live), so a test that runs a task logs to this session's store unless it sets its own.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='rlhf-tests-mlflow-')}/mlflow.db"
 
 
 @pytest.fixture(autouse=True)

@@ -189,9 +189,9 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
                                loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
         run.guard(step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})  # NaN/inf: stop, or skip
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-            history.append({"step": step + 1, "train/epoch": order.epoch(step + 1), "train/lr": stats["lr"],
-                            "train/grad_norm": stats["grad_norm"], "train/skipped_steps": run.skipped,
-                            **{k: v for k, v in stats.items() if k not in ("loss", "lr", "grad_norm")}})
+            run.log(history, {"step": step + 1, "train/epoch": order.epoch(step + 1), "train/lr": stats["lr"],
+                              "train/grad_norm": stats["grad_norm"], "train/skipped_steps": run.skipped,
+                              **{k: v for k, v in stats.items() if k not in ("loss", "lr", "grad_norm")}})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss/dpo']:.3f}", acc=f"{stats['rewards/accuracies']:.2f}")
         run.checkpoint(step + 1, total_steps, {"": policy}, {"policy": optimizer}, {"policy": scheduler},

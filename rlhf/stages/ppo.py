@@ -318,7 +318,7 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         metrics.update({"time/rollout_s": t1 - t0, "time/update_s": time.perf_counter() - t1,
                         "train/skipped_steps": run.skipped})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            history.append({"step": step + 1, **metrics})
+            run.log(history, {"step": step + 1, **metrics})
         kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch_size)
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")

@@ -147,10 +147,10 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
                         pairs_s=f"{speed['throughput/pairs_per_s']:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             keys = ("loss/reward", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
-            history.append({"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
-                            "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
-                            "train/skipped_steps": run.skipped, "train/epoch": order.epoch(step + 1),
-                            "throughput/pairs_per_s": speed["throughput/pairs_per_s"]})
+            run.log(history, {"step": step + 1, **{k: sum(s[k] for s in recent) / len(recent) for k in keys},
+                              "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
+                              "train/skipped_steps": run.skipped, "train/epoch": order.epoch(step + 1),
+                              "throughput/pairs_per_s": speed["throughput/pairs_per_s"]})
         saved = saved_form(accelerator.unwrap_model(model), HEAD_FILE)  # LoRA: the adapter and the head
         run.checkpoint(step + 1, cfg.max_steps, {"": saved}, {"model": optimizer}, {"model": scheduler},
                        {"history": history, "samples_seen": (step + 1) * cfg.batch_size})

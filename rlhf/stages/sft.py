@@ -162,10 +162,10 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss/sft']:.3f}", tok_s=f"{speed['throughput/tokens_per_s']:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            history.append({"step": step + 1, "loss/sft": last["loss/sft"], "train/lr": last["lr"],
-                            "train/grad_norm": last["grad_norm"], "train/epoch": order.epoch(step + 1),
-                            "train/skipped_steps": run.skipped,
-                            "throughput/tokens_per_s": speed["throughput/tokens_per_s"]})
+            run.log(history, {"step": step + 1, "loss/sft": last["loss/sft"], "train/lr": last["lr"],
+                              "train/grad_norm": last["grad_norm"], "train/epoch": order.epoch(step + 1),
+                              "train/skipped_steps": run.skipped,
+                              "throughput/tokens_per_s": speed["throughput/tokens_per_s"]})
         run.checkpoint(step + 1, cfg.max_steps, {"": model}, {"model": optimizer}, {"model": scheduler},
                        {"history": history, "samples_seen": (step + 1) * cfg.batch_size}, tokenizer)
     bar.close()

@@ -9,6 +9,7 @@ checkpoints of any number of models and optimizers, the final save, and retiring
     for step in range(state["step"], total_steps):
         stats = optimizer_step(...)
         run.guard(step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})  # NaN: stop or skip
+        run.log(history, {"step": step + 1, ...})           # every log_every steps; heard live
         ...
         run.checkpoint(step + 1, total_steps, {"": model}, optimizers, schedulers, {"history": history})
     run.finish(out_dir, model, tokenizer)                     # final model; SKIPPED gone; retired
@@ -28,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhf.stage import SKIPPED
+from rlhf.stage import SKIPPED, heard
 from rlhf.train.checkpoint import (
     find_resumable,
     latest_checkpoint,
@@ -39,7 +40,6 @@ from rlhf.train.checkpoint import (
     save_model_dir,
 )
 from rlhf.train.optim import check_finite
-
 
 class TrainingRun:
     """One run of a training stage and its checkpoints under `<base>/<inputs digest>`."""
@@ -71,6 +71,12 @@ class TrainingRun:
         ok = check_finite(self.stage, step, quantities, self.cfg.nonfinite, self.saved_step, fix)
         self.skipped += not ok
         return ok
+
+    def log(self, history: list[dict[str, float]], row: dict[str, float]) -> None:
+        """Append a history row (`{"step": s, name: value}`) and hand it to the listener, if any."""
+        history.append(row)
+        if self.accelerator.is_main_process:
+            heard(row)
 
     def checkpoint(self, step: int, total_steps: int, models: dict[str, Any], optimizers: dict[str, Any],
                    schedulers: dict[str, Any], state: dict[str, Any], tokenizer: Any = None) -> None:

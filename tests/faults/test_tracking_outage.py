@@ -130,3 +130,46 @@ def test_a_record_queued_during_an_outage_is_logged_once_when_the_server_returns
             # beyond the curve, only the final value (MLflow picks its step)
             extra = [value for _, value in (points - curve).elements()]
             assert extra == ([out.metrics[key]] if key in out.metrics else []), (stage, key, "points duplicated")
+
+
+def test_a_server_killed_mid_stage_loses_no_live_point(server, tmp_path, monkeypatch):
+    """Curves go to MLflow live (tasks.live); the server dies after two rows: live logging turns
+    off, the stage ends, its record waits; once the server is back, the replay finishes the same
+    run with the rows it missed: every point once, one run, FINISHED."""
+    import logging
+    from types import SimpleNamespace
+
+    import tasks.stages
+    from rlhf.train.loop import TrainingRun
+
+    rows = [{"step": s, "loss/sft": 1.0 / s, "train/lr": 1e-3 * s} for s in (1, 2, 3, 4)]
+
+    def stage_fn(cfg, paths):
+        history, run = [], SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True))
+        for row in rows:
+            if row["step"] == 3:
+                server.stop()
+            TrainingRun.log(run, history, dict(row))
+        return StageOutput(metrics={"loss/sft": 0.25}, history=history)
+
+    monkeypatch.setattr(tasks.stages, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(tasks.stages, "link_run", lambda stage, run_id: None)
+    monkeypatch.setattr(tasks.stages, "library_function", lambda stage: stage_fn)
+    (tmp_path / "params.yaml").write_text("sft:\n  max_steps: 4\n  warmup_steps: 0\n  sample_count: 0\n")
+    cfg, output, seconds, tracking = tasks.stages.compute.fn("sft", "params.yaml", str(tmp_path))
+    assert tracking["live"]["through"] == 2  # rows 1 and 2 went live
+    assert tasks.stages.track.fn("sft", cfg, output, seconds, str(tmp_path), tracking) is None
+    assert len(pending()) == 1
+
+    server.start()
+    logged, error = replay(log_record, tmp_path)
+    assert error is None and logged == [tracking["live"]["run_id"]] and pending() == []
+    (run,) = mlflow.search_runs(experiment_names=["faults"], output_format="list")
+    assert run.info.run_id == logged[0] and run.info.status == "FINISHED"
+    client = MlflowClient()
+    for key in ("loss/sft", "train/lr"):
+        points = Counter((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        expected = Counter((r["step"], r[key]) for r in rows)
+        if key == "loss/sft":
+            expected[(4, 0.25)] += 1  # the final value, at the last step
+        assert points == expected, key

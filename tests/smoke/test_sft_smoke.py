@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tasks.stages, "get_run_logger", lambda: logging.getLogger("test"))
         mp.setattr(tasks.stages, "library_function", lambda stage: run_and_record)
-        _, out, _ = tasks.stages.compute.fn("sft", str(params), str(paths.root))
+        _, out, _, _ = tasks.stages.compute.fn("sft", str(params), str(paths.root))
     return paths, out, training
 
 
