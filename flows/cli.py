@@ -106,9 +106,9 @@ def _run_stage(stage: str, params: Path) -> None:
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
-    from flows.pipeline import stage_flow
+    from flows.pipeline import run_stage
 
-    _run_flow(lambda: stage_flow(stage, str(params), return_state=True), f"stage '{stage}'", stage)
+    _run_flow(lambda: run_stage(stage, str(params)), f"stage '{stage}'", stage)
 
 
 def _stage_command(stage: str):

@@ -1,7 +1,9 @@
 """Prefect flows: `rlhf-stage` (one stage, as DVC runs it) and `rlhf` (the full pipeline).
 
 `rlhf` follows the stage order declared in `dvc.yaml`. By default each stage goes through
-`dvc repro --single-item <stage>`, so DVC skips what is up to date and records what it ran;
+`dvc repro --single-item <stage>`, so DVC skips what is up to date and records what it ran; the
+stage's flow run, in the process DVC starts, nests under that task run (the pipeline's Subflow Runs),
+and a stage that fails fails the pipeline with the stage's own `error:` message;
 with `use_dvc=False` the stages' tasks run in this process (no caching), for a machine without DVC
 state or a quick deployment test.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -35,6 +38,32 @@ def stage_flow(stage: str, params: str = "params.yaml", root: str = ".") -> dict
     return output.metrics
 
 
+# set by `dvc_repro` for the stage process DVC starts: the stage's flow run nests under that task run
+PARENT_TASK_ENV = "RLHF_PREFECT_PARENT_TASK_RUN"
+
+
+def run_stage(stage: str, params: str = "params.yaml"):
+    """Run `stage_flow` for its final state; under `dvc_repro` (PARENT_TASK_ENV set) as a subflow
+    run of the pipeline's flow run, so the Prefect UI shows it (and its logs) under the pipeline."""
+    from uuid import UUID
+
+    parameters = {"stage": stage, "params": params, "root": "."}
+    parent = os.environ.get(PARENT_TASK_ENV)
+    if parent:
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow
+
+        try:
+            with get_client(sync_client=True) as client:
+                flow_run = client.create_flow_run(stage_flow, name=stage, parameters=parameters,
+                                                  parent_task_run_id=UUID(parent))
+        except Exception:  # noqa: BLE001 - a server that cannot nest it (another server): run it on its own
+            flow_run = None
+        if flow_run is not None:
+            return run_flow(stage_flow, flow_run=flow_run, parameters=parameters, return_type="state")
+    return stage_flow(**parameters, return_state=True)
+
+
 def _api_url() -> str:
     from prefect.client.orchestration import get_client
 
@@ -42,20 +71,60 @@ def _api_url() -> str:
         return str(client.api_url)
 
 
+def _errors_of(found: list[str]) -> Callable[[bytes], None]:
+    """A sink for a child's stderr: echoes it through (progress bars included) and keeps each
+    `error: ...` line, with the indented lines that detail it, in `found`."""
+    pending, inside = [b""], [False]
+
+    def sink(chunk: bytes) -> None:
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        lines = (pending[0] + chunk).split(b"\n")
+        pending[0] = lines.pop()
+        for line in (raw.decode(errors="replace").rstrip() for raw in lines):
+            if line.startswith("error: "):
+                found.append(line.removeprefix("error: "))
+                inside[0] = True
+            elif inside[0] and line.startswith((" ", "\t")) and line.strip():
+                found[-1] += " " + line.strip()
+            else:
+                inside[0] = False
+
+    return sink
+
+
 @task(name="dvc-repro", task_run_name="dvc-repro-{stage}")
 def dvc_repro(stage: str, force: bool = False) -> None:
     """Run one DVC stage (skipped by DVC when its deps, params and outs are unchanged)."""
+    from prefect.runtime import task_run
+
     logger = get_run_logger()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     logger.info("$ %s", " ".join(cmd[2:]))
     env = os.environ.copy()
     env.setdefault("PREFECT_API_URL", _api_url())  # stage flows report to this flow's server
-    result = subprocess.run(cmd, env=env)
-    if result.returncode != 0:  # the stage printed its own error above; say which stage, once
-        raise StageFailed(f"stage '{stage}' failed (dvc repro exited with {result.returncode}; its error is above)")
+    env[PARENT_TASK_ENV] = str(task_run.id)  # ... as subflow runs of this task run
+    errors: list[str] = []
+    sink = _errors_of(errors)
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE) as proc:
+        while chunk := proc.stderr.read1(1 << 16):
+            sink(chunk)
+    if proc.returncode != 0:  # the stage's own message (its `error:` line), once, in Prefect too
+        reason = "; ".join(errors) or "its output is above"
+        raise StageFailed(f"stage '{stage}' failed (dvc repro exited with {proc.returncode}): {reason}")
 
 
-@flow(name="rlhf", flow_run_name="pipeline-{params}")
+def _pipeline_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    how = "dvc" if p.get("use_dvc", True) else "in-process"
+    only = f"-{'+'.join(p['only'])}" if p.get("only") else ""
+    return f"pipeline-{Path(p.get('params', 'params.yaml')).stem}-{how}{only}{'-force' if p.get('force') else ''}" \
+           f"-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+@flow(name="rlhf", flow_run_name=_pipeline_run_name)
 def pipeline(
     params: str = "params.yaml",
     use_dvc: bool = True,
@@ -63,10 +132,12 @@ def pipeline(
     only: list[str] | None = None,
 ) -> list[str]:
     """Run the stages of `dvc.yaml` in order; returns the stage names run (or checked by DVC)."""
+    from prefect.runtime import flow_run
+
     from tasks.tracking import pipeline_run
 
     stages = [s for s in stage_order() if only is None or s in only]
-    with pipeline_run(f"pipeline-{datetime.now():%Y%m%d-%H%M%S}", get_run_logger().warning):
+    with pipeline_run(flow_run.name or _pipeline_run_name(), get_run_logger().warning):  # one name in both UIs
         for stage in stages:
             if use_dvc:
                 dvc_repro(stage, force)
