@@ -301,6 +301,11 @@ def tracking_sync() -> None:
         raise typer.Exit(1)
 
 
+from flows.stack_cli import stack  # noqa: E402  (rlhf stack up | down | status | worker)
+
+app.add_typer(stack, name="stack")
+
+
 @app.command()
 def serve() -> None:
     """Serve the flow `rlhf` as the deployment `rlhf/full-pipeline` (needs a Prefect server)."""

@@ -73,7 +73,7 @@ def _api_url() -> str:
 
 def _errors_of(found: list[str]) -> Callable[[bytes], None]:
     """A sink for a child's stderr: echoes it through (progress bars included) and keeps each
-    `error: ...` line, with the indented lines that detail it, in `found`."""
+    `error: ...` line (DVC's `ERROR: ...` too), with the indented lines that detail it, in `found`."""
     pending, inside = [b""], [False]
 
     def sink(chunk: bytes) -> None:
@@ -82,8 +82,8 @@ def _errors_of(found: list[str]) -> Callable[[bytes], None]:
         lines = (pending[0] + chunk).split(b"\n")
         pending[0] = lines.pop()
         for line in (raw.decode(errors="replace").rstrip() for raw in lines):
-            if line.startswith("error: "):
-                found.append(line.removeprefix("error: "))
+            if line.startswith(("error: ", "ERROR: ")):  # the stage's own message, or DVC's
+                found.append(line[len("error: "):])
                 inside[0] = True
             elif inside[0] and line.startswith((" ", "\t")) and line.strip():
                 found[-1] += " " + line.strip()
@@ -118,7 +118,7 @@ def _pipeline_run_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
-    how = "dvc" if p.get("use_dvc", True) else "in-process"
+    how = "workers" if p.get("dispatch") else "dvc" if p.get("use_dvc", True) else "in-process"
     only = f"-{'+'.join(p['only'])}" if p.get("only") else ""
     return f"pipeline-{Path(p.get('params', 'params.yaml')).stem}-{how}{only}{'-force' if p.get('force') else ''}" \
            f"-{datetime.now():%Y%m%d-%H%M%S}"
@@ -130,8 +130,10 @@ def pipeline(
     use_dvc: bool = True,
     force: bool = False,
     only: list[str] | None = None,
+    dispatch: bool = False,
 ) -> list[str]:
-    """Run the stages of `dvc.yaml` in order; returns the stage names run (or checked by DVC)."""
+    """Run the stages of `dvc.yaml` in order; returns the stage names run (or checked by DVC).
+    `dispatch`: each stage runs on a worker of its work pool (`flows.worker`), not in this process."""
     from prefect.runtime import flow_run
 
     from tasks.tracking import pipeline_run
@@ -139,7 +141,11 @@ def pipeline(
     stages = [s for s in stage_order() if only is None or s in only]
     with pipeline_run(flow_run.name or _pipeline_run_name(), get_run_logger().warning):  # one name in both UIs
         for stage in stages:
-            if use_dvc:
+            if dispatch:
+                from flows.worker import dispatch as on_worker
+
+                on_worker(stage, force)
+            elif use_dvc:
                 dvc_repro(stage, force)
             elif stage not in STAGES:  # a shell command of dvc.yaml (a profile's model import)
                 get_run_logger().info("stage %s is a command that runs under DVC only: skipped", stage)

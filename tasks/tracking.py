@@ -45,11 +45,14 @@ def file_md5(path: Path) -> str:
 
 
 def use_experiment(root: Path | None = None) -> str:
-    """Select (creating if needed) the experiment; artifacts go to the state folder."""
+    """Select (creating if needed) the experiment; with a local store its artifacts go to the state folder."""
     name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        location = (state_dir(root) / "mlartifacts").resolve().as_uri()
+        # a local store keeps artifacts in the state folder; a tracking server chooses its own
+        # (`mlflow server --artifacts-destination`), which every worker can reach
+        remote = mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks"))
+        location = None if remote else (state_dir(root) / "mlartifacts").resolve().as_uri()
         exp_id = mlflow.create_experiment(name, artifact_location=location)
     else:
         exp_id = exp.experiment_id

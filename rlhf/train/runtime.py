@@ -8,6 +8,7 @@ change: trainers shard each global batch by `process_index`, see `rlhf.train.bat
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -48,7 +49,26 @@ def make_accelerator(mixed_precision: MixedPrecision = "auto"):
     # (`rlhf pipeline --no-dvc`, tests) may differ in it, so the previous stage's is dropped
     # (the process group, PartialState, is kept)
     AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
+    require_device()
+    cpu = os.environ.get(DEVICE_ENV, "").strip().lower() == "cpu"
+    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), cpu=cpu)
+
+
+DEVICE_ENV = "RLHF_DEVICE"  # "cuda": refuse to train without a GPU (a GPU worker); "cpu": never use one
+
+
+def require_device() -> None:
+    """With RLHF_DEVICE=cuda (set on a GPU worker), a machine without a usable CUDA device stops the
+    stage at once with a UserError, instead of training for hours on its CPU."""
+    from rlhf.errors import UserError
+
+    want = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if want not in ("", "auto", "cuda", "cpu"):
+        raise UserError(f"{DEVICE_ENV}={want!r}: expected cuda, cpu or auto")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{DEVICE_ENV}=cuda asks for a GPU, and this machine has no usable CUDA device "
+                        f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): check the "
+                        "driver and the torch build, or run the stage on a GPU worker")
 
 
 def seed_everything(seed: int) -> None:
