@@ -11,6 +11,8 @@ import typer
 
 stack = typer.Typer(help="The Prefect server, MLflow server and workers on this machine (.state/stack).",
                     no_args_is_help=True)
+
+
 def _say(text: str) -> None:
     typer.echo(text)
 
