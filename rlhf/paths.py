@@ -56,6 +56,10 @@ class Paths:
     def metrics(self) -> Path:
         return self.root / "metrics"
 
+    def user_path(self, path: str | Path) -> Path:
+        """A path from the params (a model directory): as given if absolute, else under the root."""
+        return Path(path) if Path(path).is_absolute() else self.root / path
+
     def metrics_file(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"
 

@@ -39,6 +39,7 @@ class Stage:
     # evaluation code that scores what the stage wrote, run after `run`: training code never calls
     # the gold judge (docs/architecture.md)
     after: Callable[..., StageOutput] | None = None
+    parallel: bool = False  # shards its work over data-parallel processes (RLHF_NUM_PROCESSES, tasks.launch)
 
 
 # The stages, by the name of their dvc.yaml stage and params section; the order of execution lives
@@ -47,10 +48,10 @@ STAGES: dict[str, Stage] = {
     "data": Stage(run_data),
     "validate": Stage(run_validate),
     "tokenizer": Stage(run_tokenizer),
-    "sft": Stage(run_sft, after=run_sft_samples),  # + gold-judged samples of the saved SFT model
-    "reward": Stage(run_reward),
+    "sft": Stage(run_sft, after=run_sft_samples, parallel=True),  # + gold-judged samples of the saved SFT model
+    "reward": Stage(run_reward, parallel=True),
     "ppo": Stage(run_ppo),
-    "dpo": Stage(run_dpo),
+    "dpo": Stage(run_dpo, parallel=True),
     "evaluate": Stage(run_evaluate, reads=("ppo",)),  # the proxy is scored as PPO defines it
 }
 
@@ -64,6 +65,7 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     """Run the stage's library function, its curves going to MLflow as they grow (`tasks.live`);
     returns (config, output, seconds, what `track` needs to finish the live run)."""
     from rlhf.stage import listening
+    from tasks.launch import NUM_PROCESSES_ENV, num_processes, run_in_processes
     from tasks.live import LiveRun
     from tasks.outbox import new_record_id
 
@@ -75,9 +77,16 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     record_id = new_record_id(stage)
     live = LiveRun(stage, record_id, logger.warning)
     start = time.perf_counter()
+    processes = num_processes()
+    if processes > 1 and not STAGES[stage].parallel:
+        logger.info("stage %s runs in one process (%s=%d applies to sft, reward and dpo)", stage, NUM_PROCESSES_ENV,
+                    processes)
     try:
         with listening(live.row):
-            output = library_function(stage)(cfg, paths, **extra)
+            if processes > 1 and STAGES[stage].parallel:  # curves reach MLflow when the processes end
+                output = run_in_processes(stage, params, root, processes)
+            else:
+                output = library_function(stage)(cfg, paths, **extra)
             if STAGES[stage].after is not None:
                 scored = STAGES[stage].after(cfg, paths)
                 output.metrics.update(scored.metrics)

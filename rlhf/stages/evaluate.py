@@ -133,7 +133,7 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
     reward_model = RewardModel.from_pretrained(paths.reward / "model").to(device).eval()
     judge_rm = reward_model
     if "reward_model" in cfg.judges and cfg.reward_model_path is not None:
-        judge_rm_dir = paths.root / cfg.reward_model_path
+        judge_rm_dir = paths.user_path(cfg.reward_model_path)
         check_reward_model_dir(judge_rm_dir, "evaluate.reward_model_path")
         judge_rm = RewardModel.from_pretrained(judge_rm_dir).to(device).eval()
     llm = None

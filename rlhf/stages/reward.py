@@ -88,8 +88,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     accelerator = make_accelerator(cfg.mixed_precision)
     seed_everything(cfg.seed)
     out_dir = paths.reward / "model"
-    source = Path(cfg.model_path) if cfg.model_path else paths.sft / "model"
-    source = source if source.is_absolute() else paths.root / source
+    source = paths.user_path(cfg.model_path) if cfg.model_path else paths.sft / "model"
 
     # 2. model: the newest checkpoint of this config and these inputs, or a new head on the
     #    backbone (SFT by default)

@@ -95,16 +95,12 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
     return float(sums[0] / sums[1].clamp(min=1))
 
 
-def _resolve(paths: Paths, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else paths.root / path
-
-
 def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     # 1. runtime: device, precision, seeds
     accelerator = make_accelerator(cfg.mixed_precision)
     seed_everything(cfg.seed)
     out_dir = paths.sft / "model"
-    source = _resolve(paths, cfg.model_path) if cfg.model_path else None
+    source = paths.user_path(cfg.model_path) if cfg.model_path else None
 
     # 2. model and tokenizer: the newest checkpoint of this config and these inputs, a local model,
     #    or a new GPT-2; with LoRA, an adapter on it (a checkpoint then holds only the adapter)

@@ -136,8 +136,8 @@ def optimizer_step(
     as means over the units of `mb`; they come back as exact means over the whole step.
     With P data-parallel processes, `n` = (units over all processes) / P: DDP averages gradients
     over processes, which turns the P shares back into one sum over all units / all units.
-    Returns `loss` (the step loss; with P processes, this process's share times P), the metric
-    means, `grad_norm` (before clipping) and `lr`.
+    Returns `loss` (the step loss) and the metric means, both over every process's units, as one
+    process would report them, `grad_norm` (before clipping) and `lr`.
 
     A step whose `loss` or `grad_norm` is NaN or infinite leaves the parameters and the optimizer
     state as they were (gradients zeroed); the scheduler still advances, so every later step keeps
@@ -172,7 +172,16 @@ def optimizer_step(
     lr = optimizer.param_groups[0]["lr"]
     if scheduler is not None:
         advance(scheduler)
-    out = {k: v / sum(counts) for k, v in sums.items()} if sum(counts) else {}
+    # 4. the metrics of the whole step: over every process's units (one all-reduce)
+    if accelerator.num_processes > 1:
+        keys = sorted(sums)
+        local = torch.tensor([sums[k] for k in keys] + [step_loss], dtype=torch.float64, device=accelerator.device)
+        reduced = accelerator.reduce(local, reduction="sum").tolist()
+        sums, step_loss = dict(zip(keys, reduced[:-1])), reduced[-1] / accelerator.num_processes
+        units_total = total
+    else:
+        units_total = sum(counts)
+    out = {k: v / units_total for k, v in sums.items()} if units_total else {}
     out.update(loss=step_loss, grad_norm=norm, lr=lr)
     return out
 

@@ -50,7 +50,9 @@ def make_accelerator(mixed_precision: MixedPrecision = "auto"):
     # (the process group, PartialState, is kept)
     AcceleratorState._reset_state()
     require_device()
-    cpu = os.environ.get(DEVICE_ENV, "").strip().lower() == "cpu"
+    # on the CPU, say so: accelerate then runs the processes of `torchrun` / `accelerate launch` as
+    # one data-parallel group over gloo (MULTI_CPU) instead of N independent runs
+    cpu = os.environ.get(DEVICE_ENV, "").strip().lower() == "cpu" or not torch.cuda.is_available()
     return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), cpu=cpu)
 
 
