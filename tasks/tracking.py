@@ -230,6 +230,23 @@ def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, second
         return run.info.run_id
 
 
+def _log_figures(stage: str, output: StageOutput) -> None:
+    """Training curves (and, for evaluate, the bars per policy and judge and reward against KL) as
+    PNG artifacts under `plots/`. A figure that cannot be drawn is a warning, never a lost record."""
+    import tempfile
+
+    from rlhf.plots import stage_figures
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            figures = stage_figures(stage, output.history, output.metrics, folder)
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"{stage}: figures not drawn ({type(err).__name__}: {err})", stacklevel=2)
+            return
+        for png in figures:
+            mlflow.log_artifact(str(png), artifact_path="plots")
+
+
 def _log_outcome(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float, parent: str | None,
                  history: list[dict[str, float]]) -> None:
     """Into the active run: params, the `history` rows, final metrics, inputs, reports, tables, models."""
@@ -244,6 +261,7 @@ def _log_outcome(stage: str, params: Mapping[str, Any], output: StageOutput, sec
     mlflow.log_metrics(final, step=max((int(r["step"]) for r in output.history), default=0))
     if stage == "evaluate":
         attach_evaluation(output.metrics, parent)
+    _log_figures(stage, output)
     _log_inputs(output.inputs, stage)
     for report in output.reports:
         if Path(report).is_file():

@@ -60,6 +60,7 @@ def test_rows_reach_mlflow_as_they_are_logged_and_track_finishes_the_same_run(pr
     points = Counter((p.step, p.value) for p in MlflowClient().get_metric_history(run_id, "train/lr"))
     assert points == Counter((r["step"], r["train/lr"]) for r in ROWS)  # each point once
     assert run.data.metrics["time/stage_seconds"] == pytest.approx(seconds)
+    assert [a.path for a in MlflowClient().list_artifacts(run_id, "plots")] == ["plots/sft_curves.png"]
 
 
 def test_a_failing_stage_leaves_a_failed_run_with_what_it_logged(project, monkeypatch):
