@@ -258,6 +258,20 @@ def import_model(
                f"{info['bytes'] / 1e6:.0f} MB in {info['seconds']:.1f} s")
 
 
+@app.command(name="plots-template")
+def plots_template() -> None:
+    """Make `dvc plots show` render offline: vega from the npm registry, inlined into a local template."""
+    from flows.plots_offline import write_template
+    from rlhf.errors import UserError
+
+    try:
+        path = write_template(Path.cwd())
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{path}: vega inlined; dvc plots show now renders without network")
+
+
 @app.command()
 def summary() -> None:
     """Print what the pipeline produced and how to open the MLflow UI on it."""

@@ -63,6 +63,10 @@ class Paths:
     def metrics_file(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"
 
+    def plots_file(self, stage: str) -> Path:
+        """A training stage's curves (its history rows), which `dvc plots` draws."""
+        return self.root / "plots" / f"{stage}.json"
+
     # --- state that is not source (git-ignored) ---
     @property
     def state(self) -> Path:

@@ -40,6 +40,7 @@ class Stage:
     # the gold judge (docs/architecture.md)
     after: Callable[..., StageOutput] | None = None
     parallel: bool = False  # shards its work over data-parallel processes (RLHF_NUM_PROCESSES, tasks.launch)
+    curves: bool = False  # trains: its history goes to plots/<stage>.json for `dvc plots`
 
 
 # The stages, by the name of their dvc.yaml stage and params section; the order of execution lives
@@ -48,10 +49,10 @@ STAGES: dict[str, Stage] = {
     "data": Stage(run_data),
     "validate": Stage(run_validate),
     "tokenizer": Stage(run_tokenizer),
-    "sft": Stage(run_sft, after=run_sft_samples, parallel=True),  # + gold-judged samples of the saved SFT model
-    "reward": Stage(run_reward, parallel=True),
-    "ppo": Stage(run_ppo),
-    "dpo": Stage(run_dpo, parallel=True),
+    "sft": Stage(run_sft, after=run_sft_samples, parallel=True, curves=True),  # + gold-judged samples of the SFT model
+    "reward": Stage(run_reward, parallel=True, curves=True),
+    "ppo": Stage(run_ppo, curves=True),
+    "dpo": Stage(run_dpo, parallel=True, curves=True),
     "evaluate": Stage(run_evaluate, reads=("ppo",)),  # the proxy is scored as PPO defines it
 }
 
@@ -96,6 +97,8 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
         raise
     seconds = time.perf_counter() - start
     write_json(paths.metrics_file(stage), output.metrics)
+    if STAGES[stage].curves:
+        write_json(paths.plots_file(stage), output.history)
     logger.info("stage %s done in %.1f s: %s", stage, seconds, output.metrics)
     return cfg.model_dump(mode="json"), output, seconds, {"record_id": record_id, "live": live.info()}
 
