@@ -13,8 +13,20 @@ PARENT_RUN_ENV = "RLHF_PARENT_RUN_ID"
 DEFAULT_EXPERIMENT = "rlhf"
 
 
+def project_root(cwd: Path | None = None) -> Path:
+    """The project's root: the current folder, or, inside the temporary copy in which DVC runs a
+    queued experiment (`<root>/.dvc/tmp/exps/<run>/`), the project it was copied from, so that the
+    experiment's tracking records land in the project's store and are not thrown away with the copy."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
 def state_dir(root: Path | None = None) -> Path:
-    return (root or Path.cwd()) / ".state"
+    return (root or project_root()) / ".state"
 
 
 def tracking_uri(root: Path | None = None) -> str:

@@ -10,10 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf.errors import UserError
+
+try:
+    from ruamel.yaml.error import YAMLError
+except ImportError:  # pragma: no cover
+    YAMLError = ValueError
+
+
+def load_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC reads and writes params.yaml (`dvc exp run -S` included): `no` and `yes` are
+    text, `1e-4` is a number. (PyYAML's YAML 1.1 would read an unquoted `no` as false.)"""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
 
 
 class StageConfig(BaseModel):
@@ -32,8 +44,8 @@ def read_params(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of stage sections at the top level")
@@ -58,7 +70,7 @@ def format_validation_error(err: ValidationError, section: str, source: str) -> 
             got = e.get("input")
             hint = ""
             if isinstance(got, str) and _is_number(got):
-                hint = "; YAML reads a quoted number, or an exponent without a dot like 1e-4, as text: write 12 or 1.0e-4"
+                hint = "; YAML reads a quoted number as text: write 12, not '12'"
             lines.append(f"  - {key}: {e['msg']} (got {got!r}{hint})")
     return "\n".join(lines)
 

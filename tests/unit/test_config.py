@@ -74,9 +74,17 @@ def test_python_defaults_are_the_shipped_params():
     ("sft:\n  packing: \"yes\"\n", r"sft\.packing: .*boolean"),
     ("sft:\n  max_steps: \"1600\"\n", r"sft\.max_steps: .*integer"),
     ("sft:\n  max_steps: 1600.0\n", r"sft\.max_steps: .*integer"),
-    ("dpo:\n  learning_rate: 1e-4\n", r"dpo\.learning_rate: .*number"),  # YAML 1.1 reads 1e-4 as a string
+    ("dpo:\n  learning_rate: \"1e-4\"\n", r"dpo\.learning_rate: .*number"),
+    ("sft:\n  packing: yes\n", r"sft\.packing: .*boolean"),  # YAML 1.2 (DVC's): `yes` is text
     ("ppo:\n  adaptive_kl: 1\n", r"ppo\.adaptive_kl: .*boolean"),
 ])
 def test_values_of_the_wrong_type_are_not_coerced(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key):
         load_config(text.split(":")[0], write(tmp_path, text))
+
+
+def test_params_read_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml in YAML 1.2: an unquoted `no` is the text "no" and
+    `1e-4` a number, for the stages as for DVC."""
+    cfg = load_config("ppo", write(tmp_path, "ppo:\n  mixed_precision: no\n  learning_rate: 1e-4\n"))
+    assert cfg.mixed_precision == "no" and cfg.learning_rate == 1e-4
