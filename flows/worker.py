@@ -59,6 +59,12 @@ def _dvc(*args: str, what: str) -> str:
     return _run(sys.executable, "-m", "dvc", *args, what=what)
 
 
+@task(name="dvc-transfer", task_run_name="dvc-{direction}-{what}", retries=2, retry_delay_seconds=10)
+def transfer(direction: str, targets: list[str], what: str) -> None:
+    """`dvc pull` / `dvc push` of `targets`: I/O against the remote, so retried (training never is)."""
+    _dvc(direction, "--quiet", *targets, what=f"dvc {direction} {' '.join(targets)}")
+
+
 def uncached_outs(stages: dict[str, dict], only: str | None = None) -> list[str]:
     """The outputs DVC keeps in the workspace only (`cache: false`: the metrics JSON files), which
     the remote does not carry; of one stage, or of all."""
@@ -95,13 +101,13 @@ def stage_on_worker(stage: str, commit: str | None = None, lock: str = "", files
     stages = read_stages()
     upstream = sorted({made_by for _, made_by in upstream_inputs(stages, stage)})
     if upstream:
-        _dvc("pull", "--quiet", *upstream, what=f"dvc pull {' '.join(upstream)}")
+        transfer("pull", upstream, "+".join(upstream))
     logger.info("stage %s on %s in %s (commit %s; inputs of %s pulled)", stage, socket.gethostname(), Path.cwd(),
                 commit, upstream or "no stage")
     # 4. the stage, as dvc repro runs it
     dvc_repro(stage, force)
     # 5. outputs to the remote, and the record back
-    _dvc("push", "--quiet", stage, what=f"dvc push {stage}")
+    transfer("push", [stage], stage)
     entry = _load_lock(Path("dvc.lock"))["stages"][stage]
     outcome = {"stage": stage, "lock_entry": entry, "host": socket.gethostname(), "clone": str(Path.cwd()),
                "files": {p: Path(p).read_text(encoding="utf-8") for p in uncached_outs(stages, stage) if Path(p).is_file()}}
@@ -164,6 +170,6 @@ def dispatch(stage: str, force: bool = False) -> dict[str, Any]:
     merge_lock(stage, outcome["lock_entry"], stage_order())
     for path, text in outcome["files"].items():
         write_text(path, text)
-    _dvc("pull", "--quiet", stage, what=f"dvc pull {stage}")
+    transfer("pull", [stage], stage)
     logger.info("stage %s ran on %s in %s; its outputs are pulled here", stage, outcome["host"], outcome["clone"])
     return outcome
