@@ -5,23 +5,28 @@ The stage's task starts `torch.distributed.run --nproc_per_node N -m tasks.launc
 runs the library function (accelerate forms one data-parallel group: NCCL on GPUs, gloo on CPUs;
 the trainers shard every global batch, so the run equals the one-process run within float
 tolerance), and process 0 writes the stage's output as JSON, which the task reads back and tracks
-as usual. The stages that shard their work (SFT, reward, DPO) use it; the others run in one process.
+as usual; the history rows of process 0 reach the task's live MLflow run while the processes train.
+The stages that shard their work (SFT, reward, DPO) use it; the others run in one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from rlhf.errors import UserError
 from rlhf.files import write_json
-from rlhf.stage import StageOutput
+from rlhf.stage import StageOutput, heard, listening
 
 NUM_PROCESSES_ENV = "RLHF_NUM_PROCESSES"
 ACCELERATE_CONFIG_ENV = "RLHF_ACCELERATE_CONFIG"  # an `accelerate launch` config (configs/accelerate/)
+ROWS_ENV = "RLHF_HISTORY_ROWS"  # the file process 0 appends its history rows to (set by run_in_processes)
 
 
 def num_processes() -> int:
@@ -34,12 +39,28 @@ def num_processes() -> int:
     return int(text)
 
 
+def _forward(rows: Path, done: int) -> int:
+    """Hand the history rows process 0 appended to `rows` since the first `done` to this process's
+    listener (`rlhf.stage.heard`: the live MLflow run); returns how many are handed in all."""
+    if not rows.is_file():
+        return done
+    lines = rows.read_text(encoding="utf-8").splitlines(keepends=True)
+    complete = [line for line in lines if line.endswith("\n")]
+    for line in complete[done:]:
+        heard(json.loads(line))
+    return len(complete)
+
+
 def run_in_processes(stage: str, params: str, root: str, n: int) -> StageOutput:
-    """Run `stage` in `n` processes; returns process 0's output."""
+    """Run `stage` in `n` processes; returns process 0's output. Its history rows reach this
+    process's listener while the processes train (through a file that process 0 appends to)."""
     from tasks.outbox import record_output
 
     out = Path(root) / ".state" / "launch" / f"{stage}.json"
-    out.unlink(missing_ok=True)
+    rows = out.with_suffix(".rows.jsonl")
+    for path in (out, rows):
+        path.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     config = os.environ.get(ACCELERATE_CONFIG_ENV)
     if config:  # accelerate's launcher with the user's config (e.g. configs/accelerate/ddp.yaml)
         if not Path(config).is_file():
@@ -48,11 +69,25 @@ def run_in_processes(stage: str, params: str, root: str, n: int) -> StageOutput:
     else:
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m"]
     cmd = [sys.executable, *launcher, "tasks.launch", stage, params, root, str(out)]
-    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-    sys.stderr.write(done.stderr)
-    errors = [line.removeprefix("error: ") for line in done.stderr.splitlines() if line.startswith("error: ")]
-    if done.returncode != 0 or not out.is_file():
-        raise UserError(f"{stage} in {n} processes failed (exit {done.returncode})"
+    errors: list[str] = []
+
+    def echo(stream) -> None:
+        for line in stream:
+            sys.stderr.write(line)
+            if line.startswith("error: "):
+                errors.append(line.removeprefix("error: ").strip())
+
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, ROWS_ENV: str(rows)}) as proc:
+        reader = threading.Thread(target=echo, args=(proc.stderr,), daemon=True)
+        reader.start()
+        handed = 0
+        while proc.poll() is None:
+            handed = _forward(rows, handed)
+            time.sleep(0.5)
+        reader.join()
+    _forward(rows, handed)
+    if proc.returncode != 0 or not out.is_file():
+        raise UserError(f"{stage} in {n} processes failed (exit {proc.returncode})"
                         + (f": {errors[0]}" if errors else "; see the processes' output above"))
     return record_output(json.loads(out.read_text(encoding="utf-8")))
 
@@ -65,9 +100,16 @@ def main() -> None:
     from tasks.stages import STAGES
 
     stage, params, root, out = sys.argv[1:5]
+    rows = os.environ.get(ROWS_ENV)
+
+    def append(row: dict) -> None:  # process 0's history rows, for the launching task's live run
+        with open(rows, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
     try:
         extra = {section: load_config(section, params) for section in STAGES[stage].reads}
-        output = STAGES[stage].run(load_config(stage, params), Paths(Path(root)), **extra)
+        with listening(append) if rows else contextlib.nullcontext():
+            output = STAGES[stage].run(load_config(stage, params), Paths(Path(root)), **extra)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -84,7 +84,7 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
                     processes)
     try:
         with listening(live.row):
-            if processes > 1 and STAGES[stage].parallel:  # curves reach MLflow when the processes end
+            if processes > 1 and STAGES[stage].parallel:  # process 0's rows reach the live run as it logs them
                 output = run_in_processes(stage, params, root, processes)
             else:
                 output = library_function(stage)(cfg, paths, **extra)

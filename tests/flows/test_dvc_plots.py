@@ -25,7 +25,7 @@ def test_dvc_plots_show_renders_the_curves_without_network(tmp_path):
         "dpo": [{"step": s, "loss/dpo": 0.69 - 0.01 * s, "rewards/accuracies": 0.6, "rewards/margins": 0.1 * s}
                 for s in (1, 2)],
     }
-    (clone / "plots").mkdir()
+    (clone / "plots").mkdir(exist_ok=True)  # the repository ships the root pipeline's curves
     for stage, rows in history.items():
         (clone / "plots" / f"{stage}.json").write_text(json.dumps(rows))
     made = subprocess.run([sys.executable, "-m", "flows.cli", "plots-template"], cwd=clone, capture_output=True,

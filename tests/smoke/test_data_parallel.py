@@ -1,6 +1,6 @@
 """SFT, reward and DPO in 2 data-parallel CPU processes (gloo), started as `RLHF_NUM_PROCESSES=2`
 starts them (`tasks.launch`), match the one-process run: the same loss curve and held-out metrics
-within float tolerance (each global batch is sharded, gradients averaged, and the reported metrics
+within float tolerance, the curve reaching the launching process's listener as it is logged (each global batch is sharded, gradients averaged, and the reported metrics
 reduced over both processes)."""
 
 import shutil
@@ -10,6 +10,7 @@ import yaml
 
 from rlhf.config import load_config
 from rlhf.paths import Paths
+from rlhf.stage import listening
 from tasks.launch import run_in_processes
 from tasks.stages import STAGES
 from tests.worlds import rl_world
@@ -42,7 +43,10 @@ def test_two_processes_match_one(world, tmp_path, stage):
     for root in (one, two):
         shutil.copytree(world, root)
     single = STAGES[stage].run(load_config(stage, one / "params.yaml"), Paths(one))
-    double = run_in_processes(stage, str(two / "params.yaml"), str(two), 2)
+    live: list[dict] = []
+    with listening(live.append):  # the task's live MLflow run listens like this
+        double = run_in_processes(stage, str(two / "params.yaml"), str(two), 2)
+    assert live == double.history  # process 0's rows, handed on while the processes trained
     assert [r["step"] for r in double.history] == [r["step"] for r in single.history]
     for a, b in zip(single.history, double.history):
         assert b[LOSS[stage]] == pytest.approx(a[LOSS[stage]], rel=1e-5, abs=1e-6), (stage, a["step"])
