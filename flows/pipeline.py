@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from flows.dag import check_inputs, stage_order
 from flows.prefect_api import mark_finished
 from rlhf.errors import UserError
+from tasks.child import relay
 from tasks.stages import STAGES, compute, track
 
 
@@ -71,28 +71,6 @@ def _api_url() -> str:
         return str(client.api_url)
 
 
-def _errors_of(found: list[str]) -> Callable[[bytes], None]:
-    """A sink for a child's stderr: echoes it through (progress bars included) and keeps each
-    `error: ...` line (DVC's `ERROR: ...` too), with the indented lines that detail it, in `found`."""
-    pending, inside = [b""], [False]
-
-    def sink(chunk: bytes) -> None:
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
-        lines = (pending[0] + chunk).split(b"\n")
-        pending[0] = lines.pop()
-        for line in (raw.decode(errors="replace").rstrip() for raw in lines):
-            if line.startswith(("error: ", "ERROR: ")):  # the stage's own message, or DVC's
-                found.append(line[len("error: "):])
-                inside[0] = True
-            elif inside[0] and line.startswith((" ", "\t")) and line.strip():
-                found[-1] += " " + line.strip()
-            else:
-                inside[0] = False
-
-    return sink
-
-
 @task(name="dvc-repro", task_run_name="dvc-repro-{stage}")
 def dvc_repro(stage: str, force: bool = False) -> None:
     """Run one DVC stage (skipped by DVC when its deps, params and outs are unchanged)."""
@@ -105,10 +83,8 @@ def dvc_repro(stage: str, force: bool = False) -> None:
     env.setdefault("PREFECT_API_URL", _api_url())  # stage flows report to this flow's server
     env[PARENT_TASK_ENV] = str(task_run.id)  # ... as subflow runs of this task run
     errors: list[str] = []
-    sink = _errors_of(errors)
     with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE) as proc:
-        while chunk := proc.stderr.read1(1 << 16):
-            sink(chunk)
+        relay(proc.stderr, errors)
     if proc.returncode != 0:  # the stage's own message (its `error:` line), once, in Prefect too
         reason = "; ".join(errors) or "its output is above"
         raise StageFailed(f"stage '{stage}' failed (dvc repro exited with {proc.returncode}): {reason}")

@@ -36,6 +36,7 @@ def api_url() -> str | None:
 
 
 def reachable(url: str, timeout: float = 5.0) -> bool:
+    """`<url>/health` answers 200: a Prefect API (`.../api`) or an MLflow server."""
     import httpx
 
     try:

@@ -19,12 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from flows.prefect_api import reachable
 from rlhf.errors import UserError
 from rlhf.files import write_json
 
@@ -53,14 +53,6 @@ def _alive(record: dict) -> bool:
     except (OSError, KeyError):
         return False
     return record["marker"] in cmdline  # not another process that reused the PID
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
 
 
 def _read(path: Path) -> dict | None:
@@ -153,11 +145,11 @@ def up(root: Path, host: str, prefect_port: int, mlflow_port: int, say: Callable
     env = {**os.environ, "PREFECT_HOME": str(state / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     start(root, "prefect-server", [_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
-          env, lambda: _answers(f"{api_url}/health"), say, api_url)
+          env, lambda: reachable(api_url), say, api_url)
     start(root, "mlflow-server", [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
                                   "--artifacts-destination", str(state / "mlartifacts"), "--host", host,
                                   "--port", str(mlflow_port), "--workers", "1"],
-          {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, lambda: _answers(f"{tracking_uri}/health"),
+          {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, lambda: reachable(tracking_uri),
           say, tracking_uri)
     names = pools(root)
     ensure_pools(api_url, names)
@@ -199,8 +191,7 @@ def status(root: Path) -> list[tuple[str, bool, str]]:
         if pid_file.stem == "urls" or record is None:
             continue
         alive = _alive(record)
-        healthy = alive and (record.get("url") is None or _answers(
-            record["url"].removesuffix("/api") + ("/api/health" if record["url"].endswith("/api") else "/health")))
+        healthy = alive and (record.get("url") is None or reachable(record["url"]))
         detail = f"pid {record['pid']}" + (f", {record['url']}" if record.get("url") else "") + f", log {record['log']}"
         rows.append((pid_file.stem, bool(healthy), detail))
     return rows

@@ -92,12 +92,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 CHECKSUMS = "checksums.json"
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in blocks."""
     with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def sha256(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def file_checksums(folder: str | Path, skip: Iterable[str] = ()) -> dict[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from rlhf.errors import UserError
 from rlhf.files import write_json
 from rlhf.stage import StageOutput, heard, listening
+from tasks.child import relay
 
 NUM_PROCESSES_ENV = "RLHF_NUM_PROCESSES"
 ACCELERATE_CONFIG_ENV = "RLHF_ACCELERATE_CONFIG"  # an `accelerate launch` config (configs/accelerate/)
@@ -39,16 +40,18 @@ def num_processes() -> int:
     return int(text)
 
 
-def _forward(rows: Path, done: int) -> int:
-    """Hand the history rows process 0 appended to `rows` since the first `done` to this process's
-    listener (`rlhf.stage.heard`: the live MLflow run); returns how many are handed in all."""
+def _forward(rows: Path, offset: int) -> int:
+    """Hand the history rows process 0 appended to `rows` after byte `offset` to this process's
+    listener (`rlhf.stage.heard`: the live MLflow run); returns the offset after the last whole row."""
     if not rows.is_file():
-        return done
-    lines = rows.read_text(encoding="utf-8").splitlines(keepends=True)
-    complete = [line for line in lines if line.endswith("\n")]
-    for line in complete[done:]:
+        return offset
+    with rows.open("rb") as f:
+        f.seek(offset)
+        data = f.read()
+    whole = data[: data.rfind(b"\n") + 1]  # a row still being written waits for the next call
+    for line in whole.splitlines():
         heard(json.loads(line))
-    return len(complete)
+    return offset + len(whole)
 
 
 def run_in_processes(stage: str, params: str, root: str, n: int) -> StageOutput:
@@ -70,22 +73,15 @@ def run_in_processes(stage: str, params: str, root: str, n: int) -> StageOutput:
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m"]
     cmd = [sys.executable, *launcher, "tasks.launch", stage, params, root, str(out)]
     errors: list[str] = []
-
-    def echo(stream) -> None:
-        for line in stream:
-            sys.stderr.write(line)
-            if line.startswith("error: "):
-                errors.append(line.removeprefix("error: ").strip())
-
-    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, ROWS_ENV: str(rows)}) as proc:
-        reader = threading.Thread(target=echo, args=(proc.stderr,), daemon=True)
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, ROWS_ENV: str(rows)}) as proc:
+        reader = threading.Thread(target=relay, args=(proc.stderr, errors), daemon=True)
         reader.start()
-        handed = 0
+        offset = 0
         while proc.poll() is None:
-            handed = _forward(rows, handed)
+            offset = _forward(rows, offset)
             time.sleep(0.5)
         reader.join()
-    _forward(rows, handed)
+    _forward(rows, offset)
     if proc.returncode != 0 or not out.is_file():
         raise UserError(f"{stage} in {n} processes failed (exit {proc.returncode})"
                         + (f": {errors[0]}" if errors else "; see the processes' output above"))

@@ -20,7 +20,7 @@ from typing import Any
 
 import mlflow
 
-from tasks.env import PARENT_RUN_ENV, provenance
+from tasks.env import PARENT_RUN_ENV
 
 LIVE_TAG = "live"  # on a run opened by LiveRun; `log_record` continues such a run
 
@@ -29,7 +29,7 @@ class LiveRun:
     """One stage's MLflow run, opened before training starts."""
 
     def __init__(self, stage: str, record_id: str, warn: Callable[[str], None]) -> None:
-        from tasks.tracking import POLICY_STAGES, use_experiment
+        from tasks.tracking import existing_parent, stage_tags, use_experiment
 
         self.warn = warn
         self.run_id: str | None = None  # kept when logging turns off: the final record finishes the run
@@ -38,21 +38,13 @@ class LiveRun:
         self.client = mlflow.tracking.MlflowClient()
         try:
             experiment = use_experiment()
-            parent = os.environ.get(PARENT_RUN_ENV)
-            tags = {"stage": stage, "record_id": record_id, LIVE_TAG: "true", "mlflow.runName": stage,
-                    **({"algorithm": stage} if stage in POLICY_STAGES else {}), **provenance(),
-                    **({"mlflow.parentRunId": parent} if parent and self._exists(parent) else {})}
+            parent = existing_parent(os.environ.get(PARENT_RUN_ENV))
+            tags = {**stage_tags(stage, record_id), LIVE_TAG: "true", "mlflow.runName": stage,
+                    **({"mlflow.parentRunId": parent} if parent else {})}
             self.run_id = self.client.create_run(experiment, tags=tags).info.run_id
             self.on = True
         except Exception as err:  # noqa: BLE001 - tracking never stops a stage
             self._off(err)
-
-    def _exists(self, run_id: str) -> bool:
-        try:
-            self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            return False
-        return True
 
     def _off(self, err: BaseException) -> None:
         self.warn(f"live MLflow logging is off for this stage ({type(err).__name__}: {err}); "

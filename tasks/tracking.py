@@ -7,7 +7,6 @@ top-level run. Stage runs carry the tag `stage=<name>`, so the UI can filter and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import mlflow
 
+from rlhf.files import file_digest
 from rlhf.stage import StageOutput
 from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, PARENT_RUN_ENV, provenance, state_dir
 
@@ -37,11 +37,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def file_md5(path: Path) -> str:
     """The DVC hash of a file (DVC 3 hashes a file by the md5 of its bytes)."""
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def use_experiment(root: Path | None = None) -> str:
@@ -123,7 +119,7 @@ def _runs_tagged(record_id: str) -> list[Any]:
     return mlflow.search_runs(filter_string=f"tags.record_id = '{record_id}'", output_format="list")
 
 
-def _existing_parent(parent: str | None) -> str | None:
+def existing_parent(parent: str | None) -> str | None:
     """`parent` if the tracking store holds that run (a pipeline that started while the server was
     away has none), else None: the stage run is then top-level."""
     if not parent:
@@ -153,7 +149,7 @@ def log_record(record: Mapping[str, Any]) -> str:
         else:
             mlflow.delete_run(run.info.run_id)
     return log_stage(record["stage"], record["params"], record_output(record), record["seconds"],
-                     record_id=record["record_id"], parent=_existing_parent(record.get("parent_run_id")),
+                     record_id=record["record_id"], parent=existing_parent(record.get("parent_run_id")),
                      origin=record.get("origin"), run_id=resume)
 
 
@@ -204,6 +200,13 @@ def _logged_through(run_id: str, history: list[dict[str, float]]) -> int:
     return max((p.step for p in points), default=-1)
 
 
+def stage_tags(stage: str, record_id: str | None = None, origin: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The tags of a stage's run: `stage`, `algorithm` for a policy, `record_id` (the outbox record
+    it logs) and the `origin` of the execution (`tasks.env.provenance`, taken now if None)."""
+    return {"stage": stage, **({"algorithm": stage} if stage in POLICY_STAGES else {}),
+            **({"record_id": record_id} if record_id else {}), **(provenance() if origin is None else origin)}
+
+
 def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, seconds: float,
               record_id: str | None = None, parent: str | None = None, origin: Mapping[str, str] | None = None,
               run_id: str | None = None) -> str:
@@ -223,9 +226,7 @@ def log_stage(stage: str, params: Mapping[str, Any], output: StageOutput, second
     active = mlflow.active_run()
     nesting = {"nested": True} if active else {"parent_run_id": parent}
     parent = active.info.run_id if active else parent
-    tags = {"stage": stage, **({"algorithm": stage} if stage in POLICY_STAGES else {}),
-            **({"record_id": record_id} if record_id else {}), **(provenance() if origin is None else origin)}
-    with mlflow.start_run(run_name=stage, tags=tags, **nesting) as run:
+    with mlflow.start_run(run_name=stage, tags=stage_tags(stage, record_id, origin), **nesting) as run:
         _log_outcome(stage, params, output, seconds, parent, output.history)
         return run.info.run_id
 

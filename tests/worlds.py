@@ -10,6 +10,15 @@ from rlhf.train import build_gpt2, load_tokenizer, save_model_dir
 from rlhf.train.toy import make_toy_world, sft_rows, write_jsonl
 
 
+class TinyVocab:
+    """What `build_gpt2` reads of a tokenizer: a 64-token vocabulary (bos 0, eos = pad 1)."""
+
+    bos_token_id, eos_token_id, pad_token_id = 0, 1, 1
+
+    def __len__(self) -> int:
+        return 64
+
+
 def rl_world(root: Path) -> Paths:
     """The toy world (16 demonstrations, 24 pairs) with RL prompts, a tiny saved SFT policy and a
     reward model on it: what the reward, DPO and PPO stages read."""

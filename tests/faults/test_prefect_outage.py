@@ -6,7 +6,6 @@ library function is replaced by one that waits for the test's signal, so the kil
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
+from tests.servers import free_port
 
 pytestmark = pytest.mark.faults
 
@@ -37,12 +38,6 @@ def stage(cfg, paths):
 tasks.stages.library_function = lambda name: stage
 app(["tokenizer", "--params", "params.yaml"])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(url: str) -> bool:

@@ -3,13 +3,6 @@ and once the server is back on the same store the replay logs it; both runs then
 every metric and every curve point, none lost and none duplicated."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -20,46 +13,9 @@ from mlflow.tracking import MlflowClient
 from rlhf.stage import StageOutput
 from tasks.outbox import pending, replay
 from tasks.tracking import flatten, log_record
+from tests.servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.faults
-
-START_S = 60  # the server starts in ~6 s on a quiet 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(store: str, port: int, folder: Path) -> subprocess.Popen:
-    """`mlflow server` on `store`, in its own process group (it starts worker processes), once
-    `/health` answers."""
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: a faster start
-    with (folder / f"server-{time.monotonic_ns()}.log").open("wb") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", store,
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
-                if answer.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            pytest.fail(f"mlflow server did not answer within {START_S} s (exit code {proc.returncode})")
-        time.sleep(0.1)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGKILL the server and its workers: an outage, not a shutdown."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
 
 def stage_output(scale: float) -> StageOutput:
     return StageOutput(metrics={"loss/sft": 0.45 * scale, "eval": {"loss/sft": 0.75 * scale}},

@@ -15,7 +15,7 @@ import pytest
 
 from rlhf.stage import StageOutput
 from tasks.tracking import log_stage
-from tests.faults.test_tracking_outage import free_port, start_server, stop_server
+from tests.servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

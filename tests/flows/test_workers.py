@@ -6,7 +6,6 @@ params. The training stages run in the second clone, their outputs come back thr
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +17,11 @@ import yaml
 from flows.dag import stage_order
 from tests.flows.test_dvc import _clone
 from tests.flows.test_metric_names import TINY_PARAMS
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 GPU_STAGES = {"sft", "reward", "ppo", "dpo", "evaluate"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 600) -> str:

@@ -10,20 +10,12 @@ from rlhf.files import CHECKSUMS, checksum_problem, sha256
 from rlhf.reward import RewardModel
 from rlhf.train.checkpoint import save_model_dir
 from rlhf.train.models import build_gpt2, load_causal_lm
-
-
-class Vocab:
-    """What `build_gpt2` reads of a tokenizer."""
-
-    bos_token_id, eos_token_id, pad_token_id = 0, 1, 1
-
-    def __len__(self) -> int:
-        return 64
+from tests.worlds import TinyVocab
 
 
 @pytest.fixture
 def policy_dir(tmp_path):
-    return save_model_dir(tmp_path / "sft" / "model", build_gpt2(Vocab(), 1, 2, 16, 32, seed=0),
+    return save_model_dir(tmp_path / "sft" / "model", build_gpt2(TinyVocab(), 1, 2, 16, 32, seed=0),
                           extra_json={"note.json": {"a": 1}})
 
 

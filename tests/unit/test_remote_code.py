@@ -11,6 +11,7 @@ from rlhf.config import ConfigError, load_config
 from rlhf.errors import UserError
 from rlhf.train.models import build_gpt2, load_causal_lm
 from rlhf.train.remote_code import TRUST_KEY, needs_code
+from tests.worlds import TinyVocab
 
 CONFIGURATION = '''
 from transformers import GPT2Config
@@ -30,22 +31,13 @@ class ShippedLM(GPT2LMHeadModel):
 '''
 
 
-class Vocab:
-    """What `build_gpt2` reads of a tokenizer."""
-
-    bos_token_id, eos_token_id, pad_token_id = 0, 1, 1
-
-    def __len__(self) -> int:
-        return 64
-
-
 @pytest.fixture
 def shipped(tmp_path, monkeypatch):
     """A tiny GPT-2 saved as a model type transformers does not know, with its own modules."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     model_dir = tmp_path / "shipped"
-    build_gpt2(Vocab(), 1, 2, 16, 32, seed=0).save_pretrained(model_dir)
+    build_gpt2(TinyVocab(), 1, 2, 16, 32, seed=0).save_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     config.update(model_type="rlhf_shipped_code", architectures=["ShippedLM"],
                   auto_map={"AutoConfig": "configuration_shipped.ShippedConfig",
@@ -87,7 +79,7 @@ def test_a_named_directory_cannot_trust_itself(shipped):
 
 
 def test_a_known_model_type_loads_as_before(tmp_path):
-    build_gpt2(Vocab(), 1, 2, 16, 32, seed=0).save_pretrained(tmp_path / "gpt2")
+    build_gpt2(TinyVocab(), 1, 2, 16, 32, seed=0).save_pretrained(tmp_path / "gpt2")
     assert not needs_code(tmp_path / "gpt2")
     model = load_causal_lm(tmp_path / "gpt2", False)
     assert not hasattr(model.config, TRUST_KEY)
