@@ -7,7 +7,10 @@ that EOS (emitting EOS is one of the policy's actions, so its log-probability co
 after it.
 
 Sampling draws from exactly softmax(logits / T) (times the top-p truncation when `top_p < 1`,
-which PPO refuses). `model.generate` fills every `GenerationConfig` field left unset from the
+which PPO refuses). With `row_seeds`, each prompt draws its tokens from its own random stream
+(Gumbel-max: argmax(logits / T + g), g_v = -log(-log u_v), u from the row's generator), so a
+prompt's sample does not depend on which prompts share its batch: PPO's rollouts are then the same
+whether one process samples the whole batch or N processes sample a shard each. `model.generate` fills every `GenerationConfig` field left unset from the
 checkpoint's own `generation_config.json`, and real checkpoints ship `repetition_penalty`,
 `no_repeat_ngram_size`, `top_k`, `min_p`, `min_new_tokens`, `suppress_tokens`... Any of them would
 make the samples disagree with the teacher-forced log-probs that PPO's ratio, the KL penalty and
@@ -110,7 +113,7 @@ def sampling_config(tokenizer: Any, max_new_tokens: int, temperature: float, top
         do_sample=sample,
         temperature=temperature if sample else 1.0,
         top_p=top_p if sample else 1.0,
-        top_k=0,  # the transformers default of 50 truncates the distribution
+        top_k=0 if sample else None,  # the transformers default of 50 truncates the distribution
         min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
         encoder_no_repeat_ngram_size=0, length_penalty=1.0, bad_words_ids=None, suppress_tokens=None,
@@ -123,6 +126,34 @@ def sampling_config(tokenizer: Any, max_new_tokens: int, temperature: float, top
         bos_token_id=tokenizer.bos_token_id,
         use_cache=True,
     )
+
+
+class RowSeededSampler:
+    """A logits processor that turns greedy decoding into sampling from softmax(logits / T) with one
+    random stream per row (Gumbel-max trick: for g_v i.i.d. Gumbel(0, 1), argmax_v(z_v + g_v) is
+    distributed as softmax(z)). Row i's t-th token uses the t-th draw of generator `seeds[i]`,
+    whatever the other rows are. Top-p (`top_p < 1`) truncates z first. Shapes: (b, t), (b, V) ->
+    (b, V)."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device) -> None:
+        assert temperature > 0, "row-seeded sampling needs a positive temperature"
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        z = scores.float() / self.temperature  # (b, V)
+        if self.top_p < 1.0:
+            from transformers import TopPLogitsWarper
+
+            z = TopPLogitsWarper(self.top_p)(input_ids, z)
+        u = torch.stack([torch.rand(z.shape[1], generator=g, device=z.device) for g in self.generators])  # (b, V)
+        tiny = torch.finfo(u.dtype).tiny
+        return z - torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))  # z + Gumbel noise
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The random stream of prompt `row` of a batch sampled with `seed` (a 63-bit mix of both)."""
+    return (seed * 6_364_136_223_846_793_005 + (row + 1) * 1_442_695_040_888_963_407) % (2 ** 63)
 
 
 @contextmanager
@@ -167,6 +198,7 @@ def generate(
     seed: int | None = None,
     max_prompt_len: int | None = None,
     budget_key: str = "max_new_tokens",
+    row_seeds: Sequence[int] | None = None,
 ) -> Samples:
     """Sample one response per prompt, `batch_size` prompts per `model.generate` call, batched in
     order of prompt length (so a long prompt pads only its neighbours); the samples come back in
@@ -175,9 +207,13 @@ def generate(
     `temperature=0` decodes greedily. `seed` makes the samples reproducible without moving the
     global RNG. Longer prompts than `max_prompt_len` (if set) keep BOS and their last tokens; every
     prompt must then fit the model's context together with `max_new_tokens` (a ValueError naming
-    `budget_key` otherwise). Pass an unwrapped model (`accelerator.unwrap_model`); autocast, if
+    `budget_key` otherwise). `row_seeds` (one per prompt, `row_seed`) gives each prompt its own
+    random stream (`RowSeededSampler`; needs T > 0), so that its sample is the same in any batch;
+    `seed` is then unused. Pass an unwrapped model (`accelerator.unwrap_model`); autocast, if
     any, is the caller's context.
     """
+    from transformers import LogitsProcessorList
+
     from rlhf.train.models import max_positions
 
     assert len(prompts) > 0 and max_new_tokens > 0 and temperature >= 0 and 0 < top_p <= 1
@@ -186,7 +222,9 @@ def generate(
     if max_prompt_len is not None:
         seqs = [keep_prompt_tail(s, max_prompt_len) for s in seqs]
     check_prompt_budget([len(s) for s in seqs], max_new_tokens, max_positions(model.config), budget_key)
-    gen_cfg = sampling_config(tokenizer, max_new_tokens, temperature, top_p)
+    assert row_seeds is None or (len(row_seeds) == len(prompts) and temperature > 0), "one seed per prompt, T > 0"
+    # row-seeded: greedy decoding over the sampler's Gumbel-perturbed logits is the sampling
+    gen_cfg = sampling_config(tokenizer, max_new_tokens, 0.0 if row_seeds else temperature, 1.0 if row_seeds else top_p)
     devices = [device.index or 0] if device.type == "cuda" else []
     responses: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None), checkpoint_generation_config_hidden(model):
@@ -194,8 +232,12 @@ def generate(
             torch.manual_seed(seed)
         order = length_order([len(s) for s in seqs])  # batch prompts of similar length: little padding
         for start in range(0, len(prompts), batch_size):
-            ids, mask = left_pad([seqs[i] for i in order[start: start + batch_size]], tokenizer.pad_token_id)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+            chunk = order[start: start + batch_size]
+            ids, mask = left_pad([seqs[i] for i in chunk], tokenizer.pad_token_id)
+            extra = {} if row_seeds is None else {"logits_processor": LogitsProcessorList(
+                [RowSeededSampler([row_seeds[i] for i in chunk], temperature, top_p, device)])}
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                                 **extra)
             responses.append(out[:, ids.shape[1]:].cpu())  # (b, R_i)
     # join the chunks in the prompts' own order: prompts padded on the left as one batch, responses on the right
     generated = [row.tolist() for chunk in responses for row in chunk]  # in `order`

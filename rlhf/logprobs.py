@@ -17,10 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2, ... over the attended tokens of each row; padding gets 0. Shape (B, T) -> (B, T)."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
+from rlhf.train.batching import position_ids
 
 
 def forward_logits(
@@ -34,7 +31,7 @@ def forward_logits(
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
+        position_ids=position_ids(attention_mask),
         use_cache=False,
         **({"logits_to_keep": keep} if keep else {}),
     )

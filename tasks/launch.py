@@ -6,7 +6,7 @@ runs the library function (accelerate forms one data-parallel group: NCCL on GPU
 the trainers shard every global batch, so the run equals the one-process run within float
 tolerance), and process 0 writes the stage's output as JSON, which the task reads back and tracks
 as usual; the history rows of process 0 reach the task's live MLflow run while the processes train.
-The stages that shard their work (SFT, reward, DPO) use it; the others run in one process.
+The stages that shard their work (SFT, reward, PPO, DPO) use it; the others run in one process.
 """
 
 from __future__ import annotations

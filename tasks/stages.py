@@ -51,7 +51,7 @@ STAGES: dict[str, Stage] = {
     "tokenizer": Stage(run_tokenizer),
     "sft": Stage(run_sft, after=run_sft_samples, parallel=True, curves=True),  # + gold-judged samples of the SFT model
     "reward": Stage(run_reward, parallel=True, curves=True),
-    "ppo": Stage(run_ppo, curves=True),
+    "ppo": Stage(run_ppo, parallel=True, curves=True),
     "dpo": Stage(run_dpo, parallel=True, curves=True),
     "evaluate": Stage(run_evaluate, reads=("ppo",)),  # the proxy is scored as PPO defines it
 }
@@ -80,7 +80,7 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
     start = time.perf_counter()
     processes = num_processes()
     if processes > 1 and not STAGES[stage].parallel:
-        logger.info("stage %s runs in one process (%s=%d applies to sft, reward and dpo)", stage, NUM_PROCESSES_ENV,
+        logger.info("stage %s runs in one process (%s=%d applies to sft, reward, ppo and dpo)", stage, NUM_PROCESSES_ENV,
                     processes)
     try:
         with listening(live.row):

@@ -236,13 +236,16 @@ class RewardModel(torch.nn.Module):
                                         "tokenizer": self.tokenizer_source})
 
     # ---------- forward ----------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_token: bool = False) -> torch.Tensor:
         """Raw rewards of (B, T) ids and mask (left or right padded) -> (B,); the same numbers as
-        the saved directory gives in `AutoModelForSequenceClassification`."""
+        the saved directory gives in `AutoModelForSequenceClassification`. `per_token=True`: the
+        head at every position instead, (B, T) (PPO's critic reads V(s_t) there)."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self._positions:
             kwargs["position_ids"] = position_ids(attention_mask)  # (B, T), same as unpadded
         hidden = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+        if per_token:
+            return self.head(hidden).squeeze(-1).float()  # (B, T)
         index = self.pooled_index(input_ids, attention_mask)  # (B,)
         pooled = hidden[torch.arange(len(index), device=index.device), index]  # (B, H)
         if self.pooling == "cls":  # BERT-like: the pre-trained pooler on [CLS], as its classifier reads it

@@ -2,8 +2,8 @@
 
 One iteration, as Ziegler et al. (2019) and Ouyang et al. (2022) define it, with the details of
 Huang et al. (2024, "The N+ implementation details of RLHF with PPO"):
-  1. rollout   sample N prompts; the policy answers with the KV cache (temperature T, top-p);
-               everything after the first EOS is cut
+  1. rollout   sample N prompts; the policy answers with the KV cache (temperature T, top-p),
+               each prompt from its own random stream; everything after the first EOS is cut
   2. evaluate  one teacher-forced pass each (no gradient): log pi_old and V_old (policy, critic,
                logits / T), log pi_ref (frozen SFT); the reward model scores the decoded text,
                re-encoded with its own tokenizer; a response without EOS gets a fixed score
@@ -13,6 +13,12 @@ Huang et al. (2024, "The N+ implementation details of RLHF with PPO"):
                - c2 * entropy; log pi_old, V_old, A and G stay frozen from steps 2-4
   6. log       metrics; adapt beta; checkpoint
 
+In P data-parallel processes (`accelerate launch`, RLHF_NUM_PROCESSES), each process samples, scores
+and evaluates its N / P prompts; the shards are gathered, so steps 3-4 (whitening included) and every
+metric see the whole batch, as one process would. In step 5 each process takes its 1 / P of every
+minibatch and DDP averages the gradients, so the update is the one-process update: the same run
+within float tolerance, whatever P.
+
 Models: policy and reference from `paths.sft / "model"`; reward model from `paths.reward / "model"`;
 critic initialised from the reward model (backbone + head applied at every token). Writes the
 policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.checkpoints("ppo")`.
@@ -20,6 +26,7 @@ policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -31,8 +38,8 @@ import torch
 from rlhf.config.ppo import PPOConfig
 from rlhf.errors import UserError
 from rlhf.files import write_jsonl
-from rlhf.generation import generate
-from rlhf.logprobs import entropy_from_logits, logprobs_from_logits, position_ids_from_mask, response_logits
+from rlhf.generation import generate, row_seed
+from rlhf.logprobs import entropy_from_logits, logprobs_from_logits, response_logits
 from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
 from rlhf.ops import masked_mean, masked_sum, masked_whiten
 from rlhf.paths import Paths
@@ -106,11 +113,10 @@ def value_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.Linea
     return out
 
 
-def token_values(critic: RewardModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The critic's value at every position. Shapes: (B, T), (B, T) -> (B, T)."""
-    hidden = critic.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
-    return critic.head(hidden).squeeze(-1).float()  # (B, T)
+def token_values(critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The critic's value at every position (through its forward, so that DDP sees the pass).
+    Shapes: (B, T), (B, T) -> (B, T)."""
+    return critic(input_ids, attention_mask, per_token=True)  # (B, T)
 
 
 def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int,
@@ -128,30 +134,63 @@ def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.T
 
 
 # ---------------------------------------------------------------- steps 1-4: rollout to advantages
+def gather_rows(accelerator: Any, tensors: dict[str, torch.Tensor], left: tuple[str, ...] = (),
+                pad: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Every process's rows of each tensor, in process order: the whole batch, as one process would
+    hold it. Columns (dim 1) are padded to the widest process's, on the left for the keys in `left`
+    (left-padded prompts), on the right otherwise, with `pad[key]` (default 0)."""
+    if accelerator.num_processes == 1:
+        return tensors
+    from accelerate.utils import pad_across_processes
+
+    out = {}
+    for key, t in tensors.items():
+        if t.dim() > 1:
+            t = pad_across_processes(t, dim=1, pad_index=(pad or {}).get(key, 0), pad_first=key in left)
+        out[key] = accelerator.gather(t.contiguous())
+    return out
+
+
 @torch.no_grad()
 def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, reward_model: RewardModel,
-                    tokenizer: Any, prompts: list[str], beta: float, seed: int) -> tuple[dict, dict[str, float]]:
-    """Sample, score and shape one batch of N prompts. Returns frozen tensors for the update and
-    the rollout metrics."""
-    device = next(policy.parameters()).device
+                    tokenizer: Any, prompts: list[str], beta: float, seed: int, accelerator: Any
+                    ) -> tuple[dict, dict[str, float]]:
+    """Sample, score and shape one batch of N prompts. This process samples and evaluates its shard
+    (rows [r * N / P, (r + 1) * N / P) of P processes), each prompt from its own random stream
+    `row_seed(seed, row)`; steps 3-4 run on the gathered batch. Returns frozen tensors of the whole
+    batch for the update, and the rollout metrics."""
+    device = accelerator.device
+    size = len(prompts) // accelerator.num_processes
+    rows = range(accelerator.process_index * size, (accelerator.process_index + 1) * size)
     # 1. rollout with the KV cache; responses cut after the first EOS
     policy.eval()
-    samples = generate(policy, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                       top_p=cfg.top_p, batch_size=len(prompts), seed=seed, max_prompt_len=cfg.max_prompt_len,
-                       budget_key="ppo.max_new_tokens")
-    seqs, attn = samples.sequences.to(device), samples.attention_mask.to(device)  # (N, P + R)
-    mask = samples.response_mask.to(device).float()  # (N, R)
+    samples = generate(policy, tokenizer, [prompts[i] for i in rows], max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, batch_size=size, max_prompt_len=cfg.max_prompt_len,
+                       budget_key="ppo.max_new_tokens", row_seeds=[row_seed(seed, i) for i in rows])
+    seqs, attn = samples.sequences.to(device), samples.attention_mask.to(device)  # (n, p + r)
     prompt_len = samples.prompt_ids.shape[1]
     # 2. frozen log-probs and values from teacher-forced passes; scores through text
     logprobs, entropy, values = response_forward(policy, critic, seqs, attn, prompt_len, cfg.temperature)
     ref_logprobs, _, _ = response_forward(reference, None, seqs, attn, prompt_len, cfg.temperature)
-    scores = torch.tensor(reward_model.score_pairs(prompts, samples.texts), device=device)  # (N,)
-    ended = samples.ended.to(device)
-    scores = penalise_missing_eos(scores, ended, cfg.missing_eos_score)  # EOS trick
+    scores = torch.tensor(reward_model.score_pairs([prompts[i] for i in rows], samples.texts), device=device)  # (n,)
+    #    the whole batch on every process: (N, P) prompts, (N, R) responses, (N,) per sequence
+    full = gather_rows(accelerator, {
+        "prompt_ids": samples.prompt_ids.to(device), "prompt_mask": samples.prompt_mask.to(device),
+        "response_ids": samples.response_ids.to(device), "mask": samples.response_mask.to(device).float(),
+        "logprobs": logprobs, "entropy": entropy, "values": values, "ref_logprobs": ref_logprobs,
+        "scores": scores, "ended": samples.ended.to(device).long()},
+        left=("prompt_ids", "prompt_mask"), pad={"prompt_ids": tokenizer.pad_token_id,
+                                                 "response_ids": tokenizer.pad_token_id})
+    logprobs, entropy, values, mask = full["logprobs"], full["entropy"], full["values"], full["mask"]  # (N, R)
+    seqs = torch.cat([full["prompt_ids"], full["response_ids"]], dim=1)  # (N, P + R)
+    attn = torch.cat([full["prompt_mask"], full["mask"].long()], dim=1)  # (N, P + R)
+    prompt_len = full["prompt_ids"].shape[1]
+    ended = full["ended"].bool()
+    scores = penalise_missing_eos(full["scores"], ended, cfg.missing_eos_score)  # EOS trick
     if cfg.score_clip is not None:
         scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
     # 3. per-token rewards: -beta * KL_t everywhere, + score on the last response token
-    kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (N, R)
+    kl = kl_estimate(logprobs, full["ref_logprobs"], cfg.kl_estimator) * mask  # (N, R)
     rewards, non_score = kl_shaped_rewards(scores, kl, mask, beta)  # (N, R), (N, R)
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
@@ -190,26 +229,31 @@ def trim_padding(batch: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_value: Any, accelerator: Any,
-               batch: dict, guard: Callable[[dict[str, float]], bool] = lambda q: not nonfinite(q)
+               batch: dict, seed: int, guard: Callable[[dict[str, float]], bool] = lambda q: not nonfinite(q)
                ) -> list[dict[str, float]]:
-    """K epochs over shuffled minibatches of the frozen batch; one dict of metrics per optimizer step.
+    """K epochs over shuffled minibatches of the frozen batch (the order drawn from `seed`); one dict
+    of metrics per optimizer step.
 
     Each minibatch is split into micro-batches whose losses are normalised by the minibatch's
-    token count, so gradient accumulation equals one large-batch step (STYLE rule 8).
+    token count, so gradient accumulation equals one large-batch step (STYLE rule 8). With P
+    processes each takes every P-th row of the minibatch and scales its loss by P, since DDP
+    averages the gradients: the step and its metrics are those of one process.
     `guard` gets each step's `loss`, `grad_norm/policy` and `grad_norm/value` (before clipping) and
     says whether to apply it (default: when all are finite; `TrainingRun.guard` may also stop the
     stage); a step it refuses leaves both models and their optimizers as they were.
     """
-    n = batch["seqs"].shape[0]
+    n, procs = batch["seqs"].shape[0], accelerator.num_processes
+    order = torch.Generator().manual_seed(seed)
     policy.train()
     critic.train()
     stats: list[dict[str, float]] = []
     for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(n).split(cfg.mini_batch_size):  # (mini_batch_size,) indices
-            num_tokens = float(batch["mask"][mb].sum())
+        for mb in torch.randperm(n, generator=order).split(cfg.mini_batch_size):  # (mini_batch_size,) indices
+            num_tokens = float(batch["mask"][mb].sum())  # the whole minibatch's, on every process
             sums: dict[str, float] = {}
             loss = 0.0
-            for idx in mb.split(cfg.micro_batch_size):
+            micro = mb[accelerator.process_index::procs].split(cfg.micro_batch_size)
+            for i, idx in enumerate(micro):
                 seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
                 mask = batch["mask"][idx, :r_len]  # (b, r)
                 logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature)
@@ -220,7 +264,11 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
                                                cfg.value_clip, num_tokens)
                 entropy_term = masked_sum(entropy, mask) / num_tokens
                 total = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term
-                accelerator.backward(total)
+                with contextlib.ExitStack() as unsynced:  # gradients sync on the last micro-batch only
+                    if i < len(micro) - 1:
+                        for model in (policy, critic):
+                            unsynced.enter_context(accelerator.no_sync(model))
+                    accelerator.backward(total * procs)
                 loss += float(total.detach())
                 # metrics: token-weighted means over the minibatch (the losses are shares of it)
                 share = float(mask.sum()) / num_tokens
@@ -228,8 +276,14 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
                          "loss/value": vf_loss.detach() / share, "policy/entropy": entropy_term.detach() / share}
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share
+            if procs > 1:  # the shares of every process: one all-reduce
+                keys = sorted(sums)
+                local = torch.tensor([sums[k] for k in keys] + [loss], dtype=torch.float64, device=accelerator.device)
+                *values, loss = accelerator.reduce(local, reduction="sum").tolist()
+                sums = dict(zip(keys, values))
             norms = {f"grad_norm/{name}": float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
                      for name, model in (("policy", policy), ("value", critic))}
+            sums.update(norms)
             apply = guard({"loss": loss, **norms})  # a NaN or infinite step never reaches the weights
             for opt in (opt_policy, opt_value):
                 if apply:
@@ -249,11 +303,12 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
 
     # 0. runtime and models: policy/critic from the newest checkpoint of this config, else SFT/RM.
     #    The rollout runs under the same autocast as the update (fp32 by default, ppo.mixed_precision),
-    #    so the ratio pi / pi_old is 1 on the first minibatch. One process: rollouts are not sharded.
+    #    so the ratio pi / pi_old is 1 on the first minibatch. P processes shard rollouts and minibatches.
     accelerator = make_accelerator(cfg.mixed_precision)
-    if accelerator.num_processes != 1:
-        raise UserError("ppo runs in one process (data-parallel rollouts are not implemented): "
-                        "run it without `accelerate launch`")
+    for key in ("rollout_batch_size", "mini_batch_size"):
+        if getattr(cfg, key) % accelerator.num_processes:
+            raise UserError(f"ppo.{key}={getattr(cfg, key)} must divide by the {accelerator.num_processes} "
+                            "processes, which shard it")
     seed_everything(cfg.seed)
     sft_dir, reward_dir = paths.sft / "model", paths.reward / "model"
     run = TrainingRun(paths.checkpoints("ppo"), [paths.rl_prompts, sft_dir, reward_dir], cfg, accelerator)
@@ -300,14 +355,14 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         with accelerator.autocast():
             batch, metrics = make_experience(
                 cfg, transformers_model(accelerator.unwrap_model(policy)), reference, accelerator.unwrap_model(critic),
-                reward_model,
-                tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step)  # sampling seed: f(seed, step)
+                reward_model, tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step,  # f(seed, step)
+                accelerator=accelerator)
         t1 = time.perf_counter()
         # 5. K epochs of clipped updates; a non-finite score (the reward model's), loss or gradient
         #    norm stops the stage or skips that optimizer step (`ppo.nonfinite`)
         rollout = {k: metrics[k] for k in ("objective/scores", "objective/rlhf_reward")}
         fix = f"check the reward model in {reward_dir}" if nonfinite(rollout) else None
-        stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch,
+        stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch, row_seed(cfg.seed, step),
                            lambda q: run.guard(step + 1, {**rollout, **q}, fix))
         metrics["train/lr"] = schedulers["policy"].get_last_lr()[0]
         for sched in schedulers.values():
@@ -329,7 +384,8 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
 
     # 7. the final policy + tokenizer, atomically (LoRA: merged, and the adapter if asked)
     finish_outputs(run, out_dir, policy, cfg, tokenizer)
-    write_jsonl(paths.ppo / HISTORY, history)  # every iteration's statistics, beside the model
+    if accelerator.is_main_process:
+        write_jsonl(paths.ppo / HISTORY, history)  # every iteration's statistics, beside the model
     last = history[-1] if history else {}
     keys = ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/eos_share", "policy/response_length",
             "train/skipped_steps")

@@ -1,16 +1,19 @@
-"""SFT, reward and DPO in 2 data-parallel CPU processes (gloo), started as `RLHF_NUM_PROCESSES=2`
+"""SFT, reward, DPO and PPO in 2 data-parallel CPU processes (gloo), started as `RLHF_NUM_PROCESSES=2`
 starts them (`tasks.launch`), match the one-process run: the same loss curve and held-out metrics
-within float tolerance, the curve reaching the launching process's listener as it is logged (each global batch is sharded, gradients averaged, and the reported metrics
-reduced over both processes)."""
+within float tolerance, the curve reaching the launching process's listener as it is logged (each
+global batch is sharded, gradients averaged, and the reported metrics reduced over both processes;
+PPO samples each prompt from its own random stream and whitens over the gathered batch)."""
 
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from rlhf.config import load_config
 from rlhf.paths import Paths
 from rlhf.stage import listening
+from rlhf.train import load_causal_lm
 from tasks.launch import run_in_processes
 from tasks.stages import STAGES
 from tests.worlds import rl_world
@@ -25,8 +28,15 @@ PARAMS = {
                    max_seq_len=64, norm_examples=8),
     "dpo": dict(max_steps=3, batch_size=8, micro_batch_size=2, warmup_steps=1, max_seq_len=64, eval_batch_size=8,
                 checkpoint_every=3, log_every=1),
+    "ppo": dict(max_steps=3, rollout_batch_size=8, mini_batch_size=4, micro_batch_size=1, ppo_epochs=2,
+                max_new_tokens=8, learning_rate=3e-3, checkpoint_every=3, log_every=1, mixed_precision="no",
+                missing_eos_score=None),  # the reward model scores every (unfinished) response
 }
 LOSS = {"sft": "loss/sft", "reward": "loss/reward", "dpo": "loss/dpo"}
+# PPO's rollout statistics (over the gathered batch) and its update's (reduced over the processes)
+PPO_CURVE = ("objective/kl", "objective/scores", "objective/entropy", "objective/rlhf_reward", "val/explained_variance",
+             "policy/response_length", "loss/policy", "loss/value", "policy/ratio", "policy/clipfrac",
+             "grad_norm/policy", "grad_norm/value")
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +67,25 @@ def test_two_processes_match_one(world, tmp_path, stage):
         assert double.metrics[key] == pytest.approx(single.metrics[key], rel=1e-5, abs=1e-6), (stage, key)
     assert (two / "artifacts" / stage / "model" / "config.json").is_file()
 
+
+
+def test_ppo_in_two_processes_matches_one(world, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for root in (one, two):
+        shutil.copytree(world, root)
+    single = STAGES["ppo"].run(load_config("ppo", one / "params.yaml"), Paths(one))
+    live: list[dict] = []
+    with listening(live.append):
+        double = run_in_processes("ppo", str(two / "params.yaml"), str(two), 2)
+    assert live == double.history
+    assert [r["step"] for r in double.history] == [r["step"] for r in single.history] == [1, 2, 3]
+    for a, b in zip(single.history, double.history):
+        for key in PPO_CURVE:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert single.history[-1]["objective/kl"] != 0.0  # the policy moved: the match is not of two idle runs
+    for key in ("objective/kl", "objective/scores", "objective/beta"):
+        assert double.metrics[key] == pytest.approx(single.metrics[key], rel=1e-4, abs=1e-6), key
+    weights = [load_causal_lm(root / "artifacts" / "ppo" / "model").state_dict() for root in (one, two)]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert len({r["objective/scores"] for r in single.history}) == 3  # scores that vary, not one constant

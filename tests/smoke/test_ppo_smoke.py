@@ -79,10 +79,11 @@ def test_ratio_is_one_first_then_clipping_engages(world):
     rm = RewardModel.from_pretrained(world.reward / "model")
     cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=4, ppo_epochs=4, max_new_tokens=8)
     prompts = [r["prompt"] for r in sft_rows(8, seed=5)]
-    batch, _ = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0)
+    batch, _ = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0,
+                               accelerator=make_accelerator("no"))
     opt_p = torch.optim.Adam(policy.parameters(), lr=3e-2)  # large: the policy moves a lot in one step
     opt_v = torch.optim.Adam(critic.parameters(), lr=1e-3)
-    stats = ppo_update(cfg, policy, critic, opt_p, opt_v, make_accelerator("no"), batch)
+    stats = ppo_update(cfg, policy, critic, opt_p, opt_v, make_accelerator("no"), batch, seed=0)
     assert len(stats) == 4 * 2  # K epochs x (N / mini_batch_size) optimizer steps
     assert stats[0]["policy/ratio"] == pytest.approx(1.0, abs=1e-5)
     assert stats[0]["policy/approxkl"] < 1e-10 and stats[0]["policy/clipfrac"] == 0.0
@@ -125,11 +126,11 @@ def test_update_with_accumulation_equals_one_large_batch(world):
         critic = make_critic(world.reward / "model", world.sft / "model", tok, seed=0)
         rm = RewardModel.from_pretrained(world.reward / "model")
         cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=micro, ppo_epochs=1, max_new_tokens=8)
-        batch, _ = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0)
+        batch, _ = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0,
+                               accelerator=make_accelerator("no"))
         opt_p = torch.optim.SGD(policy.parameters(), lr=0.1)  # SGD: the step is the gradient itself
         opt_v = torch.optim.SGD(critic.parameters(), lr=0.1)
-        torch.manual_seed(0)  # same minibatch order
-        ppo_update(cfg, policy, critic, opt_p, opt_v, make_accelerator("no"), batch)
+        ppo_update(cfg, policy, critic, opt_p, opt_v, make_accelerator("no"), batch, seed=0)
         results.append((_params(policy), _params(critic)))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
@@ -145,7 +146,8 @@ def test_responses_without_eos_score_missing_eos_score(world):
     cfg = PPOConfig(rollout_batch_size=4, mini_batch_size=4, micro_batch_size=4, max_new_tokens=2,
                     missing_eos_score=-0.625)
     prompts = [r["prompt"] for r in sft_rows(4, seed=5)]
-    _, metrics = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0)
+    _, metrics = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0,
+                               accelerator=make_accelerator("no"))
     assert metrics["policy/eos_share"] == 0.0
     assert metrics["objective/scores"] == pytest.approx(-0.625)
 
