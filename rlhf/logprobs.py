@@ -58,6 +58,18 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, entropy_grad: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logprobs_from_logits` and `entropy_from_logits` from one log-softmax. `entropy_grad=False`
+    leaves the entropy out of the autograd graph (a loss that weighs it by 0 then pays neither its
+    backward nor the memory of its intermediates). Shapes: (B, T, V), (B, T) -> (B, T), (B, T)."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    picked = logp.gather(dim=-1, index=labels.unsqueeze(-1)).squeeze(-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(logp.exp() * logp).sum(dim=-1)
+    return picked, entropy
+
+
 def token_logprobs(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:

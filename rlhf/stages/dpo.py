@@ -14,6 +14,7 @@ tokenizer to `paths.dpo / "model"` and resumable checkpoints to `paths.checkpoin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -61,12 +62,15 @@ def collate_pairs(pairs: list[tuple[dict, dict]], pad_id: int) -> dict[str, torc
 
 @torch.no_grad()
 def pair_logprobs(model: Any, pairs: list[tuple[dict, dict]], pad_id: int, batch_size: int,
-                  device: Any) -> torch.Tensor:
-    """Summed response log-probs of every pair under `model`, batched in order of length (little
-    padding). Returns (N, 2): [chosen, rejected], in the pairs' order."""
+                  device: Any, only: Sequence[int] | None = None) -> torch.Tensor:
+    """Summed response log-probs of every pair (or of the pairs `only`; the others stay 0) under
+    `model`, batched in order of length (little padding). Returns (N, 2): [chosen, rejected], in
+    the pairs' order."""
     out = torch.zeros(len(pairs), 2)
-    order = length_order([max(len(c["input_ids"]), len(r["input_ids"])) for c, r in pairs])
-    for i in range(0, len(pairs), batch_size):
+    wanted = sorted(set(only)) if only is not None else list(range(len(pairs)))
+    by_length = length_order([max(len(pairs[j][0]["input_ids"]), len(pairs[j][1]["input_ids"])) for j in wanted])
+    order = [wanted[k] for k in by_length]
+    for i in range(0, len(order), batch_size):
         idx = order[i: i + batch_size]
         mb = {k: v.to(device) for k, v in collate_pairs([pairs[j] for j in idx], pad_id).items()}
         logps = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
@@ -142,26 +146,28 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     train, held = encode_pairs(tokenizer, train_rows, max_len), encode_pairs(tokenizer, held_rows, max_len)
     pad_id = tokenizer.pad_token_id
 
-    # 3. reference log-probs, once: (N, 2) summed over response tokens (recomputed on resume: the
-    #    frozen reference makes them a pure function of the data)
-    #    (under the same autocast as training, so that the first step starts exactly at pi = pi_ref)
-    ref_train = None
-    with accelerator.autocast():
-        if cfg.precompute_ref_logprobs:
-            ref_train = pair_logprobs(reference, train, pad_id, cfg.eval_batch_size, accelerator.device)
-        ref_held = pair_logprobs(reference, held, pad_id, cfg.eval_batch_size, accelerator.device)
-
-    # 4. optimizer, schedule, state when resuming
     steps_per_epoch = len(train) // cfg.batch_size
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     if total_steps <= 0:
         raise UserError(f"dpo: pref_train has {len(train)} pairs, fewer than dpo.batch_size={cfg.batch_size}")
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
+
+    # 3. reference log-probs, once: (N, 2) summed over response tokens, of the training pairs the
+    #    run's steps visit (recomputed on resume: the frozen reference makes them a pure function of
+    #    the data), under the same autocast as training, so that the first step starts at pi = pi_ref
+    ref_train = None
+    with accelerator.autocast():
+        if cfg.precompute_ref_logprobs:
+            visited = [i for step in range(total_steps) for i in order.batch(step)]
+            ref_train = pair_logprobs(reference, train, pad_id, cfg.eval_batch_size, accelerator.device, visited)
+        ref_held = pair_logprobs(reference, held, pad_id, cfg.eval_batch_size, accelerator.device)
+
+    # 4. optimizer, schedule, state when resuming
     optimizer = optimizer_from(policy, cfg)
     scheduler = scheduler_from(optimizer, cfg, total_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     state = run.restore({"policy": optimizer}, {"policy": scheduler})
     history: list[dict[str, float]] = state["history"]
-    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
 
     def loss_fn(model: Any, mb: dict[str, torch.Tensor], num_pairs: float):
         logps = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)

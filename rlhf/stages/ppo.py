@@ -39,7 +39,7 @@ from rlhf.config.ppo import PPOConfig
 from rlhf.errors import UserError
 from rlhf.files import write_jsonl
 from rlhf.generation import generate, row_seed
-from rlhf.logprobs import entropy_from_logits, logprobs_from_logits, response_logits
+from rlhf.logprobs import logprobs_and_entropy, response_logits
 from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
 from rlhf.ops import masked_mean, masked_sum, masked_whiten
 from rlhf.paths import Paths
@@ -120,17 +120,19 @@ def token_values(critic: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int,
-                     temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per response token: log pi (logits / T), entropy, and V (None without a critic).
+                     temperature: float, entropy_grad: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per response token: log pi (logits / T), entropy (with gradients only if `entropy_grad`),
+    and V (None without a critic).
 
     seqs, attn: (B, P + R) left-padded prompts then responses. The logits at column P-1+t predict
     response token t, and V(s_t) is read at the same column (the state before token t).
     Returns (B, R), (B, R), (B, R).
     """
     logits = response_logits(policy, seqs, attn, prompt_len, temperature)  # (B, R, V)
-    logprobs = logprobs_from_logits(logits, seqs[:, prompt_len:])  # (B, R)
+    logprobs, entropy = logprobs_and_entropy(logits, seqs[:, prompt_len:], entropy_grad)  # (B, R), (B, R)
     values = token_values(critic, seqs, attn)[:, prompt_len - 1: -1] if critic is not None else None  # (B, R)
-    return logprobs, entropy_from_logits(logits), values
+    return logprobs, entropy, values
 
 
 # ---------------------------------------------------------------- steps 1-4: rollout to advantages
@@ -256,7 +258,8 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
             for i, idx in enumerate(micro):
                 seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
                 mask = batch["mask"][idx, :r_len]  # (b, r)
-                logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature)
+                logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature,
+                                                             entropy_grad=cfg.entropy_coef != 0)
                 frozen = {k: batch[k][idx, :r_len] for k in ("logprobs", "values", "advantages", "returns")}
                 pg_loss, pg_m = ppo_policy_loss(logprobs, frozen["logprobs"], frozen["advantages"], mask,
                                                 cfg.clip_eps, num_tokens)

@@ -99,6 +99,9 @@ def build_gpt2(tokenizer: Any, n_layer: int, n_head: int, n_embd: int, n_positio
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # GPT-2's tanh-approximated GELU as one fused kernel: the same function as "gelu_new" (to
+        # float rounding) at about a third of its time, forward and backward
+        activation_function="gelu_pytorch_tanh",
     )
     disable_dropout(config)
     with torch.random.fork_rng(devices=[]):  # seeded init without moving the global RNG

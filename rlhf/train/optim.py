@@ -73,7 +73,14 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fusable([p for _, p in named]))
+
+
+def fusable(params: list[torch.nn.Parameter]) -> bool:
+    """Whether AdamW's fused kernel (one kernel for the whole update instead of a dozen per
+    parameter group) takes these parameters: floating point, on the CPU or CUDA. Its step equals
+    the unfused one to float rounding (tests/unit/test_train_machinery.py)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def optimizer_from(model: torch.nn.Module, cfg: Any, learning_rate: float | None = None) -> torch.optim.AdamW:

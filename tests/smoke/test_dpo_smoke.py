@@ -91,7 +91,7 @@ def test_dpo_honours_the_shared_training_fields(world, schedule, monkeypatch):
                     schedule=schedule, min_lr_ratio=0.5, adam_beta1=0.8, adam_beta2=0.9, adam_eps=1e-6,
                     eval_batch_size=8, log_every=2, checkpoint_every=1, keep_checkpoints=1)
     out = run_dpo(cfg, world)
-    assert built == [{"lr": 1e-3, "betas": (0.8, 0.9), "eps": 1e-6}]
+    assert built == [{"lr": 1e-3, "betas": (0.8, 0.9), "eps": 1e-6, "fused": True}]
     assert [h["step"] for h in out.history] == [2, 4]
     lrs = [h["train/lr"] for h in out.history]
     if schedule == "constant":
@@ -100,3 +100,24 @@ def test_dpo_honours_the_shared_training_fields(world, schedule, monkeypatch):
         assert 1e-3 > lrs[0] > lrs[1] >= 0.5e-3
     (finished,) = world.checkpoints("dpo").iterdir()
     assert len([p for p in finished.iterdir() if p.name.startswith("step-")]) == 1
+
+
+def test_precomputed_reference_covers_only_the_visited_pairs(world, tmp_path_factory, monkeypatch):
+    """With max_steps short of an epoch, the reference log-probs are computed for the pairs the
+    steps visit and no others, and the run's curve is the one of a run that computes them on the fly."""
+    cfg = dict(max_steps=2, batch_size=8, micro_batch_size=4, learning_rate=1e-3, warmup_steps=0, eval_batch_size=8)
+    other = tmp_path_factory.mktemp("other") / "world"
+    shutil.copytree(world.root, other)
+    scored: list[int] = []
+    real = rlhf.stages.dpo.pair_logprobs
+
+    def spy(model, pairs, pad_id, batch_size, device, only=None):
+        scored.append(len(pairs) if only is None else len(set(only)))
+        return real(model, pairs, pad_id, batch_size, device, only)
+
+    monkeypatch.setattr(rlhf.stages.dpo, "pair_logprobs", spy)
+    precomputed = run_dpo(DPOConfig(**cfg), world)
+    assert scored[0] == 2 * 8 < 24  # the train pairs of 2 steps out of 24 (then the held-out pairs)
+    on_the_fly = run_dpo(DPOConfig(**cfg, precompute_ref_logprobs=False), type(world)(other))
+    for a, b in zip(precomputed.history, on_the_fly.history):
+        assert a["loss/dpo"] == pytest.approx(b["loss/dpo"], rel=1e-5)

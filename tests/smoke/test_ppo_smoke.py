@@ -159,7 +159,7 @@ def test_ppo_honours_the_shared_training_fields(world, monkeypatch):
     cfg = PPOConfig(**{**TINY, "max_steps": 4, "checkpoint_every": 1}, learning_rate=1e-3, value_learning_rate=2e-3,
                     schedule="linear", adam_beta1=0.8, adam_eps=1e-6, log_every=2, keep_checkpoints=1)
     out = run_ppo(cfg, world)
-    assert built == [{"lr": 1e-3, "betas": (0.8, 0.999), "eps": 1e-6}, {"lr": 2e-3, "betas": (0.8, 0.999), "eps": 1e-6}]
+    assert built == [{"lr": 1e-3, "betas": (0.8, 0.999), "eps": 1e-6, "fused": True}, {"lr": 2e-3, "betas": (0.8, 0.999), "eps": 1e-6, "fused": True}]
     assert [h["step"] for h in out.history] == [2, 4]
     assert out.history[0]["train/lr"] == pytest.approx(1e-3 * 3 / 4) and out.history[1]["train/lr"] == pytest.approx(1e-3 / 4)
     (finished,) = world.checkpoints("ppo").iterdir()

@@ -54,3 +54,17 @@ def test_entropy_closed_form():
     assert entropy_from_logits(logits).item() == pytest.approx(1.5 * torch.log(torch.tensor(2.0)).item())
     labels = torch.tensor([[1]])
     assert logprobs_from_logits(logits, labels).item() == pytest.approx(torch.log(torch.tensor(0.25)).item())
+
+
+def test_logprobs_and_entropy_from_one_log_softmax():
+    """Both quantities equal their one-at-a-time versions; without `entropy_grad` the entropy
+    carries no graph while the log-probs keep theirs."""
+    from rlhf.logprobs import logprobs_and_entropy
+
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 3))
+    for grad in (True, False):
+        picked, entropy = logprobs_and_entropy(logits, labels, entropy_grad=grad)
+        torch.testing.assert_close(picked, logprobs_from_logits(logits, labels))
+        torch.testing.assert_close(entropy, entropy_from_logits(logits))
+        assert picked.requires_grad and entropy.requires_grad == grad

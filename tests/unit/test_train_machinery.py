@@ -143,3 +143,50 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_one_before_it(tmp_path):
     (tmp_path / "step-00000002" / "optimizer.pt").unlink()
     with pytest.warns(UserWarning, match="optimizer.pt is missing"):
         assert find_resumable(tmp_path, cfg) == tmp_path / "step-00000001"
+
+
+def test_fused_adamw_steps_like_the_unfused_one():
+    """`build_optimizer` takes AdamW's fused kernel on the CPU; ten steps of it leave the weights
+    where the per-parameter implementation leaves them, to float rounding."""
+    from rlhf.train.optim import fusable
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+    twin = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+    twin.load_state_dict(model.state_dict())
+    assert fusable(list(model.parameters()))
+    fused = build_optimizer(model, 1e-2, weight_decay=0.1)
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW([{"params": [p for p in twin.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                               {"params": [p for p in twin.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    x = torch.randn(64, 16)
+    for _ in range(10):
+        for net, opt in ((model, fused), (twin, plain)):
+            net(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_embedded_gpt2_gelu_is_gpt2s_tanh_gelu():
+    """The embedded GPT-2 runs GELU's tanh approximation as one fused kernel
+    (`gelu_pytorch_tanh`); it is GPT-2's own `gelu_new`, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+    to float rounding, values and gradients."""
+    import math
+
+    from transformers.activations import ACT2FN
+
+    from rlhf.tokenizer import train_tokenizer
+    from rlhf.train import build_gpt2
+
+    tok = train_tokenizer(["Human: hi\n\nAssistant: hello there"] * 4, vocab_size=300, min_frequency=1)
+    assert build_gpt2(tok, 1, 2, 16, 32, seed=0).config.activation_function == "gelu_pytorch_tanh"
+    x = torch.linspace(-6, 6, 2001, dtype=torch.float32, requires_grad=True)
+    closed = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    fused = ACT2FN["gelu_pytorch_tanh"](x)
+    torch.testing.assert_close(fused, closed, rtol=1e-6, atol=1e-6)
+    (g_closed,) = torch.autograd.grad(closed.sum(), x)
+    (g_fused,) = torch.autograd.grad(fused.sum(), x)
+    torch.testing.assert_close(g_fused, g_closed, rtol=1e-5, atol=2e-6)  # tails: gradients of ~1e-6
