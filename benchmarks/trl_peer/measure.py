@@ -1,0 +1,91 @@
+"""What is measured, and how.
+
+- Step time: the wall clock between the ends of consecutive optimizer steps (PPO: iterations), so
+  it includes everything a trainer does per step (batch collation, forward, backward, clipping,
+  the optimizer, its own metrics and callbacks). The WARMUP_STEPS first steps are not timed.
+- Model FLOPs: 6 N per trained token (forward + backward) and 2 N per forward-only token (Kaplan
+  et al. 2020), where N counts the parameters a token's matmuls pass through: every parameter but
+  the token and position embeddings, plus the tied output projection d x V of a language model
+  (it is a matmul on every position, a third of the FLOPs at these sizes) or the scalar head of a
+  reward model. Attention's T^2 terms are left out, as in the usual MFU definition.
+- Peak: the best fp32 `torch.matmul` rate of large square matrices on this machine, same threads.
+- Peak RSS: `ru_maxrss` of the worker process, which runs one trainer on one side.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Result:
+    """What a worker reports about one trainer on one side (written as JSON)."""
+
+    side: str  # "project" or "trl"
+    trainer: str  # "sft", "reward", "dpo", "ppo"
+    size: str
+    step_seconds: list[float]  # timed steps only
+    samples_per_step: int  # sequences (SFT), pairs (reward, DPO), episodes (PPO)
+    tokens_per_step: int  # token positions in the step's sequences (PPO: prompt + response of each episode)
+    flops_per_step: float  # nominal model FLOPs (module docstring)
+    losses: list[float]  # of every step, warm-up included: losses[0] is step 1
+    metrics: dict[str, float] = field(default_factory=dict)  # step-1 diagnostics to compare
+    rss_mib: float = 0.0
+    # PPO only: seconds per timed iteration in sampling, in scoring (teacher-forced passes, rewards,
+    # GAE) and in the update, and the tokens sampled per iteration
+    generate_seconds: list[float] = field(default_factory=list)
+    score_seconds: list[float] = field(default_factory=list)
+    update_seconds: list[float] = field(default_factory=list)
+    generated_tokens: list[int] = field(default_factory=list)
+    gen_flops_per_token: float = 0.0  # 2 N of the policy
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StepClock:
+    """Timestamps of step ends; `seconds(warmup)` gives the durations of the steps after `warmup`."""
+
+    def __init__(self) -> None:
+        self.ends = [time.perf_counter()]  # ends[0]: the start of step 1
+
+    def tick(self) -> None:
+        self.ends.append(time.perf_counter())
+
+    def seconds(self, warmup: int) -> list[float]:
+        return [b - a for a, b in zip(self.ends[warmup:], self.ends[warmup + 1:])]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def flop_params(model: torch.nn.Module, lm_head: bool) -> int:
+    """N of the module docstring: every distinct parameter but the embedding tables (wte, wpe),
+    plus the output projection when `lm_head` and it is tied to wte (GPT-2's is), since that
+    matmul runs on every position. A reward model's scalar head is counted with the body."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    params = {id(p): p for p in model.parameters()}  # a tied weight once
+    body = sum(p.numel() for key, p in params.items() if key not in tables)
+    if lm_head:
+        out = model.get_output_embeddings().weight
+        body += out.numel() if id(out) in tables else 0  # untied: already in the body
+    return body
+
+
+def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 FLOP/s of `torch.matmul` on two n x n matrices (2 n^3 FLOPs) over `repeats` runs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best

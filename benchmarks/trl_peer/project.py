@@ -1,0 +1,220 @@
+"""The project's training steps on the shared fixtures, timed.
+
+Each function runs WARMUP + steps optimizer steps (PPO: iterations) the way its stage does
+(rlhf/stages/*.py), on the fixture models and batches, with the shared settings, and returns a
+`Result`. Only the steps are timed; loading, checkpoints and evaluation are not part of them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.trl_peer import fixtures as fx
+from benchmarks.trl_peer.measure import Result, StepClock, flop_params
+from benchmarks.trl_peer.settings import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    BATCH,
+    CLIP_EPS,
+    DPO_BETA,
+    GAMMA,
+    KL_COEF,
+    LAM,
+    LEARNING_RATE,
+    MAX_GRAD_NORM,
+    PPO_EPOCHS,
+    PPO_NEW_TOKENS,
+    PPO_PROMPT_LEN,
+    SEED,
+    SEQ_LEN,
+    TEMPERATURE,
+    VALUE_CLIP,
+    VF_COEF,
+    WEIGHT_DECAY,
+)
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    from rlhf.train import build_optimizer
+
+    return build_optimizer(model, LEARNING_RATE, WEIGHT_DECAY, ADAM_BETAS, ADAM_EPS)
+
+
+def _train(model: Any, micro_batch, loss_fn, units, total: int) -> tuple[StepClock, list[dict[str, float]]]:
+    """`total` steps of `rlhf.train.optimizer_step` on `model` (one micro-batch per step: no
+    accumulation, as on the TRL side); returns the clock and each step's metrics."""
+    from rlhf.train import make_accelerator, optimizer_step
+
+    accelerator = make_accelerator("no")
+    optimizer = _optimizer(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    clock, stats = StepClock(), []
+    for step in range(total):
+        stats.append(optimizer_step(model, optimizer, None, accelerator, [micro_batch(step)], loss_fn, units,
+                                    MAX_GRAD_NORM))
+        clock.tick()
+    return clock, stats
+
+
+def _rows(items: list[Any], step: int) -> list[Any]:
+    return items[step * BATCH: (step + 1) * BATCH]
+
+
+def sft(root: Path, size: str, warmup: int, steps: int) -> Result:
+    """rlhf.stages.sft's step: `micro_batch_loss` (response tokens only) normalised by `loss_tokens`."""
+    from rlhf.stages.sft import loss_tokens, micro_batch_loss
+    from rlhf.train import collate_sft, load_causal_lm, load_tokenizer
+
+    pad = load_tokenizer(fx.tokenizer_dir(root)).pad_token_id
+    rows = fx.read_data(root)["sft"]
+    model = load_causal_lm(fx.policy_dir(root, size))
+    n = flop_params(model, lm_head=True)
+    clock, stats = _train(model, lambda s: collate_sft(_rows(rows, s), pad), micro_batch_loss, loss_tokens,
+                          warmup + steps)
+    return Result("project", "sft", size, clock.seconds(warmup), BATCH, BATCH * SEQ_LEN, 6.0 * n * BATCH * SEQ_LEN,
+                  [s["loss"] for s in stats])
+
+
+def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
+    """rlhf.stages.reward's step: one pass over [chosen; rejected], Bradley-Terry loss per pair."""
+    from rlhf.losses.reward import bradley_terry_loss
+    from rlhf.reward import RewardModel
+    from rlhf.train import collate_pairs, load_tokenizer
+
+    pad = load_tokenizer(fx.tokenizer_dir(root)).pad_token_id
+    pairs = fx.read_data(root)["pairs"]
+    model = RewardModel.from_pretrained(fx.reward_dir(root, size))
+    n = flop_params(model, lm_head=False)
+
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        rows = _rows(pairs, step)
+        return collate_pairs([p["prompt"] + p["chosen"] for p in rows],
+                             [p["prompt"] + p["rejected"] for p in rows], pad)  # (2b, T), chosen rows first
+
+    def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
+        chosen, rejected = m(mb["input_ids"], mb["attention_mask"]).chunk(2)  # (b,), (b,)
+        return bradley_terry_loss(chosen, rejected, num_pairs=num_pairs)
+
+    clock, stats = _train(model, batch, loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, warmup + steps)
+    return Result("project", "reward", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN,
+                  6.0 * n * 2 * BATCH * SEQ_LEN, [s["loss"] for s in stats],
+                  {k: stats[0][k] for k in ("rewards/accuracies", "rewards/margins")})
+
+
+def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
+    """rlhf.stages.dpo's step with the reference run in the step (no precomputed log-probs, as
+    TRL's default): summed response log-probs of [chosen; rejected], DPO sigmoid loss."""
+    from rlhf.logprobs import sequence_logprobs
+    from rlhf.losses.dpo import dpo_loss
+    from rlhf.train import collate_sft, load_causal_lm, load_tokenizer
+
+    pad = load_tokenizer(fx.tokenizer_dir(root)).pad_token_id
+    pairs = fx.read_data(root)["pairs"]
+    policy = load_causal_lm(fx.policy_dir(root, size))
+    reference = load_causal_lm(fx.policy_dir(root, size)).eval().requires_grad_(False)
+    n = flop_params(policy, lm_head=True)
+
+    def example(prompt: list[int], response: list[int]) -> dict[str, list[int]]:
+        return {"input_ids": prompt + response, "loss_mask": [0] * len(prompt) + [1] * len(response)}
+
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        rows = _rows(pairs, step)  # rows [c0..c_{B-1}, r0..r_{B-1}]
+        return collate_sft([example(p["prompt"], p["chosen"]) for p in rows]
+                           + [example(p["prompt"], p["rejected"]) for p in rows], pad)
+
+    def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
+        logps = sequence_logprobs(m, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+        with torch.no_grad():
+            ref = sequence_logprobs(reference, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+        (pc, pr), (rc, rr) = logps.chunk(2), ref.chunk(2)
+        return dpo_loss(pc, pr, rc, rr, DPO_BETA, 0.0, num_pairs=num_pairs)
+
+    clock, stats = _train(policy, batch, loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, warmup + steps)
+    tokens = 2 * BATCH * SEQ_LEN
+    return Result("project", "dpo", size, clock.seconds(warmup), BATCH, tokens, (6.0 + 2.0) * n * tokens,
+                  [s["loss"] for s in stats],
+                  {"logps/chosen": stats[0]["logps/chosen"], "logps/rejected": stats[0]["logps/rejected"]})
+
+
+class TimedGenerate:
+    """Wraps `rlhf.stages.ppo.generate` to time each call and count the tokens it sampled."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.seconds, self.tokens = inner, [], []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        samples = self.inner(*args, **kwargs)
+        self.seconds.append(time.perf_counter() - t0)
+        self.tokens.append(int(samples.response_ids.numel()))  # (B, R): every row runs to the longest
+        return samples
+
+
+def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
+    """rlhf.stages.ppo's iteration: `make_experience` (sample, score, KL-shaped rewards, GAE) then
+    `ppo_update` (K epochs of clipped policy and value losses); policy and critic each have an AdamW."""
+    import rlhf.stages.ppo as stage
+    from rlhf.config.ppo import PPOConfig
+    from rlhf.generation import row_seed
+    from rlhf.reward import RewardModel
+    from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator, optimizer_from
+
+    total = warmup + steps
+    cfg = PPOConfig(max_steps=total, rollout_batch_size=BATCH, mini_batch_size=BATCH, micro_batch_size=BATCH,
+                    ppo_epochs=PPO_EPOCHS, max_new_tokens=PPO_NEW_TOKENS, temperature=TEMPERATURE,
+                    missing_eos_score=None, kl_estimator="k1", beta=KL_COEF, gamma=GAMMA, lam=LAM,
+                    clip_eps=CLIP_EPS, value_clip=VALUE_CLIP, vf_coef=VF_COEF, learning_rate=LEARNING_RATE,
+                    value_learning_rate=LEARNING_RATE, adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1],
+                    adam_eps=ADAM_EPS, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
+                    mixed_precision="no", checkpoint_every=total, seed=SEED)
+    tok = load_tokenizer(fx.tokenizer_dir(root))
+    prompts = [p["text"] for p in fx.read_data(root)["prompts"]]
+    policy = load_causal_lm(fx.policy_dir(root, size))
+    reference = load_causal_lm(fx.policy_dir(root, size)).requires_grad_(False).eval()
+    critic = stage.make_critic(fx.reward_dir(root, size), fx.policy_dir(root, size), tok, SEED)
+    reward_model = RewardModel.from_pretrained(fx.reward_dir(root, size)).requires_grad_(False).eval()
+    n_lm, n_rm = flop_params(policy, lm_head=True), flop_params(critic, lm_head=False)
+    accelerator = make_accelerator("no")
+    opt_policy, opt_value = optimizer_from(policy, cfg), optimizer_from(critic, cfg, cfg.value_learning_rate)
+    policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
+
+    timed = stage.generate = TimedGenerate(stage.generate)  # this worker process only
+    clock, scoring, updates, losses, first = StepClock(), [], [], [], {}
+    for it in range(total):
+        t0 = time.perf_counter()
+        batch, metrics = stage.make_experience(
+            cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model, tok,
+            _rows(prompts, it), KL_COEF, seed=SEED * 100_003 + it, accelerator=accelerator)
+        t1 = time.perf_counter()
+        stats = stage.ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch, row_seed(SEED, it))
+        clock.tick()
+        scoring.append(t1 - t0 - timed.seconds[-1])
+        updates.append(time.perf_counter() - t1)
+        mean = {k: sum(s[k] for s in stats) / len(stats) for k in ("loss/policy", "loss/value")}  # over its steps
+        losses.append(mean["loss/policy"] + VF_COEF * mean["loss/value"])
+        if it == 0:
+            first = {**mean, "objective/kl": metrics["objective/kl"]}
+    tokens = BATCH * (PPO_PROMPT_LEN + PPO_NEW_TOKENS)
+    flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1))
+    return Result("project", "ppo", size, clock.seconds(warmup), BATCH, tokens, flops, losses, first,
+                  generate_seconds=timed.seconds[warmup:], score_seconds=scoring[warmup:],
+                  update_seconds=updates[warmup:], generated_tokens=timed.tokens[warmup:],
+                  gen_flops_per_token=2.0 * n_lm)
+
+
+def ppo_flops(n_lm: int, n_rm: int, tokens: int, generated: float) -> float:
+    """Nominal model FLOPs of one PPO iteration over `tokens` episode tokens (prompt + response):
+    sampling 2 N_lm per sampled token; scoring forward passes of policy, reference (2 N_lm each),
+    critic and reward model (2 N_rm each); K epochs of policy and critic training (6 N each).
+    The same formula serves both sides (`peer_ppo`)."""
+    score = 2.0 * (2 * n_lm + 2 * n_rm) * tokens
+    update = PPO_EPOCHS * 6.0 * (n_lm + n_rm) * tokens
+    return 2.0 * n_lm * generated + score + update
+
+
+RUNNERS = {"sft": sft, "reward": reward, "dpo": dpo, "ppo": ppo}

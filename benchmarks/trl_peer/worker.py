@@ -1,0 +1,51 @@
+"""One trainer on one side in this process, so that its peak RSS is its own:
+
+    python -m benchmarks.trl_peer.worker SPEC_JSON OUT_JSON
+
+SPEC_JSON: {"side": "project" | "trl", "trainer": ..., "size": ..., "root": fixtures folder,
+"warmup": int, "steps": int, "threads": int}. Writes the `Result` as JSON to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+# offline and quiet before transformers, datasets or TRL are imported
+for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                   "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
+                   "DISABLE_MLFLOW_INTEGRATION": "TRUE", "WANDB_DISABLED": "true"}.items():
+    os.environ.setdefault(key, value)
+
+
+def run(spec: dict) -> dict:
+    """The `Result` of `spec`, as a dict, with this process's peak RSS."""
+    import torch
+
+    from benchmarks.trl_peer.measure import peak_rss_mib
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    if spec["side"] == "project":
+        from benchmarks.trl_peer.project import RUNNERS
+    elif spec["trainer"] == "ppo":
+        from benchmarks.trl_peer.peer_ppo import RUNNERS
+    else:
+        from benchmarks.trl_peer.peer import RUNNERS
+    result = RUNNERS[spec["trainer"]](Path(spec["root"]), spec["size"], spec["warmup"], spec["steps"])
+    result.rss_mib = peak_rss_mib()
+    return result.to_json()
+
+
+def main() -> None:
+    spec_path, out_path = sys.argv[1:3]
+    warnings.filterwarnings("ignore")  # library deprecation chatter; failures still raise
+    out = run(json.loads(Path(spec_path).read_text(encoding="utf-8")))
+    Path(out_path).write_text(json.dumps(out), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
