@@ -54,7 +54,11 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """H = -sum_v p_v log p_v at every position. Shape (B, T, V) -> (B, T)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    return entropy_from_logprobs(F.log_softmax(logits.float(), dim=-1))
+
+
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p_v log p_v from log-probabilities. Shape (B, T, V) -> (B, T)."""
     return -(logp.exp() * logp).sum(dim=-1)
 
 
@@ -66,7 +70,7 @@ def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, entropy_gra
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     picked = logp.gather(dim=-1, index=labels.unsqueeze(-1)).squeeze(-1)
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = -(logp.exp() * logp).sum(dim=-1)
+        entropy = entropy_from_logprobs(logp)
     return picked, entropy
 
 

@@ -76,7 +76,7 @@ from rlhf.train.lora import (
     with_reward_lora,
 )
 from rlhf.train.loop import TrainingRun
-from rlhf.train.optim import advance, nonfinite
+from rlhf.train.optim import advance, nonfinite, summed_over_processes
 
 VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
 HISTORY = "history.jsonl"  # per-iteration statistics in artifacts/ppo/
@@ -279,11 +279,8 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
                          "loss/value": vf_loss.detach() / share, "policy/entropy": entropy_term.detach() / share}
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share
-            if procs > 1:  # the shares of every process: one all-reduce
-                keys = sorted(sums)
-                local = torch.tensor([sums[k] for k in keys] + [loss], dtype=torch.float64, device=accelerator.device)
-                *values, loss = accelerator.reduce(local, reduction="sum").tolist()
-                sums = dict(zip(keys, values))
+            if procs > 1:  # the shares of every process
+                sums, loss = summed_over_processes(accelerator, sums, loss)
             norms = {f"grad_norm/{name}": float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
                      for name, model in (("policy", policy), ("value", critic))}
             sums.update(norms)

@@ -181,16 +181,23 @@ def optimizer_step(
         advance(scheduler)
     # 4. the metrics of the whole step: over every process's units (one all-reduce)
     if accelerator.num_processes > 1:
-        keys = sorted(sums)
-        local = torch.tensor([sums[k] for k in keys] + [step_loss], dtype=torch.float64, device=accelerator.device)
-        reduced = accelerator.reduce(local, reduction="sum").tolist()
-        sums, step_loss = dict(zip(keys, reduced[:-1])), reduced[-1] / accelerator.num_processes
+        sums, step_loss = summed_over_processes(accelerator, sums, step_loss)
+        step_loss /= accelerator.num_processes
         units_total = total
     else:
         units_total = sum(counts)
     out = {k: v / units_total for k, v in sums.items()} if units_total else {}
     out.update(loss=step_loss, grad_norm=norm, lr=lr)
     return out
+
+
+def summed_over_processes(accelerator: Any, sums: dict[str, float], extra: float) -> tuple[dict[str, float], float]:
+    """`sums` and `extra`, each summed over the data-parallel processes in one all-reduce (float64,
+    so that sums of many shares lose nothing). Every process must pass the same keys."""
+    keys = sorted(sums)
+    local = torch.tensor([sums[k] for k in keys] + [extra], dtype=torch.float64, device=accelerator.device)
+    *values, total = accelerator.reduce(local, reduction="sum").tolist()
+    return dict(zip(keys, values)), total
 
 
 class Throughput:
