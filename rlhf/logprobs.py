@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf.train.batching import position_ids
+from rlhf.train.batching import model_attention_mask, position_ids
 
 
 def forward_logits(
@@ -104,3 +104,23 @@ def sequence_logprobs(
     logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)[:, :-1]  # (B, T-first, V)
     logp = logprobs_from_logits(logits, input_ids[:, first:])  # (B, T-first)
     return (logp * response_mask[:, first:].to(torch.float32)).sum(dim=1)
+
+
+def pair_sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`sequence_logprobs` of the chosen and rejected sequences of a preference micro-batch,
+    (2B,) = [chosen; rejected], from separate rows ((2B, T) `input_ids`, `attention_mask`,
+    `loss_mask`) or from shared-prefix rows (`rlhf.train.collate_shared_pairs` with
+    `shared_pair_targets`: the prompt once per pair, each target read at the column that predicts
+    it). The LM head runs from the earliest column a summed target is predicted at."""
+    if "targets" not in batch:
+        return sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    frm, weights = batch["target_from"], batch["target_mask"].to(torch.float32)  # (B, 2, R)
+    T = batch["input_ids"].shape[1]
+    start = int(frm[weights > 0].min())
+    logits = model(input_ids=batch["input_ids"], attention_mask=model_attention_mask(model, batch["attention_mask"]),
+                   position_ids=batch["position_ids"], use_cache=False, logits_to_keep=T - start).logits
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T - start, V)
+    rows = torch.arange(len(frm), device=frm.device)[:, None, None]  # (B, 1, 1)
+    picked = logp[rows, (frm - start).clamp(min=0), batch["targets"]]  # (B, 2, R)
+    sums = (picked * weights).sum(dim=-1)  # (B, 2)
+    return torch.cat([sums[:, 0], sums[:, 1]])  # (2B,)

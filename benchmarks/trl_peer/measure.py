@@ -7,7 +7,9 @@
   et al. 2020), where N counts the parameters a token's matmuls pass through: every parameter but
   the token and position embeddings, plus the tied output projection d x V of a language model
   (it is a matmul on every position, a third of the FLOPs at these sizes) or the scalar head of a
-  reward model. Attention's T^2 terms are left out, as in the usual MFU definition.
+  reward model. Attention's T^2 terms are left out, as in the usual MFU definition. Each side is
+  credited with the work it does: a side that runs the output projection on the positions its loss
+  reads only, or a pair's shared prompt once, is counted for those positions and tokens only.
 - Peak: the best fp32 `torch.matmul` rate of large square matrices on this machine, same threads.
 - Peak RSS: `ru_maxrss` of the worker process, which runs one trainer on one side.
 """
@@ -31,7 +33,7 @@ class Result:
     size: str
     step_seconds: list[float]  # timed steps only
     samples_per_step: int  # sequences (SFT), pairs (reward, DPO), episodes (PPO)
-    tokens_per_step: int  # token positions in the step's sequences (PPO: prompt + response of each episode)
+    tokens_per_step: int  # tokens of the step's sequences, a shared prompt counted per sequence (PPO: prompt + response of each episode)
     flops_per_step: float  # nominal model FLOPs (module docstring)
     losses: list[float]  # of every step, warm-up included: losses[0] is step 1
     metrics: dict[str, float] = field(default_factory=dict)  # step-1 diagnostics to compare
@@ -77,6 +79,12 @@ def flop_params(model: torch.nn.Module, lm_head: bool) -> int:
         out = model.get_output_embeddings().weight
         body += out.numel() if id(out) in tables else 0  # untied: already in the body
     return body
+
+
+def head_params(model: torch.nn.Module) -> int:
+    """d x V of a language model's output projection: the matmul a position pays only when its
+    logits are computed."""
+    return model.get_output_embeddings().weight.numel()
 
 
 def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> float:

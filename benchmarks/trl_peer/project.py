@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from benchmarks.trl_peer import fixtures as fx
-from benchmarks.trl_peer.measure import Result, StepClock, flop_params
+from benchmarks.trl_peer.measure import Result, StepClock, flop_params, head_params
 from benchmarks.trl_peer.settings import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -29,6 +29,7 @@ from benchmarks.trl_peer.settings import (
     PPO_EPOCHS,
     PPO_NEW_TOKENS,
     PPO_PROMPT_LEN,
+    RESPONSE_LEN,
     SEED,
     SEQ_LEN,
     TEMPERATURE,
@@ -73,71 +74,79 @@ def sft(root: Path, size: str, warmup: int, steps: int) -> Result:
     pad = load_tokenizer(fx.tokenizer_dir(root)).pad_token_id
     rows = fx.read_data(root)["sft"]
     model = load_causal_lm(fx.policy_dir(root, size))
-    n = flop_params(model, lm_head=True)
+    n, head = flop_params(model, lm_head=False), head_params(model)
     clock, stats = _train(model, lambda s: collate_sft(_rows(rows, s), pad), micro_batch_loss, loss_tokens,
                           warmup + steps)
-    return Result("project", "sft", size, clock.seconds(warmup), BATCH, BATCH * SEQ_LEN, 6.0 * n * BATCH * SEQ_LEN,
-                  [s["loss"] for s in stats])
+    scored = BATCH * (RESPONSE_LEN + 1)  # positions whose logits the loss reads (the last prompt token on)
+    return Result("project", "sft", size, clock.seconds(warmup), BATCH, BATCH * SEQ_LEN,
+                  6.0 * (n * BATCH * SEQ_LEN + head * scored), [s["loss"] for s in stats])
 
 
 def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
-    """rlhf.stages.reward's step: one pass over [chosen; rejected], Bradley-Terry loss per pair."""
+    """rlhf.stages.reward's step: each pair in one row that holds the prompt once (the stage's
+    `share_prompt`), Bradley-Terry loss per pair. FLOPs count the tokens it runs, the prompt once."""
     from rlhf.losses.reward import bradley_terry_loss
     from rlhf.reward import RewardModel
-    from rlhf.train import collate_pairs, load_tokenizer
+    from rlhf.stages.reward import pair_rewards
+    from rlhf.train import collate_preference_batch, load_tokenizer, pairs_in
 
     pad = load_tokenizer(fx.tokenizer_dir(root)).pad_token_id
     pairs = fx.read_data(root)["pairs"]
     model = RewardModel.from_pretrained(fx.reward_dir(root, size))
     n = flop_params(model, lm_head=False)
+    share = model.shares_prefixes
 
     def batch(step: int) -> dict[str, torch.Tensor]:
         rows = _rows(pairs, step)
-        return collate_pairs([p["prompt"] + p["chosen"] for p in rows],
-                             [p["prompt"] + p["rejected"] for p in rows], pad)  # (2b, T), chosen rows first
+        return collate_preference_batch([p["prompt"] + p["chosen"] for p in rows],
+                                        [p["prompt"] + p["rejected"] for p in rows], pad, share)
 
     def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
-        chosen, rejected = m(mb["input_ids"], mb["attention_mask"]).chunk(2)  # (b,), (b,)
-        return bradley_terry_loss(chosen, rejected, num_pairs=num_pairs)
+        return bradley_terry_loss(*pair_rewards(m, mb), num_pairs=num_pairs)
 
-    clock, stats = _train(model, batch, loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, warmup + steps)
-    return Result("project", "reward", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN,
-                  6.0 * n * 2 * BATCH * SEQ_LEN, [s["loss"] for s in stats],
+    clock, stats = _train(model, batch, loss_fn, pairs_in, warmup + steps)
+    run = batch(0)["input_ids"].numel()  # token positions it runs (every step has the same shape)
+    return Result("project", "reward", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN, 6.0 * n * run,
+                  [s["loss"] for s in stats],
                   {k: stats[0][k] for k in ("rewards/accuracies", "rewards/margins")})
 
 
 def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
     """rlhf.stages.dpo's step with the reference run in the step (no precomputed log-probs, as
-    TRL's default): summed response log-probs of [chosen; rejected], DPO sigmoid loss."""
-    from rlhf.logprobs import sequence_logprobs
+    TRL's default): summed response log-probs of each pair in one row that holds the prompt once
+    (the stage's `share_prompt`), DPO sigmoid loss. FLOPs count the tokens it runs, the prompt once."""
+    from rlhf.logprobs import pair_sequence_logprobs
     from rlhf.losses.dpo import dpo_loss
-    from rlhf.train import collate_sft, load_causal_lm, load_tokenizer
+    from rlhf.stages.dpo import collate_pairs
+    from rlhf.train import load_causal_lm, load_tokenizer
+    from rlhf.train.batching import shares_prefixes
 
     pad = load_tokenizer(fx.tokenizer_dir(root)).pad_token_id
     pairs = fx.read_data(root)["pairs"]
     policy = load_causal_lm(fx.policy_dir(root, size))
     reference = load_causal_lm(fx.policy_dir(root, size)).eval().requires_grad_(False)
-    n = flop_params(policy, lm_head=True)
+    n, head = flop_params(policy, lm_head=False), head_params(policy)
+    share = shares_prefixes(policy)
 
     def example(prompt: list[int], response: list[int]) -> dict[str, list[int]]:
         return {"input_ids": prompt + response, "loss_mask": [0] * len(prompt) + [1] * len(response)}
 
     def batch(step: int) -> dict[str, torch.Tensor]:
-        rows = _rows(pairs, step)  # rows [c0..c_{B-1}, r0..r_{B-1}]
-        return collate_sft([example(p["prompt"], p["chosen"]) for p in rows]
-                           + [example(p["prompt"], p["rejected"]) for p in rows], pad)
+        return collate_pairs([(example(p["prompt"], p["chosen"]), example(p["prompt"], p["rejected"]))
+                              for p in _rows(pairs, step)], pad, share)
 
     def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
-        logps = sequence_logprobs(m, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+        logps = pair_sequence_logprobs(m, mb)  # (2b,) [chosen; rejected]
         with torch.no_grad():
-            ref = sequence_logprobs(reference, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+            ref = pair_sequence_logprobs(reference, mb)  # (2b,)
         (pc, pr), (rc, rr) = logps.chunk(2), ref.chunk(2)
         return dpo_loss(pc, pr, rc, rr, DPO_BETA, 0.0, num_pairs=num_pairs)
 
-    clock, stats = _train(policy, batch, loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, warmup + steps)
-    tokens = 2 * BATCH * SEQ_LEN
-    return Result("project", "dpo", size, clock.seconds(warmup), BATCH, tokens, (6.0 + 2.0) * n * tokens,
-                  [s["loss"] for s in stats],
+    clock, stats = _train(policy, batch, loss_fn, lambda mb: len(mb["lengths"]) // 2, warmup + steps)
+    run = batch(0)["input_ids"].numel()  # token positions it runs (every step has the same shape)
+    scored = 2 * BATCH * RESPONSE_LEN  # positions whose logits the loss reads (one per response token)
+    return Result("project", "dpo", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN,
+                  (6.0 + 2.0) * (n * run + head * scored), [s["loss"] for s in stats],
                   {"logps/chosen": stats[0]["logps/chosen"], "logps/rejected": stats[0]["logps/rejected"]})
 
 

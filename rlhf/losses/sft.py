@@ -19,6 +19,17 @@ def shifted_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> tor
     return -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T-1)
 
 
+def first_scored_position(loss_mask: torch.Tensor) -> int:
+    """The earliest position whose logits the SFT loss reads: the one before the batch's first
+    target token (position t predicts token t+1). Logits before it are multiplied by m = 0, so a
+    caller may ask the model for positions [first, T) only (`logits_to_keep = T - first`): the LM
+    head and the softmax, the costliest layers of a small model with a large vocabulary, then skip
+    the prompt. Shape (B, T) -> int."""
+    targets = loss_mask[:, 1:].any(dim=0)  # (T-1,): some row has a target at t+1
+    assert bool(targets.any()), "SFT loss over an empty loss mask"
+    return int(targets.int().argmax())
+
+
 def sft_loss(
     logits: torch.Tensor,
     input_ids: torch.Tensor,
@@ -32,7 +43,8 @@ def sft_loss(
     the logits predicting them affect the loss).
 
     Shapes: logits (B, T, V), input_ids (B, T), loss_mask (B, T) with 1 on target tokens (response
-    and EOS). `num_tokens` = N, the number of loss tokens in the whole optimizer step (all
+    and EOS). All three may start at the same column s > 0 (logits of positions [s, T) with
+    `input_ids[:, s:]`, `loss_mask[:, s:]`) when no target lies at or before s: the same loss. `num_tokens` = N, the number of loss tokens in the whole optimizer step (all
     micro-batches; see rlhf/train/optim.py); None means this micro-batch's count.
     Returns the loss and {"loss/sft": mean NLL per token of this micro-batch}.
     """

@@ -48,7 +48,14 @@ import torch
 from rlhf.chat import Prompt, prompt_text, response_text, split_hh_dialogue
 from rlhf.errors import UserError
 from rlhf.files import require_intact, write_json
-from rlhf.train.batching import encode_dialogue, pad, position_ids
+from rlhf.train.batching import (
+    BLOCK_MASK_ATTENTION,
+    attention_implementation,
+    encode_dialogue,
+    model_attention_mask,
+    pad,
+)
+from rlhf.train.batching import position_ids as positions_of
 from rlhf.train.models import (
     disable_dropout,
     has_tokenizer,
@@ -236,22 +243,38 @@ class RewardModel(torch.nn.Module):
                                         "tokenizer": self.tokenizer_source})
 
     # ---------- forward ----------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_token: bool = False,
+                position_ids: torch.Tensor | None = None, score_index: torch.Tensor | None = None) -> torch.Tensor:
         """Raw rewards of (B, T) ids and mask (left or right padded) -> (B,); the same numbers as
         the saved directory gives in `AutoModelForSequenceClassification`. `per_token=True`: the
-        head at every position instead, (B, T) (PPO's critic reads V(s_t) there)."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self._positions:
-            kwargs["position_ids"] = position_ids(attention_mask)  # (B, T), same as unpadded
+        head at every position instead, (B, T) (PPO's critic reads V(s_t) there).
+
+        Shared-prefix pairs (`rlhf.train.collate_shared_pairs`, when `shares_prefixes`) bring a
+        (B, 1, T, T) boolean mask, their `position_ids` and `score_index` (B, K): the rewards of the
+        K sequences of each row, (B, K)."""
+        kwargs = {"input_ids": input_ids, "attention_mask": model_attention_mask(self.backbone, attention_mask)}
+        if self._positions:  # (B, T), counted over real tokens: the same as unpadded
+            kwargs["position_ids"] = position_ids if position_ids is not None else positions_of(attention_mask)
         hidden = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
         if per_token:
             return self.head(hidden).squeeze(-1).float()  # (B, T)
+        if score_index is not None:
+            rows = torch.arange(len(score_index), device=score_index.device)[:, None]  # (B, 1)
+            return self.head(hidden[rows, score_index]).squeeze(-1).float()  # (B, K)
         index = self.pooled_index(input_ids, attention_mask)  # (B,)
         pooled = hidden[torch.arange(len(index), device=index.device), index]  # (B, H)
         if self.pooling == "cls":  # BERT-like: the pre-trained pooler on [CLS], as its classifier reads it
             pooler = self.backbone.pooler
             pooled = pooler.activation(pooler.dense(pooled))
         return self.head(pooled).squeeze(-1).float()  # (B,)
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether a chosen and a rejected sequence can be scored in one row that holds their common
+        prefix once: a decoder pooled at the last token, that takes position ids and reads a 4-D
+        attention mask."""
+        return (self.pooling == "last" and self._positions
+                and attention_implementation(self.backbone) in BLOCK_MASK_ATTENTION)
 
     def pooled_index(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B,) column the head reads: the first real token ([CLS]), or the last

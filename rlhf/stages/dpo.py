@@ -21,12 +21,13 @@ import torch
 
 from rlhf.config.dpo import DPOConfig
 from rlhf.errors import UserError
-from rlhf.logprobs import sequence_logprobs
+from rlhf.logprobs import pair_sequence_logprobs
 from rlhf.losses.dpo import dpo_loss, ipo_loss
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput, have, skip_stage
 from rlhf.train import (
     BatchOrder,
+    collate_preference_batch,
     collate_sft,
     encode_sft_example,
     length_order,
@@ -43,6 +44,7 @@ from rlhf.train import (
 )
 from rlhf.train.lora import AdapterOff, finish_outputs, has_adapter, lora_enabled, with_lora
 from rlhf.train.loop import TrainingRun
+from rlhf.train.batching import shared_pair_targets, shares_prefixes
 from rlhf.train.models import max_positions
 
 
@@ -55,25 +57,37 @@ def encode_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_len: int) -> li
     ]
 
 
-def collate_pairs(pairs: list[tuple[dict, dict]], pad_id: int) -> dict[str, torch.Tensor]:
-    """B pairs -> input_ids, attention_mask, loss_mask of shape (2B, T): rows [c0..c_{B-1}, r0..r_{B-1}]."""
-    return collate_sft([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+def collate_pairs(pairs: list[tuple[dict, dict]], pad_id: int, share: bool = False) -> dict[str, torch.Tensor]:
+    """B pairs -> a micro-batch for `pair_sequence_logprobs`: with `share`, one row per pair that
+    holds the prompt once (`collate_preference_batch` decides whether that saves tokens); else
+    input_ids, attention_mask, loss_mask of shape (2B, T), rows [c0..c_{B-1}, r0..r_{B-1}]. Both
+    carry `lengths` (2B,): the response tokens of each sequence, [chosen; rejected]."""
+    chosen, rejected = [c for c, _ in pairs], [r for _, r in pairs]
+    if share:
+        batch = collate_preference_batch([c["input_ids"] for c in chosen], [r["input_ids"] for r in rejected],
+                                         pad_id, share=True)
+        if "score_index" in batch:
+            del batch["score_index"]
+            return {**batch, **shared_pair_targets(batch, chosen, rejected)}
+    batch = collate_sft(chosen + rejected, pad_id)
+    batch["lengths"] = batch["loss_mask"].sum(dim=1).float()  # (2B,)
+    return batch
 
 
 @torch.no_grad()
 def pair_logprobs(model: Any, pairs: list[tuple[dict, dict]], pad_id: int, batch_size: int,
-                  device: Any, only: Sequence[int] | None = None) -> torch.Tensor:
+                  device: Any, only: Sequence[int] | None = None, share: bool = False) -> torch.Tensor:
     """Summed response log-probs of every pair (or of the pairs `only`; the others stay 0) under
-    `model`, batched in order of length (little padding). Returns (N, 2): [chosen, rejected], in
-    the pairs' order."""
+    `model`, batched in order of length (little padding), the prompt held once when `share`.
+    Returns (N, 2): [chosen, rejected], in the pairs' order."""
     out = torch.zeros(len(pairs), 2)
     wanted = sorted(set(only)) if only is not None else list(range(len(pairs)))
     by_length = length_order([max(len(pairs[j][0]["input_ids"]), len(pairs[j][1]["input_ids"])) for j in wanted])
     order = [wanted[k] for k in by_length]
     for i in range(0, len(order), batch_size):
         idx = order[i: i + batch_size]
-        mb = {k: v.to(device) for k, v in collate_pairs([pairs[j] for j in idx], pad_id).items()}
-        logps = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+        mb = {k: v.to(device) for k, v in collate_pairs([pairs[j] for j in idx], pad_id, share).items()}
+        logps = pair_sequence_logprobs(model, mb)  # (2b,)
         out[torch.tensor(idx)] = torch.stack(logps.float().cpu().chunk(2), dim=1)  # (b, 2)
     return out
 
@@ -155,12 +169,14 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     # 3. reference log-probs, once: (N, 2) summed over response tokens, of the training pairs the
     #    run's steps visit (recomputed on resume: the frozen reference makes them a pure function of
     #    the data), under the same autocast as training, so that the first step starts at pi = pi_ref
+    share = cfg.share_prompt and shares_prefixes(policy)  # a pair in one row, its prompt held once
     ref_train = None
     with accelerator.autocast():
         if cfg.precompute_ref_logprobs:
             visited = [i for step in range(total_steps) for i in order.batch(step)]
-            ref_train = pair_logprobs(reference, train, pad_id, cfg.eval_batch_size, accelerator.device, visited)
-        ref_held = pair_logprobs(reference, held, pad_id, cfg.eval_batch_size, accelerator.device)
+            ref_train = pair_logprobs(reference, train, pad_id, cfg.eval_batch_size, accelerator.device, visited,
+                                      share=share)
+        ref_held = pair_logprobs(reference, held, pad_id, cfg.eval_batch_size, accelerator.device, share=share)
 
     # 4. optimizer, schedule, state when resuming
     optimizer = optimizer_from(policy, cfg)
@@ -170,17 +186,17 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     history: list[dict[str, float]] = state["history"]
 
     def loss_fn(model: Any, mb: dict[str, torch.Tensor], num_pairs: float):
-        logps = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])  # (2b,)
+        logps = pair_sequence_logprobs(model, mb)  # (2b,) [chosen; rejected]
         if "ref_logps" in mb:
             ref = mb["ref_logps"]  # (2b,)
         else:
             with torch.no_grad():
-                ref = sequence_logprobs(reference, mb["input_ids"], mb["attention_mask"], mb["loss_mask"])
-        lengths = mb["loss_mask"].sum(dim=1)  # (2b,)
+                ref = pair_sequence_logprobs(reference, mb)
+        lengths = mb["lengths"]  # (2b,)
         return preference_loss(cfg, reduce_logps(cfg, logps, lengths), reduce_logps(cfg, ref, lengths), num_pairs)
 
     def micro_batch(idx: list[int]) -> dict[str, torch.Tensor]:
-        mb = collate_pairs([train[i] for i in idx], pad_id)
+        mb = collate_pairs([train[i] for i in idx], pad_id, share)
         if ref_train is not None:
             mb["ref_logps"] = torch.cat([ref_train[idx, 0], ref_train[idx, 1]])  # (2b,) [chosen; rejected]
         return mb
@@ -192,7 +208,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
         parts = shard_and_split(order.batch(step), cfg.micro_batch_size, accelerator.process_index,
                                 accelerator.num_processes)
         stats = optimizer_step(policy, optimizer, scheduler, accelerator, [micro_batch(p) for p in parts],
-                               loss_fn, lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
+                               loss_fn, lambda mb: len(mb["lengths"]) // 2, cfg.max_grad_norm)
         run.guard(step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})  # NaN/inf: stop, or skip
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             run.log(history, {"step": step + 1, "train/epoch": order.epoch(step + 1), "train/lr": stats["lr"],
@@ -207,7 +223,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     # 6. held-out implicit-reward accuracy
     model = accelerator.unwrap_model(policy).eval()
     with accelerator.autocast():
-        held_policy = pair_logprobs(model, held, pad_id, cfg.eval_batch_size, accelerator.device)
+        held_policy = pair_logprobs(model, held, pad_id, cfg.eval_batch_size, accelerator.device, share=share)
     held_len = pair_lengths(held)  # (N, 2)
     metrics = {"stage/enabled": 1.0, **heldout_metrics(cfg, reduce_logps(cfg, held_policy, held_len),
                                                  reduce_logps(cfg, ref_held, held_len), held_rows)}

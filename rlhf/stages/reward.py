@@ -27,12 +27,13 @@ from rlhf.stage import StageOutput, have
 from rlhf.train import (
     BatchOrder,
     Throughput,
-    collate_pairs,
+    collate_preference_batch,
     has_tokenizer,
     load_tokenizer,
     make_accelerator,
     optimizer_from,
     optimizer_step,
+    pairs_in,
     progress_bar,
     read_jsonl,
     scheduler_from,
@@ -83,6 +84,15 @@ def project_tokenizer_for(cfg: RewardConfig, paths: Paths, source: Path) -> Any:
     return tokenizer
 
 
+def pair_rewards(model: Any, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw rewards (b,), (b,) of the chosen and the rejected sequences of a preference micro-batch
+    from `collate_preference_batch`, in either layout."""
+    if "score_index" in mb:  # shared-prefix rows: (b, 2) = [chosen, rejected] per row
+        return model(mb["input_ids"], mb["attention_mask"], position_ids=mb["position_ids"],
+                     score_index=mb["score_index"]).unbind(dim=1)
+    return model(mb["input_ids"], mb["attention_mask"]).chunk(2)  # (2b,) = [chosen; rejected]
+
+
 def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 1. runtime: device, precision, seeds
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -104,6 +114,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         model.backbone.requires_grad_(False)
     model = with_reward_lora(model, cfg, run.resume_dir, HEAD_FILE)  # LoRA: adapter on the backbone, head trained
     tokenizer = model.tokenizer
+    share = cfg.share_prompt and model.shares_prefixes  # one row per pair, the prompt held once
 
     # 3. data: (chosen, rejected) token ids per pair in the one chat format, in the model's tokenizer
     train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)
@@ -120,9 +131,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     order = BatchOrder(len(pairs), cfg.batch_size, cfg.seed)
 
     def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
-        rewards = m(mb["input_ids"], mb["attention_mask"])  # (2b,) = [chosen; rejected]
-        chosen, rejected = rewards.chunk(2)  # (b,), (b,)
-        return bradley_terry_loss(chosen, rejected, cfg.margin, cfg.center_coef, num_pairs)
+        return bradley_terry_loss(*pair_rewards(m, mb), cfg.margin, cfg.center_coef, num_pairs)
 
     # 5. training loop: global batch of pairs -> this process's micro-batches -> one optimizer step
     meter, recent = Throughput("pairs"), []
@@ -132,13 +141,12 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         meter.start()
         parts = shard_and_split(order.batch(step), cfg.micro_batch_size, accelerator.process_index,
                                 accelerator.num_processes)
-        micro = [collate_pairs([pairs[i][0] for i in part], [pairs[i][1] for i in part], tokenizer.pad_token_id)
-                 for part in parts]  # each (2b, T): chosen rows first
-        stats = optimizer_step(model, optimizer, scheduler, accelerator, micro, loss_fn,
-                               lambda mb: mb["input_ids"].shape[0] // 2, cfg.max_grad_norm)
+        micro = [collate_preference_batch([pairs[i][0] for i in part], [pairs[i][1] for i in part],
+                                          tokenizer.pad_token_id, share) for part in parts]
+        stats = optimizer_step(model, optimizer, scheduler, accelerator, micro, loss_fn, pairs_in, cfg.max_grad_norm)
         run.guard(step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})  # NaN/inf: stop, or skip
-        meter.stop(tokens=sum(int(mb["attention_mask"].sum()) for mb in micro) * accelerator.num_processes,
-                   samples=cfg.batch_size)
+        scored = sum(len(pairs[i][0]) + len(pairs[i][1]) for part in parts for i in part)  # tokens, both sequences
+        meter.stop(tokens=scored * accelerator.num_processes, samples=cfg.batch_size)
         recent = (recent + [stats])[-cfg.log_every:]
         speed = meter.metrics()
         bar.update(1)

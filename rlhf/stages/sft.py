@@ -16,7 +16,7 @@ import torch
 
 from rlhf.config.sft import SFTConfig
 from rlhf.errors import UserError
-from rlhf.losses.sft import sft_loss, shifted_token_logprobs
+from rlhf.losses.sft import first_scored_position, sft_loss, shifted_token_logprobs
 from rlhf.ops import masked_sum
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
@@ -39,37 +39,23 @@ from rlhf.train import (
     seed_everything,
     shard_and_split,
 )
-from rlhf.train.batching import additive_mask
+from rlhf.train.batching import model_attention_mask
 from rlhf.train.lora import finish_outputs, has_adapter, with_lora
 from rlhf.train.loop import TrainingRun
-
-
-def model_attention_mask(model: Any, mask: torch.Tensor) -> torch.Tensor:
-    """The `attention_mask` to give `model`: a (b, T) padding mask as it is; a packed rows' (b, 1, T, T)
-    boolean block-diagonal mask as additive offsets in the dtype the attention scores are computed in
-    (the autocast dtype inside autocast, else the weights').
-
-    Hugging Face hands a 4-D mask to the attention function untouched; eager attention adds it to
-    the scores, so a boolean one would let every token see the whole row (the future and the other
-    examples). The additive form is read the same way by eager and SDPA attention (tested on GPT-2
-    and Llama); other implementations (flash attention, ...) are refused rather than trusted with it.
-    """
-    if mask.dim() != 4:
-        return mask
-    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
-    assert impl in ("eager", "sdpa"), (
-        f"packed SFT rows need eager or sdpa attention, not {impl!r} (or set sft.packing: false)")
-    device = mask.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else next(model.parameters()).dtype
-    return additive_mask(mask, dtype)  # (b, 1, T, T)
 
 
 def micro_batch_loss(model: Any, mb: dict[str, torch.Tensor], num_tokens: float):
     """This micro-batch's share of the step's SFT loss (the `loss_fn` of `optimizer_step`)."""
     # packed rows bring a (b, 1, T, T) block-diagonal mask and per-example position_ids
+    s = first_scored_position(mb["loss_mask"])  # the LM head runs on positions [s, T) only
     logits = model(input_ids=mb["input_ids"], attention_mask=model_attention_mask(model, mb["attention_mask"]),
-                   position_ids=mb.get("position_ids")).logits  # (b, T, V)
-    return sft_loss(logits, mb["input_ids"], mb["loss_mask"], num_tokens)
+                   position_ids=mb.get("position_ids"), **kept_logits(mb["input_ids"].shape[1], s)).logits
+    return sft_loss(logits, mb["input_ids"][:, s:], mb["loss_mask"][:, s:], num_tokens)  # logits (b, T-s, V)
+
+
+def kept_logits(length: int, first: int) -> dict[str, int]:
+    """The model kwargs that limit its logits to positions [first, length) (none when first is 0)."""
+    return {"logits_to_keep": length - first} if first else {}
 
 
 def loss_tokens(mb: dict[str, torch.Tensor]) -> int:
@@ -86,10 +72,13 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
     sums = torch.zeros(2, device=accelerator.device)  # [sum of NLL, number of tokens]
     for i in range(0, len(mine), micro_batch_size):
         mb = {k: v.to(accelerator.device) for k, v in collate_sft(mine[i: i + micro_batch_size], pad_id).items()}
+        s = first_scored_position(mb["loss_mask"])
         with accelerator.autocast():  # unpacked: a (b, T) padding mask, made causal by the model itself
-            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits  # (b, T, V)
-        mask = mb["loss_mask"][:, 1:]  # (b, T-1)
-        sums += torch.stack([masked_sum(-shifted_token_logprobs(logits, mb["input_ids"]), mask), mask.sum().float()])
+            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                           **kept_logits(mb["input_ids"].shape[1], s)).logits  # (b, T-s, V)
+        mask = mb["loss_mask"][:, s + 1:]  # (b, T-s-1)
+        nll = -shifted_token_logprobs(logits, mb["input_ids"][:, s:])
+        sums += torch.stack([masked_sum(nll, mask), mask.sum().float()])
     model.train()
     sums = accelerator.reduce(sums, reduction="sum") if accelerator.num_processes > 1 else sums
     return float(sums[0] / sums[1].clamp(min=1))

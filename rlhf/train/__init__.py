@@ -34,12 +34,15 @@ from rlhf.files import atomic_dir, read_jsonl, write_json
 from rlhf.train.batching import (
     BatchOrder,
     collate_pairs,
+    collate_preference_batch,
+    collate_shared_pairs,
     collate_sft,
     encode_dialogue,
     encode_sft_example,
     length_order,
     pack_examples,
     pad,
+    pairs_in,
     position_ids,
     shard_and_split,
 )
@@ -81,8 +84,8 @@ from rlhf.train.runtime import (
 
 __all__ = [
     "BatchOrder", "Throughput", "atomic_dir", "build_gpt2", "build_optimizer", "build_scheduler",
-    "collate_pairs", "collate_sft", "disable_dropout", "encode_dialogue",
-    "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "length_order", "load_causal_lm",
+    "collate_pairs", "collate_preference_batch", "collate_shared_pairs", "collate_sft", "disable_dropout", "encode_dialogue",
+    "encode_sft_example", "find_resumable", "has_tokenizer", "inputs_digest", "latest_checkpoint", "length_order", "pairs_in", "load_causal_lm",
     "load_checkpoint", "load_tokenizer", "lr_factor", "make_accelerator", "optimizer_from", "optimizer_step", "pack_examples", "pad",
     "position_ids", "progress_bar", "read_jsonl", "resolve_mixed_precision", "retire_checkpoints", "rng_state",
     "run_checkpoint_root",

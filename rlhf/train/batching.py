@@ -141,6 +141,131 @@ def collate_pairs(
     }
 
 
+def collate_preference_batch(
+    chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int, share: bool
+) -> dict[str, torch.Tensor]:
+    """`collate_shared_pairs` when `share` and it saves at least a tenth of the padded tokens of
+    `collate_pairs` (it does whenever pairs share a prompt), else `collate_pairs`. A consumer tells
+    the two apart by `score_index`."""
+    if share:
+        shared = collate_shared_pairs(chosen, rejected, pad_id)
+        plain_width = max(len(s) for s in (*chosen, *rejected))
+        if shared["input_ids"].shape[1] <= 0.9 * 2 * plain_width:
+            return shared
+    return collate_pairs(chosen, rejected, pad_id)
+
+
+def pairs_in(batch: dict[str, torch.Tensor]) -> int:
+    """Preference pairs in a batch of either layout."""
+    return len(batch["score_index"]) if "score_index" in batch else batch["input_ids"].shape[0] // 2
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Tokens at the start of `a` and `b` that are equal, leaving each at least its last token."""
+    n = 0
+    for x, y in zip(a[:-1], b[:-1]):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def collate_shared_pairs(
+    chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """B pairs -> B rows `common prefix + chosen tail + rejected tail`, the prefix (the prompt, at
+    least) held once: 2L fewer tokens per pair of a prompt of L tokens than `collate_pairs`.
+
+    The rejected tail sees the prefix and itself, never the chosen tail, and its positions continue
+    from the prefix, so each sequence gets the hidden states it would get alone (causal decoders).
+    Returns input_ids and position_ids (B, T), a boolean (B, 1, T, T) `attention_mask` (give the
+    model `model_attention_mask` of it), and `score_index` (B, 2): the column of each sequence's
+    last token that is not `pad_id` ([chosen, rejected]; where a decoder's reward head reads it).
+    """
+    assert len(chosen) == len(rejected) > 0, "need as many chosen as rejected sequences"
+    ids, pos, seg, index = [], [], [], []
+    for c, r in zip(chosen, rejected):
+        n = common_prefix(c, r)
+        ids.append([*c, *r[n:]])
+        pos.append([*range(len(c)), *range(n, len(r))])
+        seg.append([0] * n + [1] * (len(c) - n) + [2] * (len(r) - n))  # prefix, chosen tail, rejected tail
+        columns = [*range(len(c)), *range(n), *range(len(c), len(c) + len(r) - n)]  # of r's tokens, after c's
+        index.append([last_real(c, pad_id), columns[len(c) + last_real(r, pad_id)]])
+    seg_t = pad(seg, -1)  # (B, T), -1 on padding
+    T = seg_t.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
+    same = seg_t[:, :, None] == seg_t[:, None, :]  # (B, T, T)
+    sees_prefix = (seg_t[:, None, :] == 0) & (seg_t[:, :, None] >= 0)  # a real token sees the prefix
+    return {
+        "input_ids": pad(ids, pad_id),  # (B, T)
+        "position_ids": pad(pos, 0),  # (B, T)
+        "attention_mask": ((same | sees_prefix) & causal)[:, None],  # (B, 1, T, T)
+        "score_index": torch.tensor(index),  # (B, 2)
+    }
+
+
+def shared_pair_targets(batch: dict[str, torch.Tensor], chosen: Sequence[dict[str, list[int]]],
+                        rejected: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """What a sequence log-probability needs of shared-prefix rows (`collate_shared_pairs` of the
+    examples' `input_ids`): for token k >= 1 of each sequence, the column whose logits predict it
+    (that of token k-1 of the same sequence), its id, and its `loss_mask` weight. Shapes (B, 2, R),
+    [chosen, rejected] on axis 1, R = the longest sequence - 1; `lengths` (2B,) [chosen; rejected]."""
+    R = max(len(e["input_ids"]) for e in (*chosen, *rejected)) - 1
+    frm, ids, weights = (torch.zeros(len(chosen), 2, R, dtype=torch.long) for _ in range(3))
+    for b, (c, r) in enumerate(zip(chosen, rejected)):
+        n = common_prefix(c["input_ids"], r["input_ids"])
+        cols = {0: range(len(c["input_ids"])),
+                1: [*range(n), *range(len(c["input_ids"]), len(c["input_ids"]) + len(r["input_ids"]) - n)]}
+        for j, ex in enumerate((c, r)):
+            k = len(ex["input_ids"]) - 1  # targets: tokens 1..k
+            frm[b, j, :k] = torch.tensor(list(cols[j])[:-1])
+            ids[b, j, :k] = torch.tensor(ex["input_ids"][1:])
+            weights[b, j, :k] = torch.tensor(ex["loss_mask"][1:])
+    lengths = torch.tensor([sum(e["loss_mask"]) for e in (*chosen, *rejected)], dtype=torch.float)
+    return {"target_from": frm, "targets": ids, "target_mask": weights, "lengths": lengths}
+
+
+def last_real(seq: Sequence[int], pad_id: int) -> int:
+    """Index of the last token of `seq` that is not `pad_id` (0 if there is none), as a decoder's
+    sequence classifier picks it."""
+    return max((i for i, t in enumerate(seq) if t != pad_id), default=0)
+
+
+def model_attention_mask(model: Any, mask: torch.Tensor) -> torch.Tensor:
+    """The `attention_mask` to give `model`: a (b, T) padding mask as it is; a (b, 1, T, T) boolean
+    mask (packed SFT rows, shared-prefix pairs) as additive offsets in the dtype the attention
+    scores are computed in (the autocast dtype inside autocast, else the weights').
+
+    Hugging Face hands a 4-D mask to the attention function untouched; eager attention adds it to
+    the scores, so a boolean one would let every token see the whole row (the future and the other
+    examples). The additive form is read the same way by eager and SDPA attention (tested on GPT-2
+    and Llama); other implementations (flash attention, ...) are refused rather than trusted with it.
+    """
+    if mask.dim() != 4:
+        return mask
+    impl = attention_implementation(model)
+    assert impl in BLOCK_MASK_ATTENTION, (
+        f"a block-diagonal attention mask needs eager or sdpa attention, not {impl!r} "
+        "(or set sft.packing / reward.share_prompt to false)")
+    device = mask.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else next(model.parameters()).dtype
+    return additive_mask(mask, dtype)  # (b, 1, T, T)
+
+
+BLOCK_MASK_ATTENTION = ("eager", "sdpa")  # attention implementations that read an additive 4-D mask
+
+
+def shares_prefixes(model: Any) -> bool:
+    """Whether a causal LM reads shared-prefix rows (`collate_shared_pairs`) as separate sequences:
+    its attention implementation takes an additive 4-D mask."""
+    return attention_implementation(model) in BLOCK_MASK_ATTENTION
+
+
+def attention_implementation(model: Any) -> str | None:
+    """The `_attn_implementation` of a (possibly wrapped) Hugging Face model."""
+    return getattr(getattr(model, "module", model).config, "_attn_implementation", None)
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) positions counted over real tokens only, so a left-padded row gets the same
     positions as the unpadded sequence (padding slots get 0; they are masked anyway)."""

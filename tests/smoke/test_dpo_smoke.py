@@ -111,9 +111,9 @@ def test_precomputed_reference_covers_only_the_visited_pairs(world, tmp_path_fac
     scored: list[int] = []
     real = rlhf.stages.dpo.pair_logprobs
 
-    def spy(model, pairs, pad_id, batch_size, device, only=None):
+    def spy(model, pairs, pad_id, batch_size, device, only=None, **kwargs):
         scored.append(len(pairs) if only is None else len(set(only)))
-        return real(model, pairs, pad_id, batch_size, device, only)
+        return real(model, pairs, pad_id, batch_size, device, only, **kwargs)
 
     monkeypatch.setattr(rlhf.stages.dpo, "pair_logprobs", spy)
     precomputed = run_dpo(DPOConfig(**cfg), world)

@@ -6,6 +6,7 @@ import torch
 from rlhf.chat import encode_prompt, encode_response, response_text
 from rlhf.losses.sft import sft_loss
 from rlhf.stages.sft import evaluate_loss, loss_tokens, micro_batch_loss
+from rlhf.train.batching import model_attention_mask
 from rlhf.tokenizer import train_tokenizer
 from rlhf.train import build_gpt2, collate_sft, encode_sft_example, pack_examples
 from rlhf.train.toy import sft_rows
@@ -104,14 +105,12 @@ def tiny_model(tok, family: str, impl: str):
 
 
 def loss_and_logits(model, batch, num_tokens):
-    """`micro_batch_loss` as training calls it, and the logits the model gave it (b, T, V)."""
-    seen = []
-    hook = model.register_forward_hook(lambda module, args, out: seen.append(out.logits.detach()))
-    try:
-        loss, _ = micro_batch_loss(model, batch, num_tokens)
-    finally:
-        hook.remove()
-    return loss, seen[0]
+    """`micro_batch_loss` as training calls it, and the model's logits at every position (b, T, V)
+    for the same inputs (training asks only for those from the first target on)."""
+    loss, _ = micro_batch_loss(model, batch, num_tokens)
+    logits = model(input_ids=batch["input_ids"], attention_mask=model_attention_mask(model, batch["attention_mask"]),
+                   position_ids=batch.get("position_ids")).logits
+    return loss, logits.detach()
 
 
 def segments(row):
@@ -187,8 +186,6 @@ def test_evaluate_loss_on_padded_examples_is_the_per_token_mean(tok, family, imp
 
 
 def test_a_packed_mask_reaches_the_model_as_additive_offsets(tok):
-    from rlhf.stages.sft import model_attention_mask
-
     allowed = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)[None, None]  # (1, 1, 3, 3)
     model = tiny_model(tok, "gpt2", "eager")
     got = model_attention_mask(model, allowed)
@@ -202,3 +199,43 @@ def test_a_packed_mask_reaches_the_model_as_additive_offsets(tok):
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(AssertionError, match="eager or sdpa"):
         model_attention_mask(model, allowed)
+
+
+def test_micro_batch_loss_on_kept_logits_matches_the_full_logits(tok):
+    """The LM head runs on positions from the batch's first target on; loss and gradients are those
+    of the full (b, T, V) logits."""
+    from rlhf.losses.sft import first_scored_position
+
+    model = build_gpt2(tok, n_layer=1, n_head=2, n_embd=32, n_positions=64, seed=0)
+    exs = [encode_sft_example(tok, r["prompt"], r["response"], 64) for r in sft_rows(3)]
+    batch = collate_sft(exs, tok.pad_token_id)
+    s = first_scored_position(batch["loss_mask"])
+    assert s > 0 and batch["loss_mask"][:, : s + 1].sum() == 0 and batch["loss_mask"][:, s + 1].any()
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    n = loss_tokens(batch)
+    kept = micro_batch_loss(model, batch, n)[0]
+    full = sft_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                    batch["input_ids"], batch["loss_mask"], n)[0]
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6)
+    for a, b in zip(grads(kept), grads(full)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # and a held-out evaluation reads the same positions
+    with torch.no_grad():
+        assert evaluate_loss(model, exs, tok.pad_token_id, 2, _Single()) == pytest.approx(full.item(), rel=1e-5)
+
+
+class _Single:
+    """The accelerator attributes `evaluate_loss` reads, for one CPU process."""
+
+    process_index, num_processes, device = 0, 1, torch.device("cpu")
+
+    @staticmethod
+    def autocast():
+        import contextlib
+
+        return contextlib.nullcontext()
