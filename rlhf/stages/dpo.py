@@ -5,7 +5,8 @@ The loss (Rafailov et al. 2023, eq. 7; conservative variant; IPO of Azar et al. 
 wrong: a sequence log-probability is the SUM over the response tokens (EOS included) of
 log pi(y_t | x, y_<t), with the prompt tokens excluded (IPO, by default, divides it by the number of
 those tokens: `dpo.logp_reduction`); chosen and rejected rows go through the model
-in one forward pass ([chosen; rejected] on the batch axis, docs/architecture.md); the reference
+in one forward pass (one row per pair holding the prompt once, or [chosen; rejected] on the batch
+axis: docs/architecture.md, "Preference batch convention"); the reference
 log-probabilities are computed once, before training, by the frozen SFT model.
 
 Reads `paths.sft / "model"`, `paths.pref_train`, `paths.pref_heldout`; writes the policy and
