@@ -115,9 +115,8 @@ def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
     """rlhf.stages.dpo's step with the reference run in the step (no precomputed log-probs, as
     TRL's default): summed response log-probs of each pair in one row that holds the prompt once
     (the stage's `share_prompt`), DPO sigmoid loss. FLOPs count the tokens it runs, the prompt once."""
-    from rlhf.logprobs import pair_sequence_logprobs
-    from rlhf.losses.dpo import dpo_loss
-    from rlhf.stages.dpo import collate_pairs
+    from rlhf.config.dpo import DPOConfig
+    from rlhf.stages.dpo import collate_pairs, micro_batch_loss
     from rlhf.train import load_causal_lm, load_tokenizer
     from rlhf.train.batching import shares_prefixes
 
@@ -135,12 +134,10 @@ def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
         return collate_pairs([(example(p["prompt"], p["chosen"]), example(p["prompt"], p["rejected"]))
                               for p in _rows(pairs, step)], pad, share)
 
+    cfg = DPOConfig(beta=DPO_BETA, loss_type="sigmoid", label_smoothing=0.0, logp_reduction="sum")
+
     def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
-        logps = pair_sequence_logprobs(m, mb)  # (2b,) [chosen; rejected]
-        with torch.no_grad():
-            ref = pair_sequence_logprobs(reference, mb)  # (2b,)
-        (pc, pr), (rc, rr) = logps.chunk(2), ref.chunk(2)
-        return dpo_loss(pc, pr, rc, rr, DPO_BETA, 0.0, num_pairs=num_pairs)
+        return micro_batch_loss(cfg, m, reference, mb, num_pairs)  # the stage's, reference run in the step
 
     clock, stats = _train(policy, batch, loss_fn, lambda mb: len(mb["lengths"]) // 2, warmup + steps)
     run = batch(0)["input_ids"].numel()  # token positions it runs (every step has the same shape)

@@ -114,6 +114,20 @@ def preference_loss(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tenso
     return dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing, num_pairs=num_pairs)
 
 
+def micro_batch_loss(cfg: DPOConfig, model: Any, reference: Any, mb: dict[str, torch.Tensor], num_pairs: float):
+    """This micro-batch's share of the step's preference loss (`collate_pairs` of either layout):
+    log pi of both sequences, log pi_ref from `mb["ref_logps"]` (precomputed) or from `reference`,
+    reduced per `dpo.logp_reduction`. Returns (loss, metrics)."""
+    logps = pair_sequence_logprobs(model, mb)  # (2b,) [chosen; rejected]
+    if "ref_logps" in mb:
+        ref = mb["ref_logps"]  # (2b,)
+    else:
+        with torch.no_grad():
+            ref = pair_sequence_logprobs(reference, mb)
+    lengths = mb["lengths"]  # (2b,)
+    return preference_loss(cfg, reduce_logps(cfg, logps, lengths), reduce_logps(cfg, ref, lengths), num_pairs)
+
+
 def heldout_metrics(cfg: DPOConfig, policy: torch.Tensor, reference: torch.Tensor,
                     rows: list[dict]) -> dict[str, float]:
     """Implicit-reward accuracy on pref_heldout: against the rater labels (chosen is right) and
@@ -187,14 +201,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     history: list[dict[str, float]] = state["history"]
 
     def loss_fn(model: Any, mb: dict[str, torch.Tensor], num_pairs: float):
-        logps = pair_sequence_logprobs(model, mb)  # (2b,) [chosen; rejected]
-        if "ref_logps" in mb:
-            ref = mb["ref_logps"]  # (2b,)
-        else:
-            with torch.no_grad():
-                ref = pair_sequence_logprobs(reference, mb)
-        lengths = mb["lengths"]  # (2b,)
-        return preference_loss(cfg, reduce_logps(cfg, logps, lengths), reduce_logps(cfg, ref, lengths), num_pairs)
+        return micro_batch_loss(cfg, model, reference, mb, num_pairs)
 
     def micro_batch(idx: list[int]) -> dict[str, torch.Tensor]:
         mb = collate_pairs([train[i] for i in idx], pad_id, share)
