@@ -44,7 +44,8 @@ def sft_loss(
 
     Shapes: logits (B, T, V), input_ids (B, T), loss_mask (B, T) with 1 on target tokens (response
     and EOS). All three may start at the same column s > 0 (logits of positions [s, T) with
-    `input_ids[:, s:]`, `loss_mask[:, s:]`) when no target lies at or before s: the same loss. `num_tokens` = N, the number of loss tokens in the whole optimizer step (all
+    `input_ids[:, s:]`, `loss_mask[:, s:]`) when no target lies at or before s: the same loss.
+    `num_tokens` = N, the number of loss tokens in the whole optimizer step (all
     micro-batches; see rlhf/train/optim.py); None means this micro-batch's count.
     Returns the loss and {"loss/sft": mean NLL per token of this micro-batch}.
     """

@@ -48,13 +48,7 @@ import torch
 from rlhf.chat import Prompt, prompt_text, response_text, split_hh_dialogue
 from rlhf.errors import UserError
 from rlhf.files import require_intact, write_json
-from rlhf.train.batching import (
-    BLOCK_MASK_ATTENTION,
-    attention_implementation,
-    encode_dialogue,
-    model_attention_mask,
-    pad,
-)
+from rlhf.train.batching import encode_dialogue, model_attention_mask, pad, shares_prefixes
 from rlhf.train.batching import position_ids as positions_of
 from rlhf.train.models import (
     disable_dropout,
@@ -273,8 +267,7 @@ class RewardModel(torch.nn.Module):
         """Whether a chosen and a rejected sequence can be scored in one row that holds their common
         prefix once: a decoder pooled at the last token, that takes position ids and reads a 4-D
         attention mask."""
-        return (self.pooling == "last" and self._positions
-                and attention_implementation(self.backbone) in BLOCK_MASK_ATTENTION)
+        return self.pooling == "last" and self._positions and shares_prefixes(self.backbone)
 
     def pooled_index(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B,) column the head reads: the first real token ([CLS]), or the last

@@ -69,7 +69,7 @@ def collate_pairs(pairs: list[tuple[dict, dict]], pad_id: int, share: bool = Fal
                                          pad_id, share=True)
         if "score_index" in batch:
             del batch["score_index"]
-            return {**batch, **shared_pair_targets(batch, chosen, rejected)}
+            return {**batch, **shared_pair_targets(chosen, rejected)}
     batch = collate_sft(chosen + rejected, pad_id)
     batch["lengths"] = batch["loss_mask"].sum(dim=1).float()  # (2B,)
     return batch

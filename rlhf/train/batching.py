@@ -170,6 +170,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def shared_columns(c: Sequence[int], r: Sequence[int]) -> tuple[int, list[int], list[int]]:
+    """The common prefix length n of a pair and the row column of each token of `c` and of `r` in
+    the shared layout `c + r[n:]` (r's first n tokens are c's)."""
+    n = common_prefix(c, r)
+    return n, list(range(len(c))), [*range(n), *range(len(c), len(c) + len(r) - n)]
+
+
 def collate_shared_pairs(
     chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int
 ) -> dict[str, torch.Tensor]:
@@ -185,12 +192,11 @@ def collate_shared_pairs(
     assert len(chosen) == len(rejected) > 0, "need as many chosen as rejected sequences"
     ids, pos, seg, index = [], [], [], []
     for c, r in zip(chosen, rejected):
-        n = common_prefix(c, r)
+        n, c_cols, r_cols = shared_columns(c, r)
         ids.append([*c, *r[n:]])
         pos.append([*range(len(c)), *range(n, len(r))])
         seg.append([0] * n + [1] * (len(c) - n) + [2] * (len(r) - n))  # prefix, chosen tail, rejected tail
-        columns = [*range(len(c)), *range(n), *range(len(c), len(c) + len(r) - n)]  # of r's tokens, after c's
-        index.append([last_real(c, pad_id), columns[len(c) + last_real(r, pad_id)]])
+        index.append([c_cols[last_real(c, pad_id)], r_cols[last_real(r, pad_id)]])
     seg_t = pad(seg, -1)  # (B, T), -1 on padding
     T = seg_t.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
@@ -204,7 +210,7 @@ def collate_shared_pairs(
     }
 
 
-def shared_pair_targets(batch: dict[str, torch.Tensor], chosen: Sequence[dict[str, list[int]]],
+def shared_pair_targets(chosen: Sequence[dict[str, list[int]]],
                         rejected: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
     """What a sequence log-probability needs of shared-prefix rows (`collate_shared_pairs` of the
     examples' `input_ids`): for token k >= 1 of each sequence, the column whose logits predict it
@@ -213,12 +219,10 @@ def shared_pair_targets(batch: dict[str, torch.Tensor], chosen: Sequence[dict[st
     R = max(len(e["input_ids"]) for e in (*chosen, *rejected)) - 1
     frm, ids, weights = (torch.zeros(len(chosen), 2, R, dtype=torch.long) for _ in range(3))
     for b, (c, r) in enumerate(zip(chosen, rejected)):
-        n = common_prefix(c["input_ids"], r["input_ids"])
-        cols = {0: range(len(c["input_ids"])),
-                1: [*range(n), *range(len(c["input_ids"]), len(c["input_ids"]) + len(r["input_ids"]) - n)]}
-        for j, ex in enumerate((c, r)):
+        _, c_cols, r_cols = shared_columns(c["input_ids"], r["input_ids"])
+        for j, (ex, cols) in enumerate(((c, c_cols), (r, r_cols))):
             k = len(ex["input_ids"]) - 1  # targets: tokens 1..k
-            frm[b, j, :k] = torch.tensor(list(cols[j])[:-1])
+            frm[b, j, :k] = torch.tensor(cols[:-1])
             ids[b, j, :k] = torch.tensor(ex["input_ids"][1:])
             weights[b, j, :k] = torch.tensor(ex["loss_mask"][1:])
     lengths = torch.tensor([sum(e["loss_mask"]) for e in (*chosen, *rejected)], dtype=torch.float)
