@@ -7,6 +7,7 @@ through the outbox (`tasks.outbox`): a tracking server that is away never fails 
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable
@@ -19,41 +20,47 @@ from rlhf.config import load_config
 from rlhf.files import write_json
 from rlhf.paths import Paths
 from rlhf.stage import StageOutput
-from rlhf.stages.data import run_data
-from rlhf.stages.dpo import run_dpo
-from rlhf.stages.evaluate import run_evaluate
-from rlhf.stages.ppo import run_ppo
-from rlhf.stages.reward import run_reward
-from rlhf.stages.sft import run_sft
-from rlhf.stages.sft_samples import run_sft_samples
-from rlhf.stages.tokenizer import run_tokenizer
-from rlhf.stages.validate import run_validate
+
+
+def _function(target: str) -> Callable[..., StageOutput]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline stage as `compute` runs it."""
+    """A pipeline stage as `compute` runs it. Its code is named, not imported, here: a stage's process
+    imports only its own stage's modules (data, validate and tokenizer never load torch)."""
 
-    run: Callable[..., StageOutput]  # run_<stage>(cfg, paths, **{section: config for section in reads})
+    target: str  # "rlhf.stages.<module>:run_<stage>", called as run(cfg, paths, **{section: config for section in reads})
     reads: tuple[str, ...] = ()  # other params sections it reads (dvc.yaml lists the keys it uses)
-    # evaluation code that scores what the stage wrote, run after `run`: training code never calls
-    # the gold judge (docs/architecture.md)
-    after: Callable[..., StageOutput] | None = None
+    # evaluation code that scores what the stage wrote, run after `run` ("module:function"): training
+    # code never calls the gold judge (docs/architecture.md)
+    after_target: str | None = None
     parallel: bool = False  # shards its work over data-parallel processes (RLHF_NUM_PROCESSES, tasks.launch)
     curves: bool = False  # trains: its history goes to plots/<stage>.json for `dvc plots`
+
+    @property
+    def run(self) -> Callable[..., StageOutput]:
+        return _function(self.target)
+
+    @property
+    def after(self) -> Callable[..., StageOutput] | None:
+        return None if self.after_target is None else _function(self.after_target)
 
 
 # The stages, by the name of their dvc.yaml stage and params section; the order of execution lives
 # in dvc.yaml. With rlhf.config.SECTIONS (name -> config class) this is all a new stage adds here.
 STAGES: dict[str, Stage] = {
-    "data": Stage(run_data),
-    "validate": Stage(run_validate),
-    "tokenizer": Stage(run_tokenizer),
-    "sft": Stage(run_sft, after=run_sft_samples, parallel=True, curves=True),  # + gold-judged samples of the SFT model
-    "reward": Stage(run_reward, parallel=True, curves=True),
-    "ppo": Stage(run_ppo, parallel=True, curves=True),
-    "dpo": Stage(run_dpo, parallel=True, curves=True),
-    "evaluate": Stage(run_evaluate, reads=("ppo",)),  # the proxy is scored as PPO defines it
+    "data": Stage("rlhf.stages.data:run_data"),
+    "validate": Stage("rlhf.stages.validate:run_validate"),
+    "tokenizer": Stage("rlhf.stages.tokenizer:run_tokenizer"),
+    "sft": Stage("rlhf.stages.sft:run_sft", after_target="rlhf.stages.sft_samples:run_sft_samples",  # + gold-judged samples
+                 parallel=True, curves=True),
+    "reward": Stage("rlhf.stages.reward:run_reward", parallel=True, curves=True),
+    "ppo": Stage("rlhf.stages.ppo:run_ppo", parallel=True, curves=True),
+    "dpo": Stage("rlhf.stages.dpo:run_dpo", parallel=True, curves=True),
+    "evaluate": Stage("rlhf.stages.evaluate:run_evaluate", reads=("ppo",)),  # the proxy is scored as PPO defines it
 }
 
 
@@ -88,8 +95,9 @@ def compute(stage: str, params: str = "params.yaml", root: str = ".") -> tuple[d
                 output = run_in_processes(stage, params, root, processes)
             else:
                 output = library_function(stage)(cfg, paths, **extra)
-            if STAGES[stage].after is not None:
-                scored = STAGES[stage].after(cfg, paths)
+            after = STAGES[stage].after
+            if after is not None:
+                scored = after(cfg, paths)
                 output.metrics.update(scored.metrics)
                 output.tables.update(scored.tables)
     except BaseException as err:

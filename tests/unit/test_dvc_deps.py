@@ -4,7 +4,7 @@ editing it makes DVC rerun the stage; and no code dep is listed that the stage d
 What a stage imports: `rlhf <stage>` (flows/cli.py) builds its config with `rlhf.config.load_config`
 and runs `tasks.stages.compute`, which calls `STAGES[stage].run` (then `STAGES[stage].after`, where
 the stage has one) with a `Paths` and returns a `StageOutput`. The two tables, `rlhf.config.SECTIONS`
-and `tasks.stages.STAGES`, import every stage's config and code, but a stage's command uses only its
+and `tasks.stages.STAGES`, name every stage's config and code, but a stage's command uses only its
 own entries, so the walk starts from those modules (and what `compute` itself uses) and does not
 follow the tables' other entries. From there it follows every `import` / `from ... import`
 statement in `rlhf/`, including those inside functions (the library imports heavy or rarely used
