@@ -20,7 +20,7 @@ import mlflow
 
 from rlhf.files import file_digest
 from rlhf.stage import StageOutput
-from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, PARENT_RUN_ENV, provenance, state_dir
+from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, PARENT_RUN_ENV, provenance, state_dir, tracking_store_ready
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -61,6 +61,7 @@ def pipeline_run(name: str, warn: Callable[[str], None] = print) -> Iterator[str
     """A parent run for one pipeline execution; yields its id and exports it to child processes.
     With the tracking server away it yields None (and `warn`s): the stages run and queue their
     records (`tasks.outbox`) as top-level runs."""
+    tracking_store_ready()  # opened in the background since `rlhf pipeline` started
     try:
         use_experiment()
         active = mlflow.start_run(run_name=name, tags={"kind": "pipeline"})
