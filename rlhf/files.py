@@ -109,10 +109,27 @@ def file_checksums(folder: str | Path, skip: Iterable[str] = ()) -> dict[str, st
     return {name: sha256(folder / name) for name in names if name not in skip}
 
 
+def _signature(folder: Path, names: Iterable[str]) -> tuple:
+    """What a file's bytes cannot change without changing: size, mtime (ns) and inode of each file."""
+    def stat(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
+    return tuple((name, stat(folder / name)) for name in (CHECKSUMS, *names))
+
+
+_VERIFIED: dict[Path, tuple] = {}  # folder -> the signature of its files when they last matched
+
+
 def checksum_problem(folder: str | Path) -> str | None:
     """The first file of `folder` that is missing or differs from `checksums.json` ("<name> is
     missing" / "<name> does not match its checksum ..."); None when all match or there is no
-    checksum file (a folder written before checksums existed)."""
+    checksum file (a folder written before checksums existed). A folder that matched before in this
+    process and whose files have not been touched since (same size, mtime and inode) is not read
+    again: a stage that loads one model twice (policy and reference) hashes it once."""
     folder = Path(folder)
     if not (folder / CHECKSUMS).is_file():
         return None
@@ -120,11 +137,15 @@ def checksum_problem(folder: str | Path) -> str | None:
         expected = json.loads((folder / CHECKSUMS).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         return f"{CHECKSUMS} is unreadable ({err})"
+    key, signature = folder.resolve(), _signature(folder, expected)
+    if _VERIFIED.get(key) == signature:
+        return None
     for name, digest in expected.items():
         if not (folder / name).is_file():
             return f"{name} is missing"
         if sha256(folder / name) != digest:
             return f"{name} does not match its checksum (truncated or altered)"
+    _VERIFIED[key] = signature
     return None
 
 

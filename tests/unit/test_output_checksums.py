@@ -2,6 +2,7 @@
 truncated or altered file is one clear error naming the file, never a model loaded from it."""
 
 import json
+import os
 
 import pytest
 
@@ -56,3 +57,23 @@ def test_a_folder_written_before_checksums_loads_as_before(policy_dir):
     (policy_dir / CHECKSUMS).unlink()
     assert checksum_problem(policy_dir) is None
     load_causal_lm(policy_dir)
+
+
+def test_a_folder_checked_once_is_not_hashed_again_until_a_file_changes(policy_dir, monkeypatch):
+    import rlhf.files as files
+
+    hashed = []
+    real = files.sha256
+    monkeypatch.setattr(files, "sha256", lambda path: hashed.append(path.name) or real(path))
+    assert checksum_problem(policy_dir) is None
+    first = len(hashed)
+    assert first == len(json.loads((policy_dir / CHECKSUMS).read_text()))
+    assert checksum_problem(policy_dir) is None and len(hashed) == first  # untouched: not read again
+    weights = policy_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    before = weights.stat().st_mtime_ns
+    weights.write_bytes(bytes(data))
+    # a rewrite moves the file's mtime; a test writes faster than the file system's clock ticks
+    os.utime(weights, ns=(before + 10**9, before + 10**9))
+    assert checksum_problem(policy_dir) == "model.safetensors does not match its checksum (truncated or altered)"
