@@ -62,7 +62,6 @@ real_profile() {
   elif [ "$missing" = 1 ]; then
     dvc pull -q raw.dvc || { echo "profiles/$profile/raw is empty: ./go.sh $profile DIR (DIR holds hh-rlhf/, advbench/, xstest/, mt-bench/)" >&2; exit 2; }
   fi
-  export RLHF_MLFLOW_EXPERIMENT="${RLHF_MLFLOW_EXPERIMENT:-rlhf-$profile}"
   start=$(date +%s)
   rlhf pipeline
   rlhf summary

@@ -37,6 +37,28 @@ def upstream_inputs(stages: dict[str, dict], name: str) -> list[tuple[str, str]]
     return found
 
 
+def tracked_inputs(stages: dict[str, dict], name: str, folder: Path = Path(".")) -> list[str]:
+    """The `.dvc` files under `folder` (the project of `stages`) that track one of `name`'s deps: inputs
+    no stage writes, versioned with `dvc add` (a profile's raw datasets), which a worker pulls."""
+    import os
+
+    deps = [str(d) for d in stages[name].get("deps", [])]
+    made = {_out_path(o).split("/")[0] for spec in stages.values() for key in ("outs", "metrics", "plots")
+            for o in spec.get(key, [])}  # stage outputs hold no .dvc files: not walked
+    files = []
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")) and not (Path(top) == folder and d in made))
+        files += [Path(top) / n for n in sorted(names) if n.endswith(".dvc")]
+    found = []
+    for dvc_file in files:
+        base = dvc_file.parent.relative_to(folder)
+        outs = [(base / o["path"]).as_posix() for o in (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+                if isinstance(o, dict) and "path" in o]
+        if any(_inside(dep, out) for dep in deps for out in outs):
+            found.append(dvc_file.relative_to(folder).as_posix())
+    return found
+
+
 def dependencies(stages: dict[str, dict]) -> dict[str, set[str]]:
     """stage -> the stages whose outputs it reads."""
     return {name: {other for _, other in upstream_inputs(stages, name)} for name in stages}

@@ -96,7 +96,8 @@ def _pipeline_run_name() -> str:
     p = flow_run.parameters
     how = "workers" if p.get("dispatch") else "dvc" if p.get("use_dvc", True) else "in-process"
     only = f"-{'+'.join(p['only'])}" if p.get("only") else ""
-    return f"pipeline-{Path(p.get('params', 'params.yaml')).stem}-{how}{only}{'-force' if p.get('force') else ''}" \
+    project = f"{Path(p['project']).name}-" if p.get("project", ".") != "." else ""  # a profile's folder name
+    return f"pipeline-{project}{Path(p.get('params', 'params.yaml')).stem}-{how}{only}{'-force' if p.get('force') else ''}" \
            f"-{datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -107,12 +108,20 @@ def pipeline(
     force: bool = False,
     only: list[str] | None = None,
     dispatch: bool = False,
+    project: str = ".",
 ) -> list[str]:
     """Run the stages of `dvc.yaml` in order; returns the stage names run (or checked by DVC).
-    `dispatch`: each stage runs on a worker of its work pool (`flows.worker`), not in this process."""
+    `dispatch`: each stage runs on a worker of its work pool (`flows.worker`), not in this process.
+    `project`: the folder of the DVC project, relative to the current one (`profiles/real` from the
+    repository root, where a deployment starts)."""
     from prefect.runtime import flow_run
 
     from tasks.tracking import pipeline_run
+
+    if project != ".":
+        if not (Path(project) / "dvc.yaml").is_file():
+            raise UserError(f"project '{project}': {Path(project).resolve()} holds no dvc.yaml")
+        os.chdir(project)
 
     stages = [s for s in stage_order() if only is None or s in only]
     with pipeline_run(flow_run.name or _pipeline_run_name(), get_run_logger().warning):  # one name in both UIs

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flows.dag import stage_order
 from rlhf.paths import Paths
-from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV
+from tasks.env import experiment_name
 
 KEY_METRICS = {
     "data": ["data/sft_demos/helpfulness/benign", "data/sft_demos/safety/harmful", "data/bayes_optimal_accuracy"],
@@ -56,5 +56,5 @@ def print_summary(root: Path = Path(".")) -> None:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///.state/mlflow.db")
     print("\nOutputs: artifacts/ (DVC-tracked), metrics/*.json (`dvc metrics show`)")
     print("MLflow UI:  .venv/bin/mlflow ui --backend-store-uri " + uri + " --port 5000")
-    experiment = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    experiment = experiment_name()
     print(f"            then open http://127.0.0.1:5000 (experiment '{experiment}')\n")

@@ -14,6 +14,10 @@ worker of that pool runs `stage_on_worker` in its own clone of the repository:
    orchestrator (a Prefect artifact of the flow run), which writes them and pulls the outputs, so
    its own `dvc status` is clean.
 
+A profile's pipeline (`pipeline(project="profiles/<name>")`) runs the same way in that folder of
+each clone; inputs no stage writes but `dvc add` versions (the profile's `raw.dvc`) travel through
+the remote as well (`flows.dag.tracked_inputs`).
+
 The workers share the DVC remote named in `.dvc/config` (a folder on one machine; an object store
 for a cluster, see the README) and the MLflow and Prefect servers.
 """
@@ -30,7 +34,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.dag import read_stages, upstream_inputs
+from flows.dag import read_stages, tracked_inputs, upstream_inputs
 from flows.pipeline import StageFailed, dvc_repro
 from rlhf.files import write_text
 
@@ -46,6 +50,24 @@ def enter_clone() -> dict[str, str]:
     root = Path(flows.__file__).resolve().parents[1]
     os.chdir(root)
     return {"directory": str(root)}
+
+
+def repository_root() -> Path:
+    return Path(_run("git", "rev-parse", "--show-toplevel", what="git rev-parse --show-toplevel").strip())
+
+
+def project_in_repository() -> str:
+    """This process's DVC project folder, relative to the repository root ("." for the root's)."""
+    return Path.cwd().resolve().relative_to(repository_root().resolve()).as_posix()
+
+
+def enter_project(project: str) -> None:
+    """Work in the DVC project `project` (a folder of the repository, as `project_in_repository`
+    gives it), as `dvc repro` would there."""
+    folder = repository_root() / project
+    if not (folder / "dvc.yaml").is_file():
+        raise StageFailed(f"{folder} holds no dvc.yaml: the project '{project}' is not in this clone's commit")
+    os.chdir(folder)
 
 
 def _run(*cmd: str, what: str) -> str:
@@ -81,9 +103,10 @@ def uncached_outs(stages: dict[str, dict], only: str | None = None) -> list[str]
 
 @flow(name=WORKER_FLOW, flow_run_name="{stage}-on-worker")
 def stage_on_worker(stage: str, commit: str | None = None, lock: str = "", files: dict[str, str] | None = None,
-                    force: bool = False) -> dict[str, Any]:
+                    force: bool = False, project: str = ".") -> dict[str, Any]:
     """Run one stage in this worker's clone, with the orchestrator's code, lock and inputs (module
-    docstring); returns, and records as the artifact `stage-outcome`, what the orchestrator needs."""
+    docstring); returns, and records as the artifact `stage-outcome`, what the orchestrator needs.
+    `project`: the DVC project's folder in the repository (`profiles/real` for a profile)."""
     from prefect.artifacts import create_markdown_artifact
 
     logger = get_run_logger()
@@ -92,6 +115,7 @@ def stage_on_worker(stage: str, commit: str | None = None, lock: str = "", files
         subprocess.run(["git", "fetch", "--quiet", "origin"], capture_output=True)  # the commit may be here already
         _run("git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "--detach", commit,
              what=f"git checkout {commit} in {Path.cwd()}")
+    enter_project(project)
     # 2. the orchestrator's dvc.lock and uncached files
     if lock:
         write_text("dvc.lock", lock)
@@ -100,10 +124,11 @@ def stage_on_worker(stage: str, commit: str | None = None, lock: str = "", files
     # 3. inputs from the remote
     stages = read_stages()
     upstream = sorted({made_by for _, made_by in upstream_inputs(stages, stage)})
-    if upstream:
-        transfer("pull", upstream, "+".join(upstream))
+    tracked = tracked_inputs(stages, stage)  # inputs versioned with `dvc add` (a profile's raw data)
+    if upstream or tracked:
+        transfer("pull", upstream + tracked, "+".join(upstream + tracked))
     logger.info("stage %s on %s in %s (commit %s; inputs of %s pulled)", stage, socket.gethostname(), Path.cwd(),
-                commit, upstream or "no stage")
+                commit, upstream + tracked or "no stage")
     # 4. the stage, as dvc repro runs it
     dvc_repro(stage, force)
     # 5. outputs to the remote, and the record back
@@ -156,14 +181,19 @@ def dispatch(stage: str, force: bool = False) -> dict[str, Any]:
 
     logger = get_run_logger()
     commit = _run("git", "rev-parse", "HEAD", what="git rev-parse HEAD").strip()
-    if _run("git", "status", "--porcelain", "--untracked-files=no", "--", "rlhf", "tasks", "flows", "dvc.yaml",
+    project = project_in_repository()
+    if _run("git", "status", "--porcelain", "--untracked-files=no", "--", ":/rlhf", ":/tasks", ":/flows", "dvc.yaml",
             "params.yaml", what="git status").strip():
         logger.warning("the code or params differ from commit %s: workers run the commit, not these changes", commit)
     stages = read_stages()
+    tracked = tracked_inputs(stages, stage)
+    if tracked:  # inputs no stage writes reach the worker through the remote too
+        transfer("push", tracked, "+".join(tracked))
     lock = Path("dvc.lock").read_text(encoding="utf-8") if Path("dvc.lock").is_file() else ""
     files = {p: Path(p).read_text(encoding="utf-8") for p in uncached_outs(stages) if Path(p).is_file()}
     run = run_deployment(f"{WORKER_FLOW}/{stage}", timeout=None, poll_interval=2,
-                         parameters={"stage": stage, "commit": commit, "lock": lock, "files": files, "force": force})
+                         parameters={"stage": stage, "commit": commit, "lock": lock, "files": files, "force": force,
+                                     "project": project})
     if not run.state.is_completed():
         raise StageFailed(f"stage '{stage}' failed on its worker: {run.state.message}")
     outcome = read_outcome(run.id)

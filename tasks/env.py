@@ -26,6 +26,15 @@ def project_root(cwd: Path | None = None) -> Path:
     return cwd
 
 
+def experiment_name() -> str:
+    """The MLflow experiment of this process's runs: `RLHF_MLFLOW_EXPERIMENT` if set, else `rlhf` for
+    the root project and `rlhf-<name>` for a profile (`profiles/<name>`), whichever machine runs it."""
+    if os.environ.get(EXPERIMENT_ENV):
+        return os.environ[EXPERIMENT_ENV]
+    here = project_root()
+    return f"{DEFAULT_EXPERIMENT}-{here.name}" if here.parent.name == "profiles" else DEFAULT_EXPERIMENT
+
+
 def state_dir(root: Path | None = None) -> Path:
     return (root or project_root()) / ".state"
 

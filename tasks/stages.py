@@ -8,7 +8,6 @@ through the outbox (`tasks.outbox`): a tracking server that is away never fails 
 from __future__ import annotations
 
 import importlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,9 +143,9 @@ def link_run(stage: str, run_id: str) -> None:
 
     if TaskRunContext.get() is None:  # called outside a Prefect task run (`track.fn`)
         return
-    from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV
+    from tasks.env import experiment_name
 
-    experiment = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    experiment = experiment_name()
     try:
         create_markdown_artifact(
             key=f"mlflow-{stage}",

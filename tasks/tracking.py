@@ -20,7 +20,7 @@ import mlflow
 
 from rlhf.files import file_digest
 from rlhf.stage import StageOutput
-from tasks.env import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, PARENT_RUN_ENV, provenance, state_dir, tracking_store_ready
+from tasks.env import PARENT_RUN_ENV, experiment_name, provenance, state_dir, tracking_store_ready
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -42,7 +42,7 @@ def file_md5(path: Path) -> str:
 
 def use_experiment(root: Path | None = None) -> str:
     """Select (creating if needed) the experiment; with a local store its artifacts go to the state folder."""
-    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    name = experiment_name()
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         # a local store keeps artifacts in the state folder; a tracking server chooses its own

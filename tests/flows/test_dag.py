@@ -60,3 +60,30 @@ def test_a_missing_upstream_output_is_one_clear_error_naming_the_stage_to_run(tm
     check_inputs("sft", tmp_path)  # artifacts/data and artifacts/tokenizer are there
     with pytest.raises(UserError, match=r"stage 'ppo' needs .*artifacts/reward, which is missing: run the 'reward' stage first"):
         check_inputs("ppo", tmp_path)
+
+
+def test_a_profiles_raw_data_is_a_tracked_input_of_its_data_stage_only():
+    """A worker pulls the `.dvc` files that track a stage's deps (inputs no stage writes): the real
+    profile's `data` stage reads raw/, which raw.dvc versions; no other stage reads it, and the root
+    pipeline (synthetic data) has none."""
+    from flows.dag import read_stages, tracked_inputs
+
+    real = ROOT / "profiles" / "real"
+    stages = read_stages(real / "dvc.yaml")
+    assert tracked_inputs(stages, "data", real) == ["raw.dvc"]
+    assert all(tracked_inputs(stages, s, real) == [] for s in stages if s != "data")
+    root = read_stages(ROOT / "dvc.yaml")
+    assert all(tracked_inputs(root, s, ROOT) == [] for s in root)
+
+
+def test_the_experiment_follows_the_profile(tmp_path, monkeypatch):
+    from tasks.env import EXPERIMENT_ENV, experiment_name
+
+    monkeypatch.delenv(EXPERIMENT_ENV, raising=False)
+    (tmp_path / "profiles" / "real").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert experiment_name() == "rlhf"
+    monkeypatch.chdir(tmp_path / "profiles" / "real")
+    assert experiment_name() == "rlhf-real"
+    monkeypatch.setenv(EXPERIMENT_ENV, "mine")
+    assert experiment_name() == "mine"

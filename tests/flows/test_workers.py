@@ -38,19 +38,45 @@ def clone_env(clone: Path, **extra: str) -> dict:
     return env
 
 
-def test_the_full_pipeline_deployment_runs_its_training_stages_on_the_gpu_pool_worker(tmp_path):
+def tiny_profile(orchestrator: Path, params: dict) -> str:
+    """A profile `profiles/tiny` in the clone: the root's stages (code deps as `../../rlhf/...`), its
+    own tiny params, and an input no stage writes, versioned with `dvc add` (as a profile's raw
+    data is) and read by the SFT stage, so the GPU worker must pull it. Returns the project folder."""
+    folder = orchestrator / "profiles" / "tiny"
+    folder.mkdir(parents=True)
+    spec = yaml.safe_load((orchestrator / "dvc.yaml").read_text())
+    for stage in spec["stages"].values():
+        stage["deps"] = [d if d.startswith("artifacts/") else f"../../{d}" for d in stage["deps"]]
+    spec["stages"]["sft"]["deps"].append("notes/extra.txt")
+    spec.pop("plots", None)
+    (folder / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / "notes").mkdir()
+    (folder / "notes" / "extra.txt").write_text("versioned with dvc add, read by no code\n")
+    run([sys.executable, "-m", "dvc", "add", "-q", "notes"], folder, os.environ)
+    return "profiles/tiny"
+
+
+@pytest.mark.parametrize("project", [".", "profiles/tiny"])
+def test_the_full_pipeline_deployment_runs_its_training_stages_on_the_gpu_pool_worker(tmp_path, project):
     orchestrator, gpu_clone, remote = tmp_path / "orchestrator", tmp_path / "gpu-worker", tmp_path / "remote"
     orchestrator.mkdir()
     _clone(orchestrator)
     params = yaml.safe_load((orchestrator / "params.yaml").read_text())  # DVC wants every section
     for section, values in yaml.safe_load(TINY_PARAMS).items():
         params[section].update(values)
-    (orchestrator / "params.yaml").write_text(yaml.safe_dump(params))
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    run(git + ["commit", "-qam", "tiny params"], orchestrator, os.environ)
-    run(["git", "clone", "-q", str(orchestrator), str(gpu_clone)], tmp_path, os.environ)
-    for clone in (orchestrator, gpu_clone):  # one remote for both, in each clone's local config
+    if project == ".":
+        (orchestrator / "params.yaml").write_text(yaml.safe_dump(params))
+    else:
+        tiny_profile(orchestrator, params)
+    for clone in (orchestrator,):  # one remote for both clones, in each clone's local config
         run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone, os.environ)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run(git + ["add", "-A"], orchestrator, os.environ)
+    run(git + ["commit", "-qm", "tiny params"], orchestrator, os.environ)
+    run(["git", "clone", "-q", str(orchestrator), str(gpu_clone)], tmp_path, os.environ)
+    run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url", str(remote)], gpu_clone, os.environ)
+    home = orchestrator / project
 
     prefect_port, mlflow_port = free_port(), free_port()
     env = clone_env(orchestrator)
@@ -70,7 +96,8 @@ def test_the_full_pipeline_deployment_runs_its_training_stages_on_the_gpu_pool_w
         assert all(f"{name} " in status for name in ("prefect-server", "mlflow-server", "worker-rlhf-cpu"))
 
         watched = run([str(Path(sys.executable).with_name("prefect")), "deployment", "run", "rlhf/full-pipeline",
-                       "--watch"], orchestrator, {**env, **urls}, timeout=1500)
+                       "--watch", *([] if project == "." else ["-p", f"project={project}"])], orchestrator,
+                      {**env, **urls}, timeout=1500)
         assert "Completed" in watched
 
         from prefect.client.orchestration import get_client
@@ -81,16 +108,19 @@ def test_the_full_pipeline_deployment_runs_its_training_stages_on_the_gpu_pool_w
             outcomes = [json.loads(a.data.strip().removeprefix("```json").removesuffix("```"))
                         for a in c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["stage-outcome"])))]
         ran_in = {o["stage"]: o["clone"] for o in outcomes}
-        assert ran_in == {s: str(gpu_clone if s in GPU_STAGES else orchestrator) for s in stage_order(orchestrator / "dvc.yaml")}
+        assert ran_in == {s: str((gpu_clone if s in GPU_STAGES else orchestrator) / project)
+                          for s in stage_order(home / "dvc.yaml")}
 
-        assert (orchestrator / "artifacts/evaluate").is_dir() and (orchestrator / "artifacts/ppo/model/config.json").is_file()
-        status = run([sys.executable, "-m", "dvc", "status", "dvc.yaml"], orchestrator, env)
+        assert (home / "artifacts/evaluate").is_dir() and (home / "artifacts/ppo/model/config.json").is_file()
+        status = run([sys.executable, "-m", "dvc", "status", "dvc.yaml"], home, env)
         assert "Data and pipelines are up to date" in status, status
+        if project != ".":
+            assert (gpu_clone / project / "notes/extra.txt").is_file()  # pulled by the worker that ran sft
 
         mlflow.set_tracking_uri(urls["MLFLOW_TRACKING_URI"])
         runs = mlflow.search_runs(experiment_names=["workers"], output_format="list")
         finished = {r.data.tags.get("stage") for r in runs if r.info.status == "FINISHED"}
-        assert finished >= set(stage_order(orchestrator / "dvc.yaml"))
+        assert finished >= set(stage_order(home / "dvc.yaml"))
     finally:
         mlflow.set_tracking_uri(None)
         for clone in (gpu_clone, orchestrator):

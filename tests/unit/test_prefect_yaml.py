@@ -1,5 +1,5 @@
 """prefect.yaml declares `full-pipeline` (dispatching) and one worker deployment per stage of
-dvc.yaml, each in a pool; training and evaluation go to the GPU pool."""
+dvc.yaml and of every profile's dvc.yaml, each in a pool; training and evaluation go to the GPU pool."""
 
 from pathlib import Path
 
@@ -16,7 +16,8 @@ def test_every_stage_has_its_deployment_in_the_right_pool():
     deployments = {d["name"]: d for d in spec["deployments"]}
     full = deployments.pop("full-pipeline")
     assert full["entrypoint"] == "flows/pipeline.py:pipeline" and full["parameters"] == {"dispatch": True}
-    assert set(deployments) == set(stage_order(ROOT / "dvc.yaml"))
+    projects = [ROOT / "dvc.yaml", *sorted(ROOT.glob("profiles/*/dvc.yaml"))]
+    assert set(deployments) == set().union(*(stage_order(p) for p in projects))
     for stage, d in deployments.items():
         assert d["entrypoint"] == "flows/worker.py:stage_on_worker" and d["parameters"] == {"stage": stage}
         gpu = stage in ("sft", "reward", "ppo", "dpo", "evaluate")
