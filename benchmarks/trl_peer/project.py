@@ -94,7 +94,7 @@ def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
     pairs = fx.read_data(root)["pairs"]
     model = RewardModel.from_pretrained(fx.reward_dir(root, size))
     n = flop_params(model, lm_head=False)
-    share = model.shares_prefixes
+    share = model.shares_prefixes()
 
     def batch(step: int) -> dict[str, torch.Tensor]:
         rows = _rows(pairs, step)

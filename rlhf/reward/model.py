@@ -262,12 +262,11 @@ class RewardModel(torch.nn.Module):
             pooled = pooler.activation(pooler.dense(pooled))
         return self.head(pooled).squeeze(-1).float()  # (B,)
 
-    @property
-    def shares_prefixes(self) -> bool:
-        """Whether a chosen and a rejected sequence can be scored in one row that holds their common
-        prefix once: a decoder pooled at the last token, that takes position ids and reads a 4-D
-        attention mask."""
-        return self.pooling == "last" and self._positions and shares_prefixes(self.backbone)
+    def shares_prefixes(self, max_len: int | None = None) -> bool:
+        """Whether a chosen and a rejected sequence (each at most `max_len` tokens) can be scored in
+        one row that holds their common prefix once: a decoder pooled at the last token, that takes
+        position ids and reads a 4-D attention mask (`rlhf.train.batching.shares_prefixes`)."""
+        return self.pooling == "last" and self._positions and shares_prefixes(self.backbone, max_len)
 
     def pooled_index(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B,) column the head reads: the first real token ([CLS]), or the last

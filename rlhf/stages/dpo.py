@@ -184,7 +184,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     # 3. reference log-probs, once: (N, 2) summed over response tokens, of the training pairs the
     #    run's steps visit (recomputed on resume: the frozen reference makes them a pure function of
     #    the data), under the same autocast as training, so that the first step starts at pi = pi_ref
-    share = cfg.share_prompt and shares_prefixes(policy)  # a pair in one row, its prompt held once
+    share = cfg.share_prompt and shares_prefixes(policy, cfg.max_seq_len)  # a pair in one row, its prompt held once
     ref_train = None
     with accelerator.autocast():
         if cfg.precompute_ref_logprobs:

@@ -114,7 +114,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
         model.backbone.requires_grad_(False)
     model = with_reward_lora(model, cfg, run.resume_dir, HEAD_FILE)  # LoRA: adapter on the backbone, head trained
     tokenizer = model.tokenizer
-    share = cfg.share_prompt and model.shares_prefixes  # one row per pair, the prompt held once
+    share = cfg.share_prompt and model.shares_prefixes(cfg.max_seq_len)  # one row per pair, the prompt held once
 
     # 3. data: (chosen, rejected) token ids per pair in the one chat format, in the model's tokenizer
     train_rows, held_rows = read_jsonl(paths.pref_train), read_jsonl(paths.pref_heldout)

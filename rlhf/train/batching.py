@@ -259,10 +259,28 @@ def model_attention_mask(model: Any, mask: torch.Tensor) -> torch.Tensor:
 BLOCK_MASK_ATTENTION = ("eager", "sdpa")  # attention implementations that read an additive 4-D mask
 
 
-def shares_prefixes(model: Any) -> bool:
+def shares_prefixes(model: Any, max_len: int | None = None) -> bool:
     """Whether a causal LM reads shared-prefix rows (`collate_shared_pairs`) as separate sequences:
-    its attention implementation takes an additive 4-D mask."""
-    return attention_implementation(model) in BLOCK_MASK_ATTENTION
+    its attention implementation takes an additive 4-D mask, and no sequence (at most `max_len`
+    tokens; None: unknown) is longer than its sliding window, if it has one: the 4-D mask takes the
+    window's place, so a longer sequence would see keys that the model never sees."""
+    if attention_implementation(model) not in BLOCK_MASK_ATTENTION:
+        return False
+    window = sliding_window(model)
+    return window is None or (max_len is not None and max_len <= window)
+
+
+def sliding_window(model: Any) -> int | None:
+    """W when attention layers of a (possibly wrapped) Hugging Face model see only the last W tokens
+    (Mistral; Qwen2 with `use_sliding_window`; the sliding layers of Gemma 2 and 3), else None."""
+    config = getattr(model, "module", model).config
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and not any("sliding" in str(t) for t in layer_types):
+        return None
+    return int(window)
 
 
 def attention_implementation(model: Any) -> str | None:

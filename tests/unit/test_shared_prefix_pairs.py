@@ -46,7 +46,7 @@ def test_shared_rows_score_and_train_like_separate_rows(backbone, impl, tok, req
     own = backbone == "llama_dir"  # ChatML with pad == eos: the pooled token is the one before EOS
     rm = RewardModel.from_backbone(request.getfixturevalue(backbone), tokenizer=None if own else tok, seed=0)
     rm.backbone.config._attn_implementation = impl
-    assert rm.shares_prefixes
+    assert rm.shares_prefixes()
     chosen, rejected = pairs_of(rm)
     shared = collate_shared_pairs(chosen, rejected, rm.tokenizer.pad_token_id)
     plain = collate_pairs(chosen, rejected, rm.tokenizer.pad_token_id)
@@ -67,7 +67,7 @@ def test_shared_rows_score_and_train_like_separate_rows(backbone, impl, tok, req
 
 
 def test_encoders_and_pairs_without_a_common_prefix_use_separate_rows(encoder_dir, gpt2_dir, tok):  # noqa: F811
-    assert not RewardModel.from_backbone(encoder_dir, seed=0).shares_prefixes  # bidirectional, pooled at [CLS]
+    assert not RewardModel.from_backbone(encoder_dir, seed=0).shares_prefixes()  # bidirectional, pooled at [CLS]
     rm = RewardModel.from_backbone(gpt2_dir, tokenizer=tok, seed=0)
     chosen, rejected = pairs_of(rm, 2)
     assert "score_index" in collate_preference_batch(chosen, rejected, PAD, share=True)
@@ -104,3 +104,29 @@ def test_shared_rows_give_the_dpo_sequence_logprobs_and_gradients_of_separate_ro
     margin = lambda lp: torch.nn.functional.logsigmoid(0.1 * (lp[:4] - lp[4:])).mean()  # noqa: E731
     for a, b in zip(grads(margin(got)), grads(margin(want))):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_a_sliding_window_model_shares_rows_only_when_every_sequence_fits_its_window():
+    """The 4-D mask of a shared row replaces a model's sliding window, so Mistral-like models share
+    rows only for sequences no longer than the window (the stage's `max_seq_len`); a window that is
+    switched off (Qwen2's `use_sliding_window: false`) or absent (Llama) does not stop sharing."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from rlhf.train.batching import model_attention_mask, shares_prefixes, sliding_window
+
+    small = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, attn_implementation="sdpa")
+    mistral = MistralForCausalLM(MistralConfig(sliding_window=32, **small)).eval()
+    assert sliding_window(mistral) == 32
+    # why: with a 4-D mask a token beyond the window sees keys the model's own mask would hide
+    ids = torch.randint(0, 64, (1, 48), generator=torch.Generator().manual_seed(0))
+    own = mistral(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    four_d = model_attention_mask(mistral, torch.ones(48, 48, dtype=torch.bool).tril()[None, None])
+    given = mistral(input_ids=ids, attention_mask=four_d, position_ids=torch.arange(48)[None]).logits
+    torch.testing.assert_close(given[:, :32], own[:, :32])
+    assert not torch.allclose(given[:, 32:], own[:, 32:], atol=1e-4)
+    assert shares_prefixes(mistral, 32) and not shares_prefixes(mistral, 33) and not shares_prefixes(mistral)
+    qwen_off = Qwen2ForCausalLM(Qwen2Config(sliding_window=32, use_sliding_window=False, **small))
+    assert sliding_window(qwen_off) is None and shares_prefixes(qwen_off, 4096)
+    llama = LlamaForCausalLM(LlamaConfig(**small))
+    assert sliding_window(llama) is None and shares_prefixes(llama)
