@@ -108,9 +108,6 @@ def _run_stage(stage: str, params: Path) -> None:
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
-    from tasks.env import open_tracking_store_early
-
-    open_tracking_store_early()  # MLflow's start-up overlaps Prefect's
     from flows.pipeline import run_stage
 
     _run_flow(lambda: run_stage(stage, str(params)), f"stage '{stage}'", stage)
@@ -146,14 +143,8 @@ def pipeline(
     if not no_dvc and params != Path("params.yaml"):
         typer.echo("error: DVC reads params.yaml; use --no-dvc with another params file", err=True)
         raise typer.Exit(2)
-    from flows.prefect_api import start_local_server_early
-    from tasks.env import open_tracking_store_early
-
-    server_started = start_local_server_early()  # Prefect's temporary server and MLflow's store start
-    open_tracking_store_early()  # while this process loads the rest
     from flows.pipeline import pipeline as flow
 
-    server_started()
     _run_flow(lambda: flow(str(params), use_dvc=not no_dvc, force=force, return_state=True), "pipeline", "pipeline")
 
 

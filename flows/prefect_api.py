@@ -35,32 +35,6 @@ def api_url() -> str | None:
     return str(url) if url else None
 
 
-def start_local_server_early() -> Callable[[], None]:
-    """With no Prefect server configured, start the temporary local one (a subprocess that takes about
-    3 s to answer) in a background thread, while this process does the rest of its start-up; returns
-    the wait for it, to call before the first flow runs (Prefect then finds it running). With a
-    server configured, nothing starts and the wait returns at once."""
-    import threading
-
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        return lambda: None
-
-    def start() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        try:
-            SubprocessASGIServer().start()  # the instance Prefect's client uses when no URL is set
-        except Exception:  # noqa: BLE001 - the flow's own start of the server reports it
-            pass
-
-    thread = threading.Thread(target=start, name="start-prefect-server", daemon=True)
-    thread.start()
-    return thread.join
-
-
 def reachable(url: str, timeout: float = 5.0) -> bool:
     """`<url>/health` answers 200: a Prefect API (`.../api`) or an MLflow server."""
     import httpx

@@ -6,7 +6,6 @@ Every value is a default: a variable already set by the user wins.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 EXPERIMENT_ENV = "RLHF_MLFLOW_EXPERIMENT"
@@ -99,34 +98,3 @@ def provenance() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - outside a flow run there is nothing to link
         pass
     return tags
-
-
-_store_opening: threading.Thread | None = None
-
-
-def open_tracking_store_early() -> None:
-    """Start opening the MLflow tracking store in a background thread: importing MLflow and its SQL
-    store and checking the database's schema take about 1.5 s, which then overlap the process's
-    Prefect start-up (imports, and the flow run's requests to the server). Call after `configure`;
-    `tracking_store_ready` waits for it. A store that fails to open is left to the code that logs,
-    which reports it (tracking never stops a stage)."""
-    global _store_opening
-    if _store_opening is None:
-        _store_opening = threading.Thread(target=_open_tracking_store, name="open-tracking-store", daemon=True)
-        _store_opening.start()
-
-
-def _open_tracking_store() -> None:
-    try:
-        import mlflow
-
-        mlflow.tracking.MlflowClient()  # opens (and caches) the store of MLFLOW_TRACKING_URI
-    except Exception:  # noqa: BLE001 - reported by whoever logs next
-        pass
-
-
-def tracking_store_ready() -> None:
-    """Wait for `open_tracking_store_early`, if it was started (two threads never open the store at
-    once: a new SQLite store creates its tables on first open)."""
-    if _store_opening is not None:
-        _store_opening.join()

@@ -29,10 +29,8 @@ class LiveRun:
     """One stage's MLflow run, opened before training starts."""
 
     def __init__(self, stage: str, record_id: str, warn: Callable[[str], None]) -> None:
-        from tasks.env import tracking_store_ready
         from tasks.tracking import existing_parent, stage_tags, use_experiment
 
-        tracking_store_ready()  # opened in the background since the command started (`rlhf <stage>`)
         self.warn = warn
         self.run_id: str | None = None  # kept when logging turns off: the final record finishes the run
         self.on = False

@@ -20,7 +20,7 @@ import mlflow
 
 from rlhf.files import file_digest
 from rlhf.stage import StageOutput
-from tasks.env import PARENT_RUN_ENV, experiment_name, provenance, state_dir, tracking_store_ready
+from tasks.env import PARENT_RUN_ENV, experiment_name, provenance, state_dir
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -61,7 +61,6 @@ def pipeline_run(name: str, warn: Callable[[str], None] = print) -> Iterator[str
     """A parent run for one pipeline execution; yields its id and exports it to child processes.
     With the tracking server away it yields None (and `warn`s): the stages run and queue their
     records (`tasks.outbox`) as top-level runs."""
-    tracking_store_ready()  # opened in the background since `rlhf pipeline` started
     try:
         use_experiment()
         active = mlflow.start_run(run_name=name, tags={"kind": "pipeline"})

@@ -53,34 +53,3 @@ def test_exit_now_with_a_message_exits_1():
     """)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: something the user must read"
-
-
-def test_tracking_store_opens_in_the_background(tmp_path):
-    """`open_tracking_store_early` creates the SQLite store in its thread; `tracking_store_ready`
-    returns once it exists, and logging then uses it."""
-    done = _python(f"""
-        import os
-        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{tmp_path / 'mlflow.db'}"
-        from tasks.env import open_tracking_store_early, tracking_store_ready
-        open_tracking_store_early()
-        open_tracking_store_early()  # once per process
-        tracking_store_ready()
-        import sys, threading
-        print(os.path.getsize("{tmp_path / 'mlflow.db'}") > 0, "mlflow" in sys.modules,
-              [t.name for t in threading.enumerate() if t.name == "open-tracking-store"])
-    """)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True", "[]"]
-
-
-def test_no_local_server_starts_when_one_is_configured():
-    done = _python("""
-        import os, threading
-        os.environ["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
-        from flows.prefect_api import start_local_server_early
-        wait = start_local_server_early()
-        wait()
-        print([t.name for t in threading.enumerate() if t.name == "start-prefect-server"])
-    """)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
