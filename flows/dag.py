@@ -6,6 +6,7 @@ order is a topological sort that keeps `dvc.yaml`'s declaration order among inde
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from pathlib import Path
 
@@ -40,8 +41,6 @@ def upstream_inputs(stages: dict[str, dict], name: str) -> list[tuple[str, str]]
 def tracked_inputs(stages: dict[str, dict], name: str, folder: Path = Path(".")) -> list[str]:
     """The `.dvc` files under `folder` (the project of `stages`) that track one of `name`'s deps: inputs
     no stage writes, versioned with `dvc add` (a profile's raw datasets), which a worker pulls."""
-    import os
-
     deps = [str(d) for d in stages[name].get("deps", [])]
     made = {_out_path(o).split("/")[0] for spec in stages.values() for key in ("outs", "metrics", "plots")
             for o in spec.get(key, [])}  # stage outputs hold no .dvc files: not walked

@@ -42,29 +42,31 @@ WORKER_FLOW = "rlhf-stage-on-worker"
 OUTCOME_KEY = "stage-outcome"
 
 
-def enter_clone() -> dict[str, str]:
-    """Pull step of the stage deployments: work in the clone whose code this worker runs (the
-    folder holding the imported `flows` package), as `dvc repro` would there."""
+def clone_root() -> Path:
+    """The clone whose code this process runs: the folder holding the imported `flows` package."""
     import flows
 
-    root = Path(flows.__file__).resolve().parents[1]
+    return Path(flows.__file__).resolve().parents[1]
+
+
+def enter_clone() -> dict[str, str]:
+    """Pull step of the stage deployments: work in the clone whose code this worker runs, as
+    `dvc repro` would there."""
+    root = clone_root()
     os.chdir(root)
     return {"directory": str(root)}
 
 
-def repository_root() -> Path:
-    return Path(_run("git", "rev-parse", "--show-toplevel", what="git rev-parse --show-toplevel").strip())
-
-
 def project_in_repository() -> str:
-    """This process's DVC project folder, relative to the repository root ("." for the root's)."""
-    return Path.cwd().resolve().relative_to(repository_root().resolve()).as_posix()
+    """This process's DVC project folder, relative to its repository's root ("." for the root's)."""
+    top = _run("git", "rev-parse", "--show-toplevel", what="git rev-parse --show-toplevel").strip()
+    return Path.cwd().resolve().relative_to(Path(top).resolve()).as_posix()
 
 
 def enter_project(project: str) -> None:
-    """Work in the DVC project `project` (a folder of the repository, as `project_in_repository`
+    """Work in the DVC project `project` of this worker's clone (a folder, as `project_in_repository`
     gives it), as `dvc repro` would there."""
-    folder = repository_root() / project
+    folder = clone_root() / project
     if not (folder / "dvc.yaml").is_file():
         raise StageFailed(f"{folder} holds no dvc.yaml: the project '{project}' is not in this clone's commit")
     os.chdir(folder)
