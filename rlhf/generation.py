@@ -215,6 +215,7 @@ def generate(
     from transformers import LogitsProcessorList
 
     from rlhf.train.models import max_positions
+    from rlhf.train.sharding import is_sharded
 
     assert len(prompts) > 0 and max_new_tokens > 0 and temperature >= 0 and 0 < top_p <= 1
     device = next(model.parameters()).device
@@ -226,6 +227,8 @@ def generate(
     # row-seeded: greedy decoding over the sampler's Gumbel-perturbed logits is the sampling
     gen_cfg = sampling_config(tokenizer, max_new_tokens, 0.0 if row_seeds else temperature, 1.0 if row_seeds else top_p)
     devices = [device.index or 0] if device.type == "cuda" else []
+    # a sharded model's forward is a collective: every process decodes until all are done
+    synced = is_sharded(model) and torch.distributed.get_world_size() > 1
     responses: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None), checkpoint_generation_config_hidden(model):
         if seed is not None:
@@ -237,7 +240,7 @@ def generate(
             extra = {} if row_seeds is None else {"logits_processor": LogitsProcessorList(
                 [RowSeededSampler([row_seeds[i] for i in chunk], temperature, top_p, device)])}
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
-                                 **extra)
+                                 synced_gpus=synced, **extra)
             responses.append(out[:, ids.shape[1]:].cpu())  # (b, R_i)
     # join the chunks in the prompts' own order: prompts padded on the left as one batch, responses on the right
     generated = [row.tolist() for chunk in responses for row in chunk]  # in `order`

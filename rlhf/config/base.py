@@ -121,6 +121,9 @@ class TrainConfig(StageConfig):
         "stop", description="a NaN/inf loss, gradient norm (PPO: or score): 'stop' the stage with an error and no "
                             "model, or 'skip' that optimizer step (no update; the schedule advances), counted in "
                             "train/skipped_steps")
+    fsdp: bool = Field(False, description="with several processes, shard parameters, gradients and AdamW state over "
+                                          "them (torch FSDP2) instead of a full copy each (DDP): for models that do "
+                                          "not fit one device; the run equals the DDP run within float tolerance")
     # LoRA (Hu et al. 2021): W x + (alpha / r) B A x with A, B of rank r trained and W frozen
     lora_r: int = Field(0, ge=0, description="LoRA rank r; 0 = full fine-tuning, no adapter")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scale alpha: the update is (alpha / r) B A")
@@ -136,6 +139,9 @@ class TrainConfig(StageConfig):
             raise ValueError("warmup_steps must not exceed max_steps")
         if self.save_adapter and self.lora_r == 0:
             raise ValueError("save_adapter needs an adapter: set lora_r > 0")
+        if self.fsdp and self.lora_r:
+            raise ValueError("fsdp with LoRA (lora_r > 0) is not supported: train the adapter with DDP (fsdp: false), "
+                             "or fully fine-tune with fsdp (lora_r: 0)")
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
             raise ValueError("lora_target_modules must name at least one module (or be 'all-linear')")
         return self

@@ -214,11 +214,12 @@ class RewardModel(torch.nn.Module):
         return cls(backbone, head, load_reward_tokenizer(path), extra["max_seq_len"], norm,
                    extra["pooling"], extra.get("tokenizer", "backbone"))
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """A standard `AutoModelForSequenceClassification` directory (head included, so TRL and
         plain transformers load it as it is), with the tokenizer, `reward_norm.json` and
         `reward_config.json` (pooling, max_seq_len) beside it; the normalisation is also in the
-        config (`reward_norm`)."""
+        config (`reward_norm`). `state_dict`: this model's tensors to write instead of its own
+        (`backbone.*`, `head.*`: a sharded model's, gathered whole)."""
         from transformers import AutoModelForSequenceClassification
 
         path = Path(path)
@@ -227,10 +228,16 @@ class RewardModel(torch.nn.Module):
         config.reward_norm = dict(self.norm)
         with torch.device("meta"):
             shell = AutoModelForSequenceClassification.from_config(config)
-        setattr(shell, split_classifier(shell)[0], self.head)  # the head as trained (a critic's keeps its bias)
+        head_name = split_classifier(shell)[0]
+        setattr(shell, head_name, self.head)  # the head as trained (a critic's keeps its bias)
         setattr(shell, shell.base_model_prefix, self.backbone)
         shell.config.architectures = [type(shell).__name__]
-        shell.save_pretrained(path)
+        if state_dict is None:
+            shell.save_pretrained(path)
+        else:  # the shell's names: <base_model_prefix>.* and <head>.*
+            names = {"backbone": shell.base_model_prefix, "head": head_name}
+            shell.save_pretrained(path, state_dict={f"{names[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v
+                                                    for k, v in state_dict.items()})
         self.tokenizer.save_pretrained(path)
         write_json(path / NORM_FILE, self.norm)
         write_json(path / CONFIG_FILE, {"max_seq_len": self.max_seq_len, "pooling": self.pooling,

@@ -45,6 +45,7 @@ from rlhf.train import (
 )
 from rlhf.train.lora import AdapterOff, finish_outputs, has_adapter, lora_enabled, with_lora
 from rlhf.train.loop import TrainingRun
+from rlhf.train.sharding import prepare, shard
 from rlhf.train.batching import shared_pair_targets, shares_prefixes
 from rlhf.train.models import max_positions
 
@@ -166,8 +167,10 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     if lora_enabled(cfg):  # pi_ref = the SFT weights under the adapter, switched off: no second copy
         policy = with_lora(policy, cfg, resume).to(accelerator.device)
         reference = AdapterOff(policy)
-    else:
+    else:  # sharded too with `fsdp`: a frozen copy as large as the policy
         reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)
+        reference = shard(reference, accelerator, cfg.fsdp)
+    policy = shard(policy, accelerator, cfg.fsdp)  # FSDP (several processes, `fsdp: true`): before the optimizer
 
     # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens
     max_len = min(cfg.max_seq_len, max_positions(policy.config))
@@ -196,7 +199,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     # 4. optimizer, schedule, state when resuming
     optimizer = optimizer_from(policy, cfg)
     scheduler = scheduler_from(optimizer, cfg, total_steps)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy, optimizer = prepare(accelerator, policy, optimizer)
     state = run.restore({"policy": optimizer}, {"policy": scheduler})
     history: list[dict[str, float]] = state["history"]
 

@@ -77,6 +77,7 @@ from rlhf.train.lora import (
 )
 from rlhf.train.loop import TrainingRun
 from rlhf.train.optim import advance, nonfinite, summed_over_processes
+from rlhf.train.sharding import prepare, shard
 
 VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
 HISTORY = "history.jsonl"  # per-iteration statistics in artifacts/ppo/
@@ -327,7 +328,10 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         reference = AdapterOff(policy)
     else:
         reference = load_causal_lm(sft_dir).requires_grad_(False).eval().to(accelerator.device)
-    reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval()
+    reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval().to(accelerator.device)
+    #    FSDP (several processes, `fsdp: true`): all four models sharded, before the optimizers
+    policy, critic, reference, reward_model = (shard(m, accelerator, cfg.fsdp) if isinstance(m, torch.nn.Module) else m
+                                               for m in (policy, critic, reference, reward_model))
     prompts = [r["prompt"] for r in read_jsonl(paths.rl_prompts)]
     if len(prompts) < cfg.rollout_batch_size:
         raise UserError(f"ppo: {paths.rl_prompts} holds {len(prompts)} prompts, fewer than "
@@ -335,10 +339,10 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
 
     opt_policy = optimizer_from(policy, cfg)
     opt_value = optimizer_from(critic, cfg, cfg.value_learning_rate)
-    policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
+    policy, opt_policy = prepare(accelerator, policy, opt_policy)
+    critic, opt_value = prepare(accelerator, critic, opt_value)
     optimizers = {"policy": opt_policy, "value": opt_value}
     schedulers = {k: scheduler_from(o, cfg, cfg.max_steps) for k, o in optimizers.items()}  # per iteration
-    reward_model.to(accelerator.device)
     kl_ctl = (AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.beta))
     state = run.restore(optimizers, schedulers)

@@ -42,6 +42,7 @@ from rlhf.train import (
 )
 from rlhf.train.lora import finish_outputs, has_adapter, saved_form, with_reward_lora
 from rlhf.train.loop import TrainingRun
+from rlhf.train.sharding import prepare, shard
 
 
 def heldout_metrics(model: RewardModel, rows: list[dict[str, Any]], batch_size: int) -> dict[str, float]:
@@ -113,6 +114,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
     model = with_reward_lora(model, cfg, run.resume_dir, HEAD_FILE)  # LoRA: adapter on the backbone, head trained
+    model = shard(model, accelerator, cfg.fsdp)  # FSDP (several processes, `fsdp: true`): before the optimizer
     tokenizer = model.tokenizer
     share = cfg.share_prompt and model.shares_prefixes(cfg.max_seq_len)  # one row per pair, the prompt held once
 
@@ -125,7 +127,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 4. optimizer, schedule, and the rest of the training state when resuming
     optimizer = optimizer_from(model, cfg)
     scheduler = scheduler_from(optimizer, cfg, cfg.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare(accelerator, model, optimizer)
     state = run.restore({"model": optimizer}, {"model": scheduler})
     history: list[dict[str, float]] = state["history"]
     order = BatchOrder(len(pairs), cfg.batch_size, cfg.seed)

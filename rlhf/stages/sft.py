@@ -42,6 +42,7 @@ from rlhf.train import (
 from rlhf.train.batching import model_attention_mask
 from rlhf.train.lora import finish_outputs, has_adapter, with_lora
 from rlhf.train.loop import TrainingRun
+from rlhf.train.sharding import lockstep, prepare, shard
 
 
 def micro_batch_loss(model: Any, mb: dict[str, torch.Tensor], num_tokens: float):
@@ -68,17 +69,17 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
                   accelerator: Any) -> float:
     """Mean NLL per response token over `examples` (all processes together)."""
     model.eval()
-    mine = examples[accelerator.process_index:: accelerator.num_processes]
     sums = torch.zeros(2, device=accelerator.device)  # [sum of NLL, number of tokens]
-    for i in range(0, len(mine), micro_batch_size):
-        mb = {k: v.to(accelerator.device) for k, v in collate_sft(mine[i: i + micro_batch_size], pad_id).items()}
+    for rows in lockstep(examples, micro_batch_size, accelerator.process_index, accelerator.num_processes):
+        # a process whose share ran out runs a stand-in row, weighted 0: FSDP's forward is a collective
+        mb = {k: v.to(accelerator.device) for k, v in collate_sft(rows or examples[:1], pad_id).items()}
         s = first_scored_position(mb["loss_mask"])
         with accelerator.autocast():  # unpacked: a (b, T) padding mask, made causal by the model itself
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
                            **kept_logits(mb["input_ids"].shape[1], s)).logits  # (b, T-s, V)
         mask = mb["loss_mask"][:, s + 1:]  # (b, T-s-1)
         nll = -shifted_token_logprobs(logits, mb["input_ids"][:, s:])
-        sums += torch.stack([masked_sum(nll, mask), mask.sum().float()])
+        sums += torch.stack([masked_sum(nll, mask), mask.sum().float()]) * bool(rows)
     model.train()
     sums = accelerator.reduce(sums, reduction="sum") if accelerator.num_processes > 1 else sums
     return float(sums[0] / sums[1].clamp(min=1))
@@ -106,6 +107,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     else:
         model = build_gpt2(tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.seed)
     model = with_lora(model, cfg, resume=ckpt)
+    model = shard(model, accelerator, cfg.fsdp)  # FSDP (several processes, `fsdp: true`): before the optimizer
 
     # 3. data: chat-format token ids with a response-only loss mask; packed rows if asked
     train_rows, held_rows = read_jsonl(paths.sft_train), read_jsonl(paths.sft_heldout)
@@ -122,7 +124,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     # 4. optimizer, schedule, and the rest of the training state when resuming
     optimizer = optimizer_from(model, cfg)
     scheduler = scheduler_from(optimizer, cfg, cfg.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare(accelerator, model, optimizer)
     state = run.restore({"model": optimizer}, {"model": scheduler})
     history: list[dict[str, float]] = state["history"]
     order = BatchOrder(len(train), cfg.batch_size, cfg.seed)

@@ -8,6 +8,7 @@
 | `optim` | `build_optimizer`, `build_scheduler`, `optimizer_from` / `scheduler_from` (from a `TrainConfig`), `optimizer_step` (gradient accumulation normalised over the whole step; a non-finite step is not applied), `check_finite` / `NonFiniteError`, `Throughput` |
 | `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir` |
 | `loop` | `TrainingRun`: resume or start, the non-finite guard, periodic and final checkpoints, the final save, retiring |
+| `sharding` | `shard(model, accelerator, fsdp)` (torch FSDP2 over the processes), `prepare` (DDP, or nothing for a sharded model), full weights and optimizer state of a sharded model for saving, `lockstep` batches |
 
 `atomic_dir`, `read_jsonl` and `write_json` are re-exported from `rlhf.files`.
 
@@ -16,8 +17,9 @@ A trainer's loop, in outline (rlhf/stages/sft.py is the worked example):
     accelerator = make_accelerator(cfg.mixed_precision); seed_everything(cfg.seed)
     run = TrainingRun(paths.checkpoints(stage), <input files and upstream model dirs>, cfg, accelerator)
     model = load_causal_lm(run.resume_dir or <base model dir>)
+    model = shard(model, accelerator, cfg.fsdp)        # FSDP with several processes; else as it is
     optimizer = optimizer_from(model, cfg); scheduler = scheduler_from(optimizer, cfg, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = prepare(accelerator, model, optimizer)  # DDP, unless sharded
     state = run.restore({"model": optimizer}, {"model": scheduler})
     order = BatchOrder(len(items), cfg.batch_size, cfg.seed)
     for step in range(state["step"], total_steps):

@@ -38,6 +38,7 @@ import torch
 from rlhf.errors import UserError
 from rlhf.files import CHECKSUMS, atomic_dir, checksum_problem, file_checksums, write_json
 from rlhf.train.runtime import quiet_transformers, rng_state, set_rng_state
+from rlhf.train.sharding import full_optimizer_state, full_weights, sharded_optimizer_state
 
 STAGE_CONFIG = "stage_config.json"
 TRAINER_STATE = "trainer_state.json"
@@ -69,15 +70,21 @@ def _full_disk_is_users(target: Path, kept: str) -> Iterator[None]:
         raise UserError(f"cannot write {target}: the disk is full ({reason}); {kept}") from err
 
 
+def save_pretrained(model: Any, path: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """`model.save_pretrained(path)`, from `weights` (the full tensors of a sharded model,
+    `rlhf.train.sharding.full_weights`) when given."""
+    model.save_pretrained(path) if weights is None else model.save_pretrained(path, state_dict=weights)
+
+
 def save_model_dir(target: str | Path, model: Any, tokenizer: Any = None, config: Any = None,
-                   extra_json: dict[str, Any] | None = None) -> Path:
+                   extra_json: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Atomically write `model.save_pretrained` (+ tokenizer, + `stage_config.json` from a pydantic
     config, + extra JSON files `{name: data}`) to `target`. Returns `target`. A full disk leaves
     `target` as it was and raises a `UserError`: a stage's final save comes before its checkpoints
-    are retired, so a rerun resumes from the last one."""
+    are retired, so a rerun resumes from the last one. `weights`: those of a sharded model."""
     kept = "what was there is kept, and so is the stage's last checkpoint: free space and run the stage again"
     with _full_disk_is_users(Path(target), kept), atomic_dir(target) as tmp, quiet_transformers():
-        model.save_pretrained(tmp)
+        save_pretrained(model, tmp, weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if config is not None:
@@ -197,8 +204,11 @@ def save_checkpoint(root: str | Path, step: int, accelerator: Any, models: dict[
     ("" is the checkpoint directory itself, so the main model loads with `from_pretrained(ckpt)`);
     `optimizers` and `schedulers` map names to objects with state dicts (a scheduler may be None).
     `state` must be JSON-serialisable (history, data position). A full disk raises a `UserError`
-    and leaves the previous checkpoints as they were."""
+    and leaves the previous checkpoints as they were. Sharded models and their optimizers are
+    gathered whole first (every process takes part), so the files are those of a one-process run."""
     ckpt = Path(root) / f"{_PREFIX}{step:08d}"
+    weights = {sub: full_weights(model) for sub, model in models.items()}  # None: not sharded
+    optimizer_states = {k: full_optimizer_state(o) for k, o in optimizers.items()}
     if accelerator.is_main_process:
         previous = latest_checkpoint(root)
         kept = (f"the previous checkpoint {previous.name} is kept and the stage resumes from it once space is freed"
@@ -206,13 +216,13 @@ def save_checkpoint(root: str | Path, step: int, accelerator: Any, models: dict[
         with _full_disk_is_users(ckpt, kept), atomic_dir(ckpt) as tmp, quiet_transformers():
             for sub, model in models.items():
                 (tmp / sub).mkdir(parents=True, exist_ok=True)
-                accelerator.unwrap_model(model).save_pretrained(tmp / sub)
+                save_pretrained(accelerator.unwrap_model(model), tmp / sub, weights[sub])
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             write_json(tmp / STAGE_CONFIG, config.model_dump(mode="json"))
             # through Python files: torch's own writer reports a full disk only as "unexpected pos"
             with (tmp / "optimizer.pt").open("wb") as f:
-                torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                torch.save({"optimizers": optimizer_states,
                             "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None}}, f)
             with (tmp / "rng_state.pt").open("wb") as f:
                 torch.save(rng_state(), f)
@@ -230,11 +240,12 @@ def save_checkpoint(root: str | Path, step: int, accelerator: Any, models: dict[
 
 def load_checkpoint(ckpt: str | Path, optimizers: dict[str, Any], schedulers: dict[str, Any]) -> dict[str, Any]:
     """Restore optimizer, scheduler and RNG states from `ckpt`; return its trainer state (with
-    `step`). The models themselves are loaded from `ckpt` by the caller (HF directories)."""
+    `step`). The models themselves are loaded from `ckpt` by the caller (HF directories). The
+    optimizer state is whole in the file; an optimizer of a sharded model takes its own shard."""
     ckpt = Path(ckpt)
     saved = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
     for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(saved["optimizers"][name])
+        optimizer.load_state_dict(sharded_optimizer_state(optimizer, saved["optimizers"][name]))
     for name, scheduler in schedulers.items():
         if scheduler is not None:
             scheduler.load_state_dict(saved["schedulers"][name])

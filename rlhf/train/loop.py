@@ -40,6 +40,7 @@ from rlhf.train.checkpoint import (
     save_model_dir,
 )
 from rlhf.train.optim import check_finite
+from rlhf.train.sharding import full_weights
 
 class TrainingRun:
     """One run of a training stage and its checkpoints under `<base>/<inputs digest>`."""
@@ -91,8 +92,9 @@ class TrainingRun:
         """Write the final model atomically (main process), remove a SKIPPED marker an earlier
         run with `enabled: false` left beside it, and retire the checkpoints so that a later run
         trains afresh."""
+        weights = full_weights(model)  # a sharded model, gathered whole (every process takes part)
         if self.accelerator.is_main_process:
-            save_model_dir(out_dir, self.accelerator.unwrap_model(model), tokenizer, self.cfg)
+            save_model_dir(out_dir, self.accelerator.unwrap_model(model), tokenizer, self.cfg, weights=weights)
             (Path(out_dir).parent / SKIPPED).unlink(missing_ok=True)
             retire_checkpoints(self.root)
         self.accelerator.wait_for_everyone()

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from rlhf.errors import UserError
+from rlhf.train.sharding import is_sharded
 
 Schedule = Literal["cosine", "linear", "constant"]
 NonFinite = Literal["stop", "skip"]  # what a trainer does with a non-finite step (TrainConfig.nonfinite)
@@ -159,12 +160,12 @@ def optimizer_step(
     total = float(accelerator.reduce(local, reduction="sum")) if accelerator.num_processes > 1 else float(local)
     assert total > 0, "an optimizer step without any loss unit (all masks empty?)"
     n = total / accelerator.num_processes
-    # 2. forward + backward each micro-batch; gradients sync only on the last one
+    # 2. forward + backward each micro-batch; gradients sync only on the last one (DDP)
     step_loss = 0.0
     sums: dict[str, float] = {}
     for i, (mb, count) in enumerate(zip(micro_batches, counts)):
         mb = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in mb.items()}
-        sync = i == len(micro_batches) - 1
+        sync = i == len(micro_batches) - 1 or is_sharded(model)  # FSDP: reduce-scatter every time
         with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
             loss, metrics = loss_fn(model, mb, n)
             accelerator.backward(loss)

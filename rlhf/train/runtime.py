@@ -50,6 +50,7 @@ def make_accelerator(mixed_precision: MixedPrecision = "auto"):
     # (the process group, PartialState, is kept)
     AcceleratorState._reset_state()
     require_device()
+    refuse_accelerate_sharding()
     # on the CPU, say so: accelerate then runs the processes of `torchrun` / `accelerate launch` as
     # one data-parallel group over gloo (MULTI_CPU) instead of N independent runs
     cpu = os.environ.get(DEVICE_ENV, "").strip().lower() == "cpu" or not torch.cuda.is_available()
@@ -57,6 +58,23 @@ def make_accelerator(mixed_precision: MixedPrecision = "auto"):
 
 
 DEVICE_ENV = "RLHF_DEVICE"  # "cuda": refuse to train without a GPU (a GPU worker); "cpu": never use one
+
+
+# what `accelerate launch` sets for a config that asks for accelerate's own sharding
+_ACCELERATE_SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def refuse_accelerate_sharding() -> None:
+    """A launch config that asks for accelerate's FSDP or DeepSpeed is refused: the trainers place
+    and save their models themselves (a model accelerate sharded behind their back would be saved
+    as shards). Sharding is the stage's `fsdp` param (rlhf.train.sharding)."""
+    from rlhf.errors import UserError
+
+    for var, name in _ACCELERATE_SHARDING.items():
+        if os.environ.get(var, "").strip().lower() in ("1", "true"):
+            raise UserError(f"the accelerate config asks for {name} ({var}=true), which the trainers do not take: "
+                            "launch with a data-parallel config (configs/accelerate/ddp.yaml) and set `fsdp: true` "
+                            "in the stage's params to shard the model")
 
 
 def require_device() -> None:

@@ -26,3 +26,10 @@ def test_cpu_and_auto_run_here(monkeypatch, value):
     monkeypatch.setenv("RLHF_DEVICE", value)
     accelerator = make_accelerator("no")
     assert accelerator.device.type == ("cpu" if value == "cpu" or not torch.cuda.is_available() else "cuda")
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_an_accelerate_config_asking_for_its_own_sharding_is_refused(monkeypatch, var):
+    monkeypatch.setenv(var, "true")  # what `accelerate launch` sets for such a config
+    with pytest.raises(UserError, match=f"{var}=true.*set `fsdp: true` in the stage's params"):
+        make_accelerator("no")
