@@ -15,6 +15,7 @@ from rlhf.train import load_causal_lm
 from rlhf.train.checkpoint import list_checkpoints
 from tasks.launch import run_in_processes
 from tasks.stages import STAGES
+from tests.checkpoints import as_if_killed
 from tests.smoke.test_data_parallel import LOSS, PARAMS, PPO_CURVE, world  # noqa: F401 (the world fixture)
 
 pytestmark = pytest.mark.slow
@@ -101,3 +102,30 @@ def test_ppo_with_fsdp_in_two_processes_matches_one_process(world, tmp_path):
     assert sorted(critics[0]) == sorted(critics[1])
     for name, tensor in critics[0].items():
         torch.testing.assert_close(critics[1][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_checkpoints_resume_across_sharded_and_one_process_runs(world, tmp_path):
+    """A checkpoint of a 2-process FSDP run resumes in one process, and one of a one-process run
+    resumes sharded over 2: both end on the weights of the uninterrupted run."""
+    params = {**PARAMS, "sft": {**PARAMS["sft"], "fsdp": True, "checkpoint_every": 2}}  # steps 2, 4, 5
+    roots = {name: tmp_path / name for name in ("whole", "sharded-first", "sharded-after")}
+    for root in roots.values():
+        shutil.copytree(world, root)
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cfg = load_config("sft", roots["whole"] / "params.yaml")
+    STAGES["sft"].run(cfg, Paths(roots["whole"]))  # one process: fsdp has nothing to shard over
+    # 2 sharded processes up to step 4, then one process
+    run_in_processes("sft", str(roots["sharded-first"] / "params.yaml"), str(roots["sharded-first"]), 2)
+    (kept,) = as_if_killed(Paths(roots["sharded-first"]).checkpoints("sft"))
+    assert kept.name == "step-00000004"
+    resumed = STAGES["sft"].run(cfg, Paths(roots["sharded-first"]))
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5]  # 1-4 from the checkpoint
+    # one process up to step 4, then 2 sharded processes
+    STAGES["sft"].run(cfg, Paths(roots["sharded-after"]))
+    as_if_killed(Paths(roots["sharded-after"]).checkpoints("sft"))
+    run_in_processes("sft", str(roots["sharded-after"] / "params.yaml"), str(roots["sharded-after"]), 2)
+    expected = weights(roots["whole"], "sft")
+    for name in ("sharded-first", "sharded-after"):
+        got = weights(roots[name], "sft")
+        for key, tensor in expected.items():
+            torch.testing.assert_close(got[key], tensor, rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
