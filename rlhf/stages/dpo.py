@@ -167,9 +167,8 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     if lora_enabled(cfg):  # pi_ref = the SFT weights under the adapter, switched off: no second copy
         policy = with_lora(policy, cfg, resume).to(accelerator.device)
         reference = AdapterOff(policy)
-    else:  # sharded too with `fsdp`: a frozen copy as large as the policy
-        reference = load_causal_lm(sft_dir).to(accelerator.device).eval().requires_grad_(False)
-        reference = shard(reference, accelerator, cfg.fsdp)
+    else:  # on the device, sharded too with `fsdp`: a frozen copy as large as the policy
+        reference = shard(load_causal_lm(sft_dir).eval().requires_grad_(False), accelerator, cfg.fsdp)
     policy = shard(policy, accelerator, cfg.fsdp)  # FSDP (several processes, `fsdp: true`): before the optimizer
 
     # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens

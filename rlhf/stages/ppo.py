@@ -327,9 +327,9 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     if lora_enabled(cfg):
         reference = AdapterOff(policy)
     else:
-        reference = load_causal_lm(sft_dir).requires_grad_(False).eval().to(accelerator.device)
-    reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval().to(accelerator.device)
-    #    FSDP (several processes, `fsdp: true`): all four models sharded, before the optimizers
+        reference = load_causal_lm(sft_dir).requires_grad_(False).eval()
+    reward_model = RewardModel.from_pretrained(reward_dir).requires_grad_(False).eval()
+    #    on the device; FSDP (several processes, `fsdp: true`): all four models sharded, before the optimizers
     policy, critic, reference, reward_model = (shard(m, accelerator, cfg.fsdp) if isinstance(m, torch.nn.Module) else m
                                                for m in (policy, critic, reference, reward_model))
     prompts = [r["prompt"] for r in read_jsonl(paths.rl_prompts)]

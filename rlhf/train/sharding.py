@@ -67,15 +67,16 @@ def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard(model: torch.nn.Module, accelerator: Any, fsdp: bool) -> torch.nn.Module:
-    """`model` on this process's device, sharded over the processes when `fsdp` and there are
-    several (each block, then the root: `fully_shard`); as it is otherwise (DDP comes later, from
-    `prepare`). Call it before building the optimizer: AdamW must see the sharded parameters."""
+    """`model` sharded over the processes when `fsdp` and there are several (each block, then the
+    root: `fully_shard`); otherwise moved whole to this process's device (a trained model gets DDP
+    later, from `prepare`). Call it before building the optimizer: AdamW must see the sharded
+    parameters. Give it the model where it was loaded (the CPU): `fully_shard` moves each block to
+    this process's device as it shards it, so the device never holds more than one block in full."""
     if not fsdp or accelerator.num_processes == 1:
-        return model
+        return model.to(accelerator.device)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    model.to(accelerator.device)
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     for block in blocks(model):
         fully_shard(block, mesh=mesh)
