@@ -46,7 +46,7 @@ from rlhf.train import (
 from rlhf.train.lora import AdapterOff, finish_outputs, has_adapter, lora_enabled, with_lora
 from rlhf.train.loop import TrainingRun
 from rlhf.train.sharding import prepare, shard
-from rlhf.train.batching import shared_pair_targets, shares_prefixes
+from rlhf.train.batching import require_split, shared_pair_targets, shares_prefixes
 from rlhf.train.models import max_positions
 
 
@@ -158,6 +158,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
 
     # 1. runtime; policy from the newest checkpoint of this config or from SFT; reference = SFT
     accelerator = make_accelerator(cfg.mixed_precision)
+    require_split("dpo", cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
     seed_everything(cfg.seed)
     sft_dir = paths.sft / "model"
     run = TrainingRun(paths.checkpoints("dpo"), [paths.pref_train, sft_dir], cfg, accelerator)

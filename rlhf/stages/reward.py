@@ -40,6 +40,7 @@ from rlhf.train import (
     seed_everything,
     shard_and_split,
 )
+from rlhf.train.batching import require_split
 from rlhf.train.lora import finish_outputs, has_adapter, saved_form, with_reward_lora
 from rlhf.train.loop import TrainingRun
 from rlhf.train.sharding import prepare, shard
@@ -97,6 +98,7 @@ def pair_rewards(model: Any, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     # 1. runtime: device, precision, seeds
     accelerator = make_accelerator(cfg.mixed_precision)
+    require_split("reward", cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
     seed_everything(cfg.seed)
     out_dir = paths.reward / "model"
     source = paths.user_path(cfg.model_path) if cfg.model_path else paths.sft / "model"

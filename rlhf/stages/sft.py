@@ -39,7 +39,7 @@ from rlhf.train import (
     seed_everything,
     shard_and_split,
 )
-from rlhf.train.batching import model_attention_mask
+from rlhf.train.batching import model_attention_mask, require_split
 from rlhf.train.lora import finish_outputs, has_adapter, with_lora
 from rlhf.train.loop import TrainingRun
 from rlhf.train.sharding import lockstep, prepare, shard
@@ -88,6 +88,7 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
 def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     # 1. runtime: device, precision, seeds
     accelerator = make_accelerator(cfg.mixed_precision)
+    require_split("sft", cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
     seed_everything(cfg.seed)
     out_dir = paths.sft / "model"
     source = paths.user_path(cfg.model_path) if cfg.model_path else None

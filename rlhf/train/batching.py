@@ -322,6 +322,20 @@ class BatchOrder:
         return step * self.batch_size / self.n
 
 
+def require_split(stage: str, batch_size: int, micro_batch_size: int, num_processes: int) -> None:
+    """Refuse, before training, a global batch that `num_processes` processes cannot share in whole
+    micro-batches (`shard_and_split`), naming the param keys and what would work."""
+    from rlhf.errors import UserError
+
+    if batch_size % (micro_batch_size * num_processes):
+        fits = batch_size // num_processes if batch_size % num_processes == 0 else None
+        hint = (f"set {stage}.micro_batch_size to a divisor of {fits}" if fits
+                else f"set {stage}.batch_size to a multiple of {micro_batch_size * num_processes}")
+        raise UserError(f"{stage}.batch_size={batch_size} cannot be shared by {num_processes} processes in "
+                        f"micro-batches of {stage}.micro_batch_size={micro_batch_size} (each process takes "
+                        f"{batch_size / num_processes:g} rows): {hint}")
+
+
 def shard_and_split(indices: Sequence[int], micro_batch_size: int, process_index: int = 0,
                     num_processes: int = 1) -> list[list[int]]:
     """This process's share of a global batch, cut into micro-batches.

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from rlhf.config import load_config
+from rlhf.errors import UserError
 from rlhf.paths import Paths
 from rlhf.stage import listening
 from rlhf.train import load_causal_lm
@@ -89,3 +90,18 @@ def test_ppo_in_two_processes_matches_one(world, tmp_path):
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
     assert len({r["objective/scores"] for r in single.history}) == 3  # scores that vary, not one constant
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_naming_the_keys(world, tmp_path):
+    """SFT's batch of 4 in micro-batches of 4 cannot be split over 2 processes: the stage stops
+    before training with the keys and a fix, not an assertion traceback."""
+    root = tmp_path / "root"
+    shutil.copytree(world, root)
+    (root / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "sft": {**PARAMS["sft"], "batch_size": 4,
+                                                                          "micro_batch_size": 4}}))
+    model = root / "artifacts" / "sft" / "model" / "model.safetensors"  # the world's SFT model
+    before = model.read_bytes()
+    with pytest.raises(UserError, match=r"sft.batch_size=4 cannot be shared by 2 processes in micro-batches of "
+                                        r"sft.micro_batch_size=4 .*set sft.micro_batch_size to a divisor of 2"):
+        run_in_processes("sft", str(root / "params.yaml"), str(root), 2)
+    assert model.read_bytes() == before  # nothing trained, nothing written
