@@ -1,26 +1,30 @@
 """Batched sampling from a causal LM in the one chat format (used by SFT evaluation and PPO rollouts).
 
 Prompts are encoded with `rlhf.chat.encode_prompt` (BOS + "\n\nHuman: ...\n\nAssistant:") and
-left-padded, so every row's next token is its first response token; `model.generate` samples with
-the KV cache. Everything after a row's first EOS is cut: the response mask is 1 up to and including
-that EOS (emitting EOS is one of the policy's actions, so its log-probability counts) and 0
-after it.
+left-padded, so every row's next token is its first response token; `decode` samples with a KV
+cache allocated once per call (`rlhf.kv_cache`). Everything after a row's first EOS is cut: the
+response mask is 1 up to and including that EOS (emitting EOS is one of the policy's actions, so
+its log-probability counts) and 0 after it.
 
 Sampling draws from exactly softmax(logits / T) (times the top-p truncation when `top_p < 1`,
 which PPO refuses). With `row_seeds`, each prompt draws its tokens from its own random stream
 (Gumbel-max: argmax(logits / T + g), g_v = -log(-log u_v), u from the row's generator), so a
 prompt's sample does not depend on which prompts share its batch: PPO's rollouts are then the same
-whether one process samples the whole batch or N processes sample a shard each. `model.generate` fills every `GenerationConfig` field left unset from the
-checkpoint's own `generation_config.json`, and real checkpoints ship `repetition_penalty`,
-`no_repeat_ngram_size`, `top_k`, `min_p`, `min_new_tokens`, `suppress_tokens`... Any of them would
-make the samples disagree with the teacher-forced log-probs that PPO's ratio, the KL penalty and
-evaluation's KL all use. So `generate` hides the checkpoint's generation config for the call and
-sets every sampling field itself; only the token ids come from the tokenizer.
+whether one process samples the whole batch or N processes sample a shard each.
+
+`decode` is transformers' sampling loop reduced to the operations used here: for the same seed it
+draws the same tokens as `model.generate` with `sampling_config` (tested), without the per-token
+bookkeeping that costs as much as a small model's forward. It reads nothing from the checkpoint's
+`generation_config.json`: real checkpoints ship `repetition_penalty`, `no_repeat_ngram_size`,
+`top_k`, `min_p`, `min_new_tokens`, `suppress_tokens`..., and any of them would make the samples
+disagree with the teacher-forced log-probs that PPO's ratio, the KL penalty and evaluation's KL all
+use. `sampling_config` and `checkpoint_generation_config_hidden` serve `rlhf chat`, which streams its
+replies through `model.generate` with every sampling field set the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -186,6 +190,86 @@ def check_prompt_budget(prompt_lengths: Sequence[int], max_new_tokens: int, cont
         )
 
 
+def token_rule(temperature: float, top_p: float, processor: Any = None
+               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """How the next token is picked from a step's float32 logits (b, V), given the ids so far (b, t):
+    `processor` (if any) first, then argmax at T = 0, else a draw from softmax(logits / T) (top-p
+    truncated when `top_p < 1`) with the global random stream. These are the operations, in the same
+    order, of transformers' sampling loop with the `sampling_config` of the same settings, so a
+    seed gives the same samples as `model.generate` would (tests/unit/test_generation.py)."""
+    from transformers import TopPLogitsWarper
+
+    top = TopPLogitsWarper(top_p) if temperature > 0 and top_p < 1.0 else None
+
+    def pick(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if processor is not None:
+            scores = processor(ids, scores)
+        if temperature == 0:
+            return scores.argmax(dim=-1)
+        if temperature != 1.0:
+            scores = scores / temperature
+        if top is not None:
+            scores = top(ids, scores)
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+    return pick
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` in recent transformers,
+    `past_key_values` in earlier 5.x releases (a PEFT wrapper passes it on to its base model)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def all_finished(unfinished: torch.Tensor, synced: bool) -> bool:
+    """True when no row is still sampling: on this process, or on every process when `synced`."""
+    done = torch.tensor(0.0 if bool(unfinished.any()) else 1.0, device=unfinished.device)
+    if synced:
+        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
+    return bool(done)
+
+
+@torch.no_grad()
+def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+           pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], eos_token_id: int, pad_token_id: int,
+           synced: bool = False) -> torch.Tensor:
+    """Sample up to `max_new_tokens` tokens after left-padded prompts with the KV cache. Shapes:
+    (b, P), (b, P) -> (b, R), R <= max_new_tokens the steps until every row has emitted EOS; a row
+    gets `pad_token_id` after its EOS. Positions are counted over the mask, as in the teacher-forced
+    passes (`rlhf.train.batching.position_ids`), and only the last position's logits are computed.
+    With `synced` (a sharded model, whose forward is a collective), every process runs as many
+    forwards as the slowest one needs; the rows of a process that has finished no longer grow.
+
+    The loop is transformers' own sampling loop stripped to what is used here: at the sizes this
+    pipeline trains, the per-token bookkeeping of `model.generate` costs about as much as the
+    model's forward itself (benchmarks/generation.py)."""
+    from rlhf.kv_cache import preallocated_cache
+    from rlhf.train.batching import position_ids
+
+    cache, keyword = preallocated_cache(model.config, ids.shape[1] + max_new_tokens), cache_keyword(model)
+    positions, step_ids, seq = position_ids(mask), ids, ids
+    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)  # (b,)
+    new: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{keyword: cache})
+        token = torch.full_like(unfinished, pad_token_id, dtype=torch.long)  # (b,)
+        if bool(unfinished.any()):
+            token = pick(seq, out.logits[:, -1].to(copy=True, dtype=torch.float32))
+            token = torch.where(unfinished, token, pad_token_id)
+            seq = torch.cat([seq, token[:, None]], dim=1)
+            new.append(token)
+            unfinished &= token != eos_token_id
+        if all_finished(unfinished, synced):
+            break
+        step_ids, positions = token[:, None], positions[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+    return torch.stack(new, dim=1) if new else ids.new_zeros(ids.shape[0], 0)
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -212,8 +296,6 @@ def generate(
     `seed` is then unused. Pass an unwrapped model (`accelerator.unwrap_model`); autocast, if
     any, is the caller's context.
     """
-    from transformers import LogitsProcessorList
-
     from rlhf.train.models import max_positions
     from rlhf.train.sharding import is_sharded
 
@@ -224,24 +306,23 @@ def generate(
         seqs = [keep_prompt_tail(s, max_prompt_len) for s in seqs]
     check_prompt_budget([len(s) for s in seqs], max_new_tokens, max_positions(model.config), budget_key)
     assert row_seeds is None or (len(row_seeds) == len(prompts) and temperature > 0), "one seed per prompt, T > 0"
-    # row-seeded: greedy decoding over the sampler's Gumbel-perturbed logits is the sampling
-    gen_cfg = sampling_config(tokenizer, max_new_tokens, 0.0 if row_seeds else temperature, 1.0 if row_seeds else top_p)
-    devices = [device.index or 0] if device.type == "cuda" else []
+    pick = token_rule(temperature, top_p)
     # a sharded model's forward is a collective: every process decodes until all are done
     synced = is_sharded(model) and torch.distributed.get_world_size() > 1
+    devices = [device.index or 0] if device.type == "cuda" else []
     responses: list[torch.Tensor] = []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None), checkpoint_generation_config_hidden(model):
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
         order = length_order([len(s) for s in seqs])  # batch prompts of similar length: little padding
         for start in range(0, len(prompts), batch_size):
             chunk = order[start: start + batch_size]
             ids, mask = left_pad([seqs[i] for i in chunk], tokenizer.pad_token_id)
-            extra = {} if row_seeds is None else {"logits_processor": LogitsProcessorList(
-                [RowSeededSampler([row_seeds[i] for i in chunk], temperature, top_p, device)])}
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
-                                 synced_gpus=synced, **extra)
-            responses.append(out[:, ids.shape[1]:].cpu())  # (b, R_i)
+            if row_seeds is not None:  # greedy over the sampler's Gumbel-perturbed logits is the sampling
+                pick = token_rule(0.0, 1.0, RowSeededSampler([row_seeds[i] for i in chunk], temperature, top_p, device))
+            out = decode(model, ids.to(device), mask.to(device), max_new_tokens, pick, tokenizer.eos_token_id,
+                         tokenizer.pad_token_id, synced)
+            responses.append(out.cpu())  # (b, R_i)
     # join the chunks in the prompts' own order: prompts padded on the left as one batch, responses on the right
     generated = [row.tolist() for chunk in responses for row in chunk]  # in `order`
     response_rows: list[list[int]] = [[] for _ in seqs]

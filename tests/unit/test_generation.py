@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -178,3 +180,41 @@ def test_row_seeded_sampler_draws_from_the_tempered_softmax():
     p = torch.softmax(logits[0].double() / temperature, dim=0)
     assert freq[4] == 0.0  # a forbidden token is never drawn
     assert torch.all((freq - p).abs() <= 4 * (p * (1 - p) / n).sqrt() + 1e-12), (freq, p)
+
+
+@pytest.mark.parametrize("temperature,top_p,seeded_rows,eos_scale", [(0.0, 1.0, False, 3.0), (1.0, 1.0, False, 40.0),
+                                                                     (0.7, 0.9, False, 40.0), (0.7, 1.0, True, 40.0)])
+def test_decode_samples_what_transformers_generate_samples(tok_model, temperature, top_p, seeded_rows, eos_scale):
+    """The project's decode loop and `model.generate` with the same settings and seed give the same
+    tokens: greedy, tempered and top-p sampling from the global stream, and row-seeded sampling.
+    Rows of different prompt lengths (left padding) and rows that end early are both covered: the
+    EOS embedding (tied to its output row) is scaled up so that some responses end within the budget."""
+    from rlhf.generation import (
+        checkpoint_generation_config_hidden,
+        decode,
+        sampling_config,
+        token_rule,
+    )
+    from transformers import LogitsProcessorList
+
+    tok, model = tok_model
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.transformer.wte.weight[tok.eos_token_id] *= eos_scale
+    ids, mask = encode_prompts(tok, ["hi", "How do I water a fern?", "tell me", "Where should I put a rose?"])
+    seeds = [row_seed(5, i) for i in range(4)]
+    ended, widths = 0, set()
+    for seed in range(3):
+        sampler = RowSeededSampler(seeds, temperature, top_p, torch.device("cpu")) if seeded_rows else None
+        torch.manual_seed(seed)
+        ours = decode(model, ids, mask, 20, token_rule(0.0 if seeded_rows else temperature, top_p, sampler),
+                      tok.eos_token_id, tok.pad_token_id)
+        cfg = sampling_config(tok, 20, 0.0 if seeded_rows else temperature, 1.0 if seeded_rows else top_p)
+        extra = {"logits_processor": LogitsProcessorList(
+            [RowSeededSampler(seeds, temperature, top_p, torch.device("cpu"))])} if seeded_rows else {}
+        torch.manual_seed(seed)
+        with torch.no_grad(), checkpoint_generation_config_hidden(model):
+            theirs = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, **extra)
+        assert torch.equal(ours, theirs[:, ids.shape[1]:]), (seed, ours, theirs[:, ids.shape[1]:])
+        ended, widths = ended + int((ours == tok.eos_token_id).any(dim=1).sum()), widths | {ours.shape[1]}
+    assert ended > 0 and min(widths) < 20  # some rows ended, and some batch stopped before the budget
