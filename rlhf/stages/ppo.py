@@ -231,6 +231,26 @@ def trim_padding(batch: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return batch["seqs"][idx][:, cols], attn[:, cols], prompt_len - first, r_len
 
 
+def micro_step(cfg: PPOConfig, policy: Any, critic: Any, batch: dict, idx: torch.Tensor, num_tokens: float
+               ) -> tuple[torch.Tensor, float, dict[str, Any]]:
+    """The loss of micro-batch `idx` as its share of the minibatch's `num_tokens` response tokens:
+    (loss, share, its metrics as means over the micro-batch's tokens)."""
+    seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
+    mask = batch["mask"][idx, :r_len]  # (b, r)
+    logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature,
+                                                 entropy_grad=cfg.entropy_coef != 0)
+    frozen = {k: batch[k][idx, :r_len] for k in ("logprobs", "values", "advantages", "returns")}
+    pg_loss, pg_m = ppo_policy_loss(logprobs, frozen["logprobs"], frozen["advantages"], mask, cfg.clip_eps, num_tokens)
+    vf_loss, vf_m = ppo_value_loss(values, frozen["values"], frozen["returns"], mask, cfg.value_clip, num_tokens)
+    entropy_term = masked_sum(entropy, mask) / num_tokens
+    total = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term
+    # metrics: token-weighted means over the minibatch (the losses are shares of it)
+    share = float(mask.sum()) / num_tokens
+    parts = {**pg_m, **vf_m, "loss/policy": pg_loss.detach() / share,
+             "loss/value": vf_loss.detach() / share, "policy/entropy": entropy_term.detach() / share}
+    return total, share, parts
+
+
 def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_value: Any, accelerator: Any,
                batch: dict, seed: int, guard: Callable[[dict[str, float]], bool] = lambda q: not nonfinite(q)
                ) -> list[dict[str, float]]:
@@ -257,27 +277,13 @@ def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_va
             loss = 0.0
             micro = mb[accelerator.process_index::procs].split(cfg.micro_batch_size)
             for i, idx in enumerate(micro):
-                seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
-                mask = batch["mask"][idx, :r_len]  # (b, r)
-                logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature,
-                                                             entropy_grad=cfg.entropy_coef != 0)
-                frozen = {k: batch[k][idx, :r_len] for k in ("logprobs", "values", "advantages", "returns")}
-                pg_loss, pg_m = ppo_policy_loss(logprobs, frozen["logprobs"], frozen["advantages"], mask,
-                                                cfg.clip_eps, num_tokens)
-                vf_loss, vf_m = ppo_value_loss(values, frozen["values"], frozen["returns"], mask,
-                                               cfg.value_clip, num_tokens)
-                entropy_term = masked_sum(entropy, mask) / num_tokens
-                total = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term
-                with contextlib.ExitStack() as unsynced:  # gradients sync on the last micro-batch only
+                with contextlib.ExitStack() as unsynced:  # DDP decides at the forward: sync on the last micro-batch
                     if i < len(micro) - 1:
                         for model in (policy, critic):
                             unsynced.enter_context(accelerator.no_sync(model))
+                    total, share, parts = micro_step(cfg, policy, critic, batch, idx, num_tokens)
                     accelerator.backward(total * procs)
                 loss += float(total.detach())
-                # metrics: token-weighted means over the minibatch (the losses are shares of it)
-                share = float(mask.sum()) / num_tokens
-                parts = {**pg_m, **vf_m, "loss/policy": pg_loss.detach() / share,
-                         "loss/value": vf_loss.detach() / share, "policy/entropy": entropy_term.detach() / share}
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share
             if procs > 1:  # the shares of every process

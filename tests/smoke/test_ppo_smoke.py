@@ -164,3 +164,59 @@ def test_ppo_honours_the_shared_training_fields(world, monkeypatch):
     assert out.history[0]["train/lr"] == pytest.approx(1e-3 * 3 / 4) and out.history[1]["train/lr"] == pytest.approx(1e-3 / 4)
     (finished,) = world.checkpoints("ppo").iterdir()
     assert len([p for p in finished.iterdir() if p.name.startswith("step-")]) == 1
+
+
+class _DDPAccelerator:
+    """What `ppo_update` uses of an accelerator, for models wrapped in torch's DDP by the test."""
+
+    num_processes, process_index = 1, 0
+
+    @staticmethod
+    def no_sync(model):
+        return model.no_sync()
+
+    @staticmethod
+    def backward(loss):
+        loss.backward()
+
+    @staticmethod
+    def clip_grad_norm_(params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def test_ddp_syncs_gradients_once_per_minibatch(world, tmp_path):
+    """DDP decides at the forward whether the next backward all-reduces, so the micro-batches
+    before the last must run forward and backward under `no_sync`: a minibatch of 2 micro-batches
+    then communicates exactly as much as one of a single micro-batch (counted by a comm hook)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    tok = load_tokenizer(world.sft / "model")
+    prompts = [r["prompt"] for r in sft_rows(8, seed=5)]
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        reductions = {}
+        for micro in (4, 2):
+            policy, reference = load_causal_lm(world.sft / "model"), load_causal_lm(world.sft / "model")
+            critic = make_critic(world.reward / "model", world.sft / "model", tok, seed=0)
+            rm = RewardModel.from_pretrained(world.reward / "model")
+            cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=micro, ppo_epochs=1,
+                            max_new_tokens=8)
+            batch, _ = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0,
+                                       accelerator=make_accelerator("no"))
+            calls = []
+
+            def counting(state, bucket):
+                calls.append(bucket.index())
+                return torch.distributed.all_reduce(bucket.buffer(), async_op=True).get_future().then(
+                    lambda fut: fut.value()[0])
+
+            wrapped = [DDP(m) for m in (policy, critic)]
+            for m in wrapped:
+                m.register_comm_hook(None, counting)
+            opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in wrapped]
+            ppo_update(cfg, *wrapped, *opts, _DDPAccelerator(), batch, seed=0)
+            reductions[micro] = len(calls)
+        assert reductions[4] > 0
+        assert reductions[2] == reductions[4]  # 2 minibatches, each synced once
+    finally:
+        torch.distributed.destroy_process_group()
