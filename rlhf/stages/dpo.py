@@ -43,11 +43,11 @@ from rlhf.train import (
     seed_everything,
     shard_and_split,
 )
+from rlhf.train.batching import require_split, shared_pair_targets, shares_prefixes
 from rlhf.train.lora import AdapterOff, finish_outputs, has_adapter, lora_enabled, with_lora
 from rlhf.train.loop import TrainingRun
-from rlhf.train.sharding import prepare, shard
-from rlhf.train.batching import require_split, shared_pair_targets, shares_prefixes
 from rlhf.train.models import max_positions
+from rlhf.train.sharding import prepare, shard
 
 
 def encode_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_len: int) -> list[tuple[dict, dict]]:

@@ -73,7 +73,7 @@ def _full_disk_is_users(target: Path, kept: str) -> Iterator[None]:
 def save_pretrained(model: Any, path: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
     """`model.save_pretrained(path)`, from `weights` (the full tensors of a sharded model,
     `rlhf.train.sharding.full_weights`) when given."""
-    model.save_pretrained(path) if weights is None else model.save_pretrained(path, state_dict=weights)
+    model.save_pretrained(path, **({} if weights is None else {"state_dict": weights}))
 
 
 def save_model_dir(target: str | Path, model: Any, tokenizer: Any = None, config: Any = None,
