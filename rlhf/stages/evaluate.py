@@ -23,6 +23,7 @@ Only evaluation may call the gold judge (docs/architecture.md).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +103,46 @@ def sequence_kl(policy: Any, reference: Any, samples: Any, temperature: float, b
     return out
 
 
-def sample_rows(name: str, prompts: list[dict[str, Any]], samples: Any, picks: torch.Tensor, kl: torch.Tensor,
-                rm_score: torch.Tensor, ppo_score: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per prompt: the prompt's columns, the sample `picks[i]` of `samples` and its scores."""
+@dataclass
+class Drawn:
+    """What a report row needs of each sample, in one order: the text, its response tokens (EOS
+    included), whether it ended, and the two proxy scores (`run_evaluate.proxy`), each (N,)."""
+
+    texts: list[str]
+    tokens: list[int]
+    ended: list[bool]
+    rm_score: torch.Tensor
+    ppo_score: torch.Tensor
+
+    @classmethod
+    def of(cls, samples: Any, rm_score: torch.Tensor, ppo_score: torch.Tensor) -> "Drawn":
+        return cls(list(samples.texts), samples.response_mask.sum(dim=1).tolist(), samples.ended.tolist(),
+                   rm_score, ppo_score)
+
+    def take(self, index: list[int]) -> "Drawn":
+        return Drawn([self.texts[i] for i in index], [self.tokens[i] for i in index], [self.ended[i] for i in index],
+                     self.rm_score[index], self.ppo_score[index])
+
+
+def pool_of(first: Drawn, rest: Drawn, k: int) -> Drawn:
+    """K samples per prompt, prompt-major: prompt i's sample in `first` (N of them), then its K - 1
+    in `rest` (N * (K - 1), prompt-major). Returns N * K."""
+    n = len(first.texts)
+    assert len(rest.texts) == n * (k - 1), f"{len(rest.texts)} further samples for {n} prompts, K = {k}"
+    both = Drawn(first.texts + rest.texts, first.tokens + rest.tokens, first.ended + rest.ended,
+                 torch.cat([first.rm_score, rest.rm_score]), torch.cat([first.ppo_score, rest.ppo_score]))
+    return both.take([i if j == 0 else n + i * (k - 1) + j - 1 for i in range(n) for j in range(k)])
+
+
+def sample_rows(name: str, prompts: list[dict[str, Any]], drawn: Drawn, picks: torch.Tensor, kl: torch.Tensor
+                ) -> list[dict[str, Any]]:
+    """One row per prompt: the prompt's columns, the sample `picks[i]` of `drawn` and its scores."""
     rows = []
     for i, (row, j) in enumerate(zip(prompts, picks.tolist())):
         rows.append({"policy": name, "prompt": row["prompt"], **{k: row[k] for k in PROMPT_COLUMNS if k in row},
-                     "response": samples.texts[j], "ppo_score": float(ppo_score[j]), "rm_score": float(rm_score[j]),
-                     "kl_to_ref": float(kl[i]), "response_tokens": int(samples.response_mask[j].sum()),
-                     "ended": bool(samples.ended[j])})
+                     "response": drawn.texts[j], "ppo_score": float(drawn.ppo_score[j]),
+                     "rm_score": float(drawn.rm_score[j]), "kl_to_ref": float(kl[i]),
+                     "response_tokens": int(drawn.tokens[j]), "ended": bool(drawn.ended[j])})
     return rows
 
 
@@ -148,6 +180,7 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
 
     rows: dict[str, list[dict[str, Any]]] = {}
     exact_kl: dict[str, float] = {}  # policies whose KL is known in closed form (best-of-n)
+    drawn: dict[str, Drawn] = {}
     for name, model_dir in policies.items():
         # 2. sample: same seed and settings for every policy
         tokenizer = load_tokenizer(model_dir)
@@ -157,25 +190,27 @@ def run_evaluate(cfg: EvaluateConfig, paths: Paths, ppo: PPOConfig) -> StageOutp
                                temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
                                seed=cfg.seed, budget_key="evaluate.max_new_tokens")
             # 3. proxy reward model (through text; also as PPO scores it) and KL to the reference
-            rm_score, ppo_score = proxy(samples, texts)
+            drawn[name] = Drawn.of(samples, *proxy(samples, texts))
             kl = sequence_kl(policy, reference, samples, cfg.temperature, cfg.batch_size)  # (N,)
-        rows[name] = sample_rows(name, prompts, samples, torch.arange(len(texts)), kl, rm_score, ppo_score)
+        rows[name] = sample_rows(name, prompts, drawn[name], torch.arange(len(texts)), kl)
 
-    # 4. best-of-n: one pool of K = max(n) SFT samples per prompt (its own seed), scored by the proxy
-    #    RM; bon<n> keeps the best of the pool's first n. Its KL is analytic, log n - (n - 1) / n.
+    # 4. best-of-n: a pool of K = max(n) SFT samples per prompt, scored by the proxy RM: the SFT
+    #    row's sample first, then K - 1 more (seed + 1); bon<n> keeps the best of the pool's first
+    #    n. Its KL is analytic, log n - (n - 1) / n.
     if cfg.best_of_n:
         k = max(cfg.best_of_n)
+        repeated = [t for t in texts for _ in range(k - 1)]
         with accelerator.autocast():
-            pool = generate(reference, load_tokenizer(policies["sft"]), [t for t in texts for _ in range(k)],
-                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            batch_size=cfg.batch_size, seed=cfg.seed + 1, budget_key="evaluate.max_new_tokens")
-            rm_score, ppo_score = proxy(pool, [t for t in texts for _ in range(k)])  # (N * K,) prompt-major
+            more = generate(reference, load_tokenizer(policies["sft"]), repeated, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                            seed=cfg.seed + 1, budget_key="evaluate.max_new_tokens")
+            pool = pool_of(drawn["sft"], Drawn.of(more, *proxy(more, repeated)), k)  # (N * K,) prompt-major
         offsets = torch.arange(len(texts)) * k  # (N,) first pool index of each prompt
         for n in sorted(cfg.best_of_n):
-            picks = offsets + best_of_n_choice(rm_score.view(len(texts), k), n)  # (N,)
+            picks = offsets + best_of_n_choice(pool.rm_score.view(len(texts), k), n)  # (N,)
             exact_kl[bon_name(n)] = best_of_n_kl(n)
             kl = torch.full((len(texts),), exact_kl[bon_name(n)])
-            rows[bon_name(n)] = sample_rows(bon_name(n), prompts, pool, picks, kl, rm_score, ppo_score)
+            rows[bon_name(n)] = sample_rows(bon_name(n), prompts, pool, picks, kl)
 
     # 5. judges: every policy's rows graded by each judge, then its metrics with bootstrap intervals
     metrics: dict[str, dict[str, float]] = {}

@@ -88,6 +88,11 @@ def test_refusal_reward_model_and_best_of_n_on_real_style_prompts(world):
     assert all(b3["rm_score"] >= b2["rm_score"] for b2, b3 in zip(rows["bon2"], rows["bon3"]))
     assert out.metrics["bon3"]["eval/proxy/rm_score"] >= out.metrics["bon2"]["eval/proxy/rm_score"]
     assert out.metrics["sft"]["eval/kl_to_ref"] == pytest.approx(0.0, abs=1e-6)
+    # the pool's first sample of each prompt is the SFT row's own: best-of-n never scores below it,
+    # and keeps it unless another sample scores higher (a tie keeps the first)
+    for sft, bon2 in zip(rows["sft"], rows["bon2"]):
+        assert bon2["rm_score"] >= sft["rm_score"]
+        assert bon2["response"] == sft["response"] or bon2["rm_score"] > sft["rm_score"]
 
 
 def test_a_missing_reward_model_dir_is_named(world):

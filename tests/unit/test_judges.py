@@ -247,3 +247,22 @@ def test_bad_eval_prompt_rows_are_named(tmp_path, row, message):
     write_jsonl(path, [{"prompt": "fine"}, row])
     with pytest.raises(ValueError, match=r"eval_prompts.jsonl, " + message):
         read_eval_prompts(path, None)
+
+
+def test_the_best_of_n_pool_holds_the_sft_sample_first_then_the_rest():
+    from rlhf.stages.evaluate import Drawn, pool_of
+
+    def drawn(texts, scores):
+        return Drawn(texts, [len(t) for t in texts], [True] * len(texts), torch.tensor(scores), -torch.tensor(scores))
+
+    first = drawn(["a0", "b0"], [0.5, 0.1])  # the SFT row: one sample per prompt
+    rest = drawn(["a1", "a2", "b1", "b2"], [0.2, 0.9, 0.3, 0.0])  # K - 1 = 2 more per prompt
+    pool = pool_of(first, rest, 3)
+    assert pool.texts == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert pool.rm_score.tolist() == pytest.approx([0.5, 0.2, 0.9, 0.1, 0.3, 0.0])
+    assert pool.ppo_score.tolist() == pytest.approx([-0.5, -0.2, -0.9, -0.1, -0.3, 0.0])
+    assert pool.tokens == [2] * 6
+    picks = best_of_n_choice(pool.rm_score.view(2, 3), 2)  # bon2: the SFT sample or the first of the rest
+    assert picks.tolist() == [0, 1]
+    with pytest.raises(AssertionError, match="K = 4"):
+        pool_of(first, rest, 4)
