@@ -2,6 +2,7 @@
 
     python benchmarks/trl_compare.py [--sizes tiny,small] [--trainers sft,reward,dpo,ppo]
                                      [--steps 4] [--repeats 3] [--threads N]
+                                     [--precision fp32|bf16]
     pip install -e '.[bench]'    # TRL 1.16: the TRL columns (without it they read "not installed")
 
 Both sides start from one saved state dict per GPT-2 size, take the same token sequences in the
@@ -10,10 +11,12 @@ the Bradley-Terry reward model (RewardTrainer), DPO with an in-step reference (D
 PPO (TRL 1.12's PPOTrainer, installed by this script under .state/bench/trl-1.12 when missing,
 since TRL 1.16 has no PPO). Every (trainer, size, side) runs in its own process, repeats
 interleaved (project, TRL, project, TRL, ...), warm-up steps untimed (benchmarks/trl_peer/measure.py
-says exactly what is measured). Prints samples/s (PPO: episodes/s), tokens/s, MFU against this
-machine's fp32 matmul peak, peak RSS and project/TRL ratios; the PPO split (sampling, scoring,
+says exactly what is measured). `--precision bf16` runs both sides under bf16 autocast (fp32
+weights and optimizer; TRL's `bf16=True`), where the CPU multiplies bf16 natively. Prints samples/s
+(PPO: episodes/s), tokens/s, MFU against this machine's matmul peak in the run's precision (and, in
+bf16, the same FLOP rate against the fp32 peak), peak RSS and project/TRL ratios; the PPO split (sampling, scoring,
 update) and sampling's FLOP rate; and the step-1 losses of both sides, which must agree to 1e-5
-relative for SFT, reward and DPO (PPO samples differ, so its losses are shown, not compared).
+relative in fp32 (2e-3 in bf16, whose rounding differs with the order of operations) for SFT, reward and DPO (PPO samples differ, so its losses are shown, not compared).
 The defaults take about 13 minutes on 2 cores.
 """
 
@@ -38,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.trl_peer` imp
 
 from benchmarks.trl_peer.settings import (  # noqa: E402
     BATCH,
+    PRECISIONS,
     PPO_NEW_TOKENS,
     PPO_PROMPT_LEN,
     SEQ_LEN,
@@ -48,7 +52,7 @@ from benchmarks.trl_peer.settings import (  # noqa: E402
 
 PPO_PEER_DIR = ROOT / ".state" / "bench" / "trl-1.12"  # TRL 1.12, beside the environment's TRL
 PPO_PEER_PIN = "trl==1.12.0"
-LOSS_RTOL = 1e-5  # step-1 losses of SFT, reward and DPO must agree this closely
+LOSS_RTOL = {"fp32": 1e-5, "bf16": 2e-3}  # step-1 losses of SFT, reward and DPO must agree this closely
 Say = Callable[[str], None]  # where the report goes
 PerRun = Callable[[dict], float]  # a figure of one run's result
 Key = tuple[str, str, str]  # (trainer, size, side)
@@ -98,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps (PPO: iterations) per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per side, interleaved")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32, or bf16 autocast on both sides (needs native bf16 matmul)")
     args = parser.parse_args(argv)
     args.sizes, args.trainers = args.sizes.split(","), args.trainers.split(",")
     for name, given, known in (("size", args.sizes, SIZES), ("trainer", args.trainers, TRAINERS)):
@@ -168,7 +174,8 @@ def collect(args: argparse.Namespace, with_trl: bool, warmup: int, say: Say) -> 
                         if runs[trainer, size, side].missing:
                             continue
                         spec = {"side": side, "trainer": trainer, "size": size, "root": str(work), "repeat": repeat,
-                                "warmup": warmup, "steps": args.steps, "threads": args.threads}
+                                "warmup": warmup, "steps": args.steps, "threads": args.threads,
+                                "precision": args.precision}
                         t0 = time.perf_counter()
                         result = run_worker(spec, work)
                         runs[trainer, size, side].results.append(result)
@@ -179,9 +186,12 @@ def collect(args: argparse.Namespace, with_trl: bool, warmup: int, say: Say) -> 
 
 
 # ---------------------------------------------------------------- reporting
-def table(runs: dict[Key, Runs], trainers: list[str], sizes: list[str], peak: float) -> list[str]:
-    """The main table: one line per side, the ratios on the project's line."""
-    head = (f"{'trainer':8s}{'size':7s}{'side':9s}{'samples/s':>16s}{'tokens/s':>11s}{'MFU':>8s}"
+def table(runs: dict[Key, Runs], trainers: list[str], sizes: list[str], peak: float, fp32_peak: float | None = None
+          ) -> list[str]:
+    """The main table: one line per side, the ratios on the project's line. With `fp32_peak` (a bf16
+    run) a column gives the same FLOP rate against the fp32 peak."""
+    extra = f"{'of fp32':>9s}" if fp32_peak else ""
+    head = (f"{'trainer':8s}{'size':7s}{'side':9s}{'samples/s':>16s}{'tokens/s':>11s}{'MFU':>8s}{extra}"
             f"{'peak RSS':>11s}   project/TRL")
     lines = [head, "-" * len(head)]
     for trainer in trainers:
@@ -192,8 +202,10 @@ def table(runs: dict[Key, Runs], trainers: list[str], sizes: list[str], peak: fl
                     lines.append(f"{trainer:8s}{size:7s}{side:9s}  {r.missing}")
                     continue
                 rss = max(x["rss_mib"] for x in r.results)
+                of_fp32 = f"{100 * r.median(flops_per_s) / fp32_peak:8.1f}%" if fp32_peak else ""
                 cells = (f"{r.median(samples_per_s):9.2f} ±{100 * r.spread(samples_per_s):3.0f}%"
-                         f"{r.median(tokens_per_s):11,.0f}{100 * r.median(flops_per_s) / peak:7.1f}%{rss:7.0f} MiB")
+                         f"{r.median(tokens_per_s):11,.0f}{100 * r.median(flops_per_s) / peak:7.1f}%{of_fp32}"
+                         f"{rss:7.0f} MiB")
                 ratio = ""
                 if side == "project" and peer.results:
                     speed = r.median(samples_per_s) / peer.median(samples_per_s)
@@ -228,9 +240,10 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
 
 
-def loss_check(runs: dict[Key, Runs], trainers: list[str], sizes: list[str]) -> tuple[list[str], list[str]]:
+def loss_check(runs: dict[Key, Runs], trainers: list[str], sizes: list[str], rtol: float
+               ) -> tuple[list[str], list[str]]:
     """Lines comparing step-1 (and step-2) losses and step-1 metrics, and the failures (step-1
-    relative difference above LOSS_RTOL for SFT, reward and DPO)."""
+    relative difference above `rtol` for SFT, reward and DPO)."""
     lines = [f"{'trainer':8s}{'size':7s}{'project step 1':>17s}{'TRL step 1':>17s}{'rel. diff':>11s}"
              f"{'step 2 diff':>13s}   step-1 metrics (rel. diff)"]
     failures = []
@@ -251,7 +264,7 @@ def loss_check(runs: dict[Key, Runs], trainers: list[str], sizes: list[str]) -> 
                               if k in b["metrics"])
             lines.append(f"{trainer:8s}{size:7s}{a['losses'][0]:17.10f}{b['losses'][0]:17.10f}{d1:11.1e}{d2:13.1e}"
                          f"   {extra}")
-            if not d1 <= LOSS_RTOL:
+            if not d1 <= rtol:
                 failures.append(f"{trainer} {size}: step-1 losses differ by {d1:.2e} relative "
                                 f"(project {a['losses'][0]!r}, TRL {b['losses'][0]!r})")
     return lines, failures
@@ -268,22 +281,26 @@ def run(argv: list[str] | None = None, with_trl: bool = True, warmup: int = WARM
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    peak_before = peak_matmul_flops()
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak_before = peak_matmul_flops(dtype=dtype)
     trl = installed_trl() if with_trl else None
     say(f"torch {torch.__version__}, {args.threads} threads on {len(os.sched_getaffinity(0))} cores, "
-        f"fp32 matmul {peak_before / 1e9:.0f} GFLOP/s; TRL {trl or 'not installed'}"
+        f"{args.precision} matmul {peak_before / 1e9:.0f} GFLOP/s; TRL {trl or 'not installed'}"
         f"{', PPO peer TRL 1.12' if trl and 'ppo' in args.trainers else ''}")
     say(f"batch {BATCH}, {SEQ_LEN}-token sequences (PPO: {PPO_PROMPT_LEN}-token prompts + {PPO_NEW_TOKENS} sampled), "
-        f"{warmup} warm-up + {args.steps} timed steps, {args.repeats} repeats per side")
+        f"{warmup} warm-up + {args.steps} timed steps, {args.repeats} repeats per side, {args.precision}"
+        f"{' autocast' if args.precision == 'bf16' else ''}")
     runs = collect(args, with_trl, warmup, say)
     load_after = os.getloadavg()
-    peak = max(peak_before, peak_matmul_flops())  # measured again: other load on shared cores lowers it
+    peak = max(peak_before, peak_matmul_flops(dtype=dtype))  # measured again: other load on shared cores lowers it
+    fp32_peak = peak_matmul_flops() if args.precision == "bf16" else None
     say("")
-    say(f"peak: best fp32 matmul rate before and after the runs, {peak / 1e9:.0f} GFLOP/s")
+    say(f"peak: best {args.precision} matmul rate before and after the runs, {peak / 1e9:.0f} GFLOP/s"
+        f"{f'; fp32 {fp32_peak / 1e9:.0f} GFLOP/s (column of fp32)' if fp32_peak else ''}")
     say("samples/s: sequences (SFT), pairs (reward, DPO), episodes (PPO); median of repeats ± half their range")
     say("MFU: 6 N per trained token + 2 N per forward-only token / peak; N = parameters without embeddings, "
         "plus the tied LM head (benchmarks/trl_peer/measure.py)")
-    for line in table(runs, args.trainers, args.sizes, peak):
+    for line in table(runs, args.trainers, args.sizes, peak, fp32_peak):
         say(line)
     if "ppo" in args.trainers:
         say("")
@@ -291,7 +308,7 @@ def run(argv: list[str] | None = None, with_trl: bool = True, warmup: int = WARM
             "(TRL: garbage collection and the next batch between iterations)")
         for line in ppo_split(runs, args.sizes, peak):
             say(line)
-    lines, failures = loss_check(runs, args.trainers, args.sizes)
+    lines, failures = loss_check(runs, args.trainers, args.sizes, LOSS_RTOL[args.precision])
     if len(lines) > 1:
         say("")
         say("step-1 loss, same weights and batch (step 2 after one AdamW step each)")

@@ -26,7 +26,11 @@ def forward_logits(
 ) -> torch.Tensor:
     """logits / T of the last `keep` positions (0: of every position). Shapes: (B, T), (B, T) ->
     (B, keep or T, V). The LM head and the softmax are the costliest layers of a small model with a
-    large vocabulary: a caller that reads only the response asks for those positions only."""
+    large vocabulary: a caller that reads only the response asks for those positions only.
+
+    The logits come back in fp32 whatever the autocast: under bf16 autocast a model prepared by
+    accelerate returns fp32 logits and an unprepared one (PPO's reference) bf16 ones, and dividing
+    those by T in bf16 would round them again, so that the KL between two equal models is not 0."""
     assert temperature > 0, "temperature must be positive"
     out = model(
         input_ids=input_ids,
@@ -35,7 +39,8 @@ def forward_logits(
         use_cache=False,
         **({"logits_to_keep": keep} if keep else {}),
     )
-    return out.logits if temperature == 1.0 else out.logits / temperature
+    logits = out.logits.float()  # a no-op in fp32
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,

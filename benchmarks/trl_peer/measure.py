@@ -10,7 +10,8 @@
   reward model. Attention's T^2 terms are left out, as in the usual MFU definition. Each side is
   credited with the work it does: a side that runs the output projection on the positions its loss
   reads only, or a pair's shared prompt once, is counted for those positions and tokens only.
-- Peak: the best fp32 `torch.matmul` rate of large square matrices on this machine, same threads.
+- Peak: the best `torch.matmul` rate of large square matrices on this machine, same threads, in the
+  run's precision (fp32, or bf16 for a bf16 autocast run, whose matmuls run in bf16).
 - Peak RSS: `ru_maxrss` of the worker process, which runs one trainer on one side.
 """
 
@@ -87,9 +88,9 @@ def head_params(model: torch.nn.Module) -> int:
     return model.get_output_embeddings().weight.numel()
 
 
-def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 FLOP/s of `torch.matmul` on two n x n matrices (2 n^3 FLOPs) over `repeats` runs."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def peak_matmul_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of `torch.matmul` on two n x n `dtype` matrices (2 n^3 FLOPs) over `repeats` runs."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.matmul(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):

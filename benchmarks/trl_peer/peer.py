@@ -4,8 +4,8 @@ fixtures, timed the same way as the project's steps.
 Each trainer gets the fixture model loaded with `AutoModelFor*.from_pretrained`, the fixture token
 sequences as an already tokenized dataset in step order (`train_sampling_strategy="sequential"`),
 and the shared settings: batch BATCH without accumulation, AdamW (fused, as the project's) at a
-constant learning rate, the same clip, fp32, no gradient checkpointing (TRL's defaults turn on
-bf16 and checkpointing). The only change to TRL's own code path is DPO's dataset preparation,
+constant learning rate, the same clip, the run's precision (fp32, or bf16 autocast as the project's),
+no gradient checkpointing (TRL's defaults turn on bf16 and checkpointing). The only change to TRL's own code path is DPO's dataset preparation,
 which is skipped: it tokenises text, and the ids are given. A subclass records the loss that
 `training_step` returns and TRL's step-1 metrics; a callback stamps the end of every optimizer step.
 """
@@ -34,13 +34,13 @@ from benchmarks.trl_peer.settings import (
 )
 
 
-def common_args(out_dir: str, total: int) -> dict[str, Any]:
+def common_args(out_dir: str, total: int, precision: str) -> dict[str, Any]:
     """The `TrainingArguments` fields every TRL config here shares (module docstring)."""
     return dict(
         output_dir=out_dir, max_steps=total, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
         learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=WEIGHT_DECAY,
         adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1], adam_epsilon=ADAM_EPS, max_grad_norm=MAX_GRAD_NORM,
-        optim="adamw_torch_fused", bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+        optim="adamw_torch_fused", bf16=precision == "bf16", fp16=False, gradient_checkpointing=False, use_cpu=True,
         train_sampling_strategy="sequential", seed=SEED, data_seed=SEED, logging_strategy="no",
         save_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=False,
     )
@@ -84,7 +84,7 @@ def first(trainer: Any, **names: str) -> dict[str, float]:
     return {ours: trainer.step1_metrics[theirs] for ours, theirs in names.items()}
 
 
-def sft(root: Path, size: str, warmup: int, steps: int) -> Result:
+def sft(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """SFTTrainer on pre-tokenized rows with `labels` (-100 on the prompt): its loss is the summed
     NLL of the label tokens over the step's label-token count, as the project's."""
     from datasets import Dataset
@@ -99,7 +99,7 @@ def sft(root: Path, size: str, warmup: int, steps: int) -> Result:
     model = AutoModelForCausalLM.from_pretrained(fx.policy_dir(root, size), dtype=torch.float32)
     n = flop_params(model, lm_head=True)
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(**common_args(out, total), max_length=SEQ_LEN, packing=False, padding_free=False)
+        args = SFTConfig(**common_args(out, total, precision), max_length=SEQ_LEN, packing=False, padding_free=False)
         trainer = recorded(SFTTrainer)(model=model, args=args, train_dataset=data,
                                        processing_class=AutoTokenizer.from_pretrained(fx.tokenizer_dir(root)))
         trainer.train()
@@ -107,7 +107,7 @@ def sft(root: Path, size: str, warmup: int, steps: int) -> Result:
                   6.0 * n * BATCH * SEQ_LEN, trainer.step_losses)
 
 
-def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
+def reward(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """RewardTrainer on pre-tokenized chosen / rejected ids (prompt included): -log sigma(r_c - r_r)
     averaged over the pairs, with the sequence classifier's own last-token pooling."""
     from datasets import Dataset
@@ -122,7 +122,7 @@ def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
                                                                dtype=torch.float32)
     n = flop_params(model, lm_head=False)
     with tempfile.TemporaryDirectory() as out:
-        args = RewardConfig(**common_args(out, total), max_length=SEQ_LEN)
+        args = RewardConfig(**common_args(out, total, precision), max_length=SEQ_LEN)
         trainer = recorded(RewardTrainer)(model=model, args=args, train_dataset=data,
                                           processing_class=AutoTokenizer.from_pretrained(fx.tokenizer_dir(root)))
         trainer.train()
@@ -131,7 +131,7 @@ def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
                   first(trainer, **{"rewards/accuracies": "accuracy", "rewards/margins": "margin"}))
 
 
-def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
+def dpo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """DPOTrainer, sigmoid loss, a separate reference model run in every step (TRL's default
     `precompute_ref_log_probs=False`), on the given prompt / chosen / rejected ids."""
     from datasets import Dataset
@@ -150,7 +150,7 @@ def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
     reference = AutoModelForCausalLM.from_pretrained(fx.policy_dir(root, size), dtype=torch.float32)
     n = flop_params(model, lm_head=True)
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(**common_args(out, total), beta=DPO_BETA, loss_type=["sigmoid"], max_length=SEQ_LEN,
+        args = DPOConfig(**common_args(out, total, precision), beta=DPO_BETA, loss_type=["sigmoid"], max_length=SEQ_LEN,
                          precompute_ref_log_probs=False)
         trainer = recorded(GivenIds)(model=model, ref_model=reference, args=args, train_dataset=data,
                                      processing_class=AutoTokenizer.from_pretrained(fx.tokenizer_dir(root)))

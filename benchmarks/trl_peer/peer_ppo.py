@@ -5,7 +5,7 @@ install of trl==1.12.0 (`pip install --no-deps --target ...`) ahead of the envir
 Same work as the project's iteration: BATCH prompts of PPO_PROMPT_LEN ids (the fixture prompts,
 in order), PPO_NEW_TOKENS sampled at TEMPERATURE, a frozen reference, the fixture reward model as
 scorer and as the critic's start, k1 KL penalty with a fixed coefficient, GAE, PPO_EPOCHS epochs of
-one minibatch. Differences that remain, by design of either side: TRL 1.12 has one AdamW over
+one minibatch; fp32, or bf16 autocast over the whole of `train()` in a bf16 run. Differences that remain, by design of either side: TRL 1.12 has one AdamW over
 policy and critic together and no gradient clipping; it scores the policy's token ids, while the
 project's reward model scores the decoded text re-encoded with its own tokenizer (its vocabulary
 need not be the policy's); TRL takes log pi_old from the sampler's logits, the project from a
@@ -78,7 +78,7 @@ class Phases:
         impl.batch_generation, impl.forward = timed_generation, marked_forward
 
 
-def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
+def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """TRL 1.12 PPOTrainer for WARMUP + steps iterations; see the module docstring."""
     import trl
     from datasets import Dataset
@@ -124,7 +124,8 @@ def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
             gamma=GAMMA, lam=LAM, whiten_rewards=False, num_sample_generations=0,
             learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=WEIGHT_DECAY,
             adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1], adam_epsilon=ADAM_EPS, optim="adamw_torch_fused",
-            bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, seed=SEED, report_to="none",
+            bf16=precision == "bf16", fp16=False, gradient_checkpointing=False, use_cpu=True, seed=SEED,
+            report_to="none",
             save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
         )
         trainer = Logged(args=args, processing_class=tok, model=policy, ref_model=reference, reward_model=reward_model,
@@ -132,7 +133,10 @@ def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
         # the fixture prompts in order, as the project takes them (TRL shuffles by default)
         trainer.dataloader = DataLoader(data, batch_size=BATCH, shuffle=False, collate_fn=trainer.data_collator,
                                         drop_last=True)
-        trainer.train()
+        # TRL 1.12's PPOTrainer leaves bf16=True unused on the CPU (its losses and speed equal the fp32
+        # run's): in a bf16 run its rollout and update run under the autocast the project's do
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            trainer.train()
 
     ends = clock.ends[1:]
     gen = [b - a for a, b in zip(phases.gen_start, phases.gen_end)]

@@ -38,6 +38,8 @@ from benchmarks.trl_peer.settings import (
     WEIGHT_DECAY,
 )
 
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16"}  # settings.PRECISIONS -> the stages' `mixed_precision`
+
 
 def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     from rlhf.train import build_optimizer
@@ -45,12 +47,14 @@ def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return build_optimizer(model, LEARNING_RATE, WEIGHT_DECAY, ADAM_BETAS, ADAM_EPS)
 
 
-def _train(model: Any, micro_batch, loss_fn, units, total: int) -> tuple[StepClock, list[dict[str, float]]]:
+def _train(model: Any, micro_batch, loss_fn, units, total: int, precision: str
+           ) -> tuple[StepClock, list[dict[str, float]]]:
     """`total` steps of `rlhf.train.optimizer_step` on `model` (one micro-batch per step: no
-    accumulation, as on the TRL side); returns the clock and each step's metrics."""
+    accumulation, as on the TRL side) under `precision`'s autocast; returns the clock and each step's
+    metrics."""
     from rlhf.train import make_accelerator, optimizer_step
 
-    accelerator = make_accelerator("no")
+    accelerator = make_accelerator(MIXED_PRECISION[precision])
     optimizer = _optimizer(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -66,7 +70,7 @@ def _rows(items: list[Any], step: int) -> list[Any]:
     return items[step * BATCH: (step + 1) * BATCH]
 
 
-def sft(root: Path, size: str, warmup: int, steps: int) -> Result:
+def sft(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """rlhf.stages.sft's step: `micro_batch_loss` (response tokens only) normalised by `loss_tokens`."""
     from rlhf.stages.sft import loss_tokens, micro_batch_loss
     from rlhf.train import collate_sft, load_causal_lm, load_tokenizer
@@ -76,13 +80,13 @@ def sft(root: Path, size: str, warmup: int, steps: int) -> Result:
     model = load_causal_lm(fx.policy_dir(root, size))
     n, head = flop_params(model, lm_head=False), head_params(model)
     clock, stats = _train(model, lambda s: collate_sft(_rows(rows, s), pad), micro_batch_loss, loss_tokens,
-                          warmup + steps)
+                          warmup + steps, precision)
     scored = BATCH * (RESPONSE_LEN + 1)  # positions whose logits the loss reads (the last prompt token on)
     return Result("project", "sft", size, clock.seconds(warmup), BATCH, BATCH * SEQ_LEN,
                   6.0 * (n * BATCH * SEQ_LEN + head * scored), [s["loss"] for s in stats])
 
 
-def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
+def reward(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """rlhf.stages.reward's step: each pair in one row that holds the prompt once (the stage's
     `share_prompt`), Bradley-Terry loss per pair. FLOPs count the tokens it runs, the prompt once."""
     from rlhf.losses.reward import bradley_terry_loss
@@ -104,14 +108,14 @@ def reward(root: Path, size: str, warmup: int, steps: int) -> Result:
     def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
         return bradley_terry_loss(*pair_rewards(m, mb), num_pairs=num_pairs)
 
-    clock, stats = _train(model, batch, loss_fn, pairs_in, warmup + steps)
+    clock, stats = _train(model, batch, loss_fn, pairs_in, warmup + steps, precision)
     run = batch(0)["input_ids"].numel()  # token positions it runs (every step has the same shape)
     return Result("project", "reward", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN, 6.0 * n * run,
                   [s["loss"] for s in stats],
                   {k: stats[0][k] for k in ("rewards/accuracies", "rewards/margins")})
 
 
-def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
+def dpo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """rlhf.stages.dpo's step with the reference run in the step (no precomputed log-probs, as
     TRL's default): summed response log-probs of each pair in one row that holds the prompt once
     (the stage's `share_prompt`), DPO sigmoid loss. FLOPs count the tokens it runs, the prompt once."""
@@ -139,7 +143,8 @@ def dpo(root: Path, size: str, warmup: int, steps: int) -> Result:
     def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
         return micro_batch_loss(cfg, m, reference, mb, num_pairs)  # the stage's, reference run in the step
 
-    clock, stats = _train(policy, batch, loss_fn, lambda mb: len(mb["lengths"]) // 2, warmup + steps)
+    clock, stats = _train(policy, batch, loss_fn, lambda mb: len(mb["lengths"]) // 2, warmup + steps,
+                          precision)
     run = batch(0)["input_ids"].numel()  # token positions it runs (every step has the same shape)
     scored = 2 * BATCH * RESPONSE_LEN  # positions whose logits the loss reads (one per response token)
     return Result("project", "dpo", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN,
@@ -161,7 +166,7 @@ class TimedGenerate:
         return samples
 
 
-def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
+def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
     """rlhf.stages.ppo's iteration: `make_experience` (sample, score, KL-shaped rewards, GAE) then
     `ppo_update` (K epochs of clipped policy and value losses); policy and critic each have an AdamW."""
     import rlhf.stages.ppo as stage
@@ -177,7 +182,8 @@ def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
                     clip_eps=CLIP_EPS, value_clip=VALUE_CLIP, vf_coef=VF_COEF, learning_rate=LEARNING_RATE,
                     value_learning_rate=LEARNING_RATE, adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1],
                     adam_eps=ADAM_EPS, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
-                    mixed_precision="no", checkpoint_every=total, seed=SEED)
+                    mixed_precision=MIXED_PRECISION[precision], checkpoint_every=total,
+                    seed=SEED)
     tok = load_tokenizer(fx.tokenizer_dir(root))
     prompts = [p["text"] for p in fx.read_data(root)["prompts"]]
     policy = load_causal_lm(fx.policy_dir(root, size))
@@ -185,7 +191,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
     critic = stage.make_critic(fx.reward_dir(root, size), fx.policy_dir(root, size), tok, SEED)
     reward_model = RewardModel.from_pretrained(fx.reward_dir(root, size)).requires_grad_(False).eval()
     n_lm, n_rm = flop_params(policy, lm_head=True), flop_params(critic, lm_head=False)
-    accelerator = make_accelerator("no")
+    accelerator = make_accelerator(cfg.mixed_precision)  # rollout and update under one autocast
     opt_policy, opt_value = optimizer_from(policy, cfg), optimizer_from(critic, cfg, cfg.value_learning_rate)
     policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
 
@@ -193,9 +199,10 @@ def ppo(root: Path, size: str, warmup: int, steps: int) -> Result:
     clock, scoring, updates, losses, first = StepClock(), [], [], [], {}
     for it in range(total):
         t0 = time.perf_counter()
-        batch, metrics = stage.make_experience(
-            cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model, tok,
-            _rows(prompts, it), KL_COEF, seed=SEED * 100_003 + it, accelerator=accelerator)
+        with accelerator.autocast():  # as run_ppo: the reference and reward model under it too
+            batch, metrics = stage.make_experience(
+                cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model,
+                tok, _rows(prompts, it), KL_COEF, seed=SEED * 100_003 + it, accelerator=accelerator)
         t1 = time.perf_counter()
         stats = stage.ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch, row_seed(SEED, it))
         clock.tick()

@@ -33,7 +33,11 @@ SEQ_LEN = PROMPT_LEN + RESPONSE_LEN
 PPO_PROMPT_LEN = 32  # chat-formatted PPO prompt, BOS first
 PPO_NEW_TOKENS = 32  # tokens sampled per PPO response
 
-# --- optimizer: AdamW (Loshchilov & Hutter 2019), constant learning rate, fp32 everywhere
+# --- precision: fp32 everywhere, or bf16 autocast on both sides (fp32 weights, gradients and optimizer
+# state; matmuls in bf16). `trl_compare.py --precision` picks one for the whole run.
+PRECISIONS = ("fp32", "bf16")
+
+# --- optimizer: AdamW (Loshchilov & Hutter 2019), constant learning rate
 LEARNING_RATE = 1e-4  # eta, also the PPO critic's
 ADAM_BETAS = (0.9, 0.999)  # beta_1, beta_2
 ADAM_EPS = 1e-8  # epsilon

@@ -3,7 +3,7 @@
     python -m benchmarks.trl_peer.worker SPEC_JSON OUT_JSON
 
 SPEC_JSON: {"side": "project" | "trl", "trainer": ..., "size": ..., "root": fixtures folder,
-"warmup": int, "steps": int, "threads": int}. Writes the `Result` as JSON to OUT_JSON.
+"warmup": int, "steps": int, "threads": int, "precision": "fp32" | "bf16"}. Writes the `Result` as JSON to OUT_JSON.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def run(spec: dict) -> dict:
         from benchmarks.trl_peer.peer_ppo import RUNNERS
     else:
         from benchmarks.trl_peer.peer import RUNNERS
-    result = RUNNERS[spec["trainer"]](Path(spec["root"]), spec["size"], spec["warmup"], spec["steps"])
+    result = RUNNERS[spec["trainer"]](Path(spec["root"]), spec["size"], spec["warmup"], spec["steps"],
+                                      spec.get("precision", "fp32"))
     result.rss_mib = peak_rss_mib()
     return result.to_json()
 

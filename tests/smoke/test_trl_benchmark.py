@@ -1,8 +1,12 @@
 """benchmarks/trl_compare.py on its project side only (TRL not needed): one step of each trainer on
-the tiny size, each in its own worker process, and a table row per trainer with positive throughput."""
+the tiny size, each in its own worker process, and a table row per trainer with positive throughput;
+with `--precision bf16`, where the CPU multiplies bf16 natively, the steps run under autocast."""
+
+import pytest
 
 from benchmarks.trl_compare import run, samples_per_s
 from benchmarks.trl_peer.settings import TRAINERS
+from rlhf.train.runtime import cpu_has_bf16
 
 
 def test_project_side_has_a_row_per_trainer():
@@ -16,3 +20,22 @@ def test_project_side_has_a_row_per_trainer():
         assert float(row.split()[3]) > 0  # samples/s as printed
         (peer,) = [line for line in lines if line.split()[:3] == [trainer, "tiny", "TRL"]]
         assert "skipped" in peer
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 matmul")
+def test_bf16_runs_the_step_under_autocast_and_reports_against_both_peaks():
+    def sft_losses(precision: str, lines: list[str]) -> list[float]:
+        runs = run(["--sizes", "tiny", "--trainers", "sft", "--steps", "1", "--repeats", "1", "--threads", "1",
+                    "--precision", precision], with_trl=False, warmup=1, say=lines.append)
+        return runs["sft", "tiny", "project"].results[0]["losses"]
+
+    fp32_lines, bf16_lines = [], []
+    fp32, bf16 = sft_losses("fp32", fp32_lines), sft_losses("bf16", bf16_lines)
+    # same weights and batches: bf16 matmuls round differently, so the losses differ, but only a little
+    assert fp32 != bf16
+    assert bf16 == pytest.approx(fp32, rel=2e-3)
+    (head,) = [line for line in bf16_lines if line.startswith("trainer")]
+    assert "of fp32" in head and not any("of fp32" in line for line in fp32_lines)
+    (row,) = [line for line in bf16_lines if line.split()[:3] == ["sft", "tiny", "project"]]
+    _, mfu_bf16, mfu_fp32 = (float(cell.lstrip("±").rstrip("%")) for cell in row.split() if cell.endswith("%"))
+    assert mfu_fp32 > mfu_bf16 > 0  # the same FLOP rate against the lower fp32 peak

@@ -44,3 +44,28 @@ def test_cpu_bf16_autocast_keeps_logprobs_close_to_fp32():
     assert not torch.equal(bf16, fp32), "autocast did not run in bf16"
     # per token: within 0.02 nats of fp32 (bf16 keeps ~3 significant digits; log-softmax runs in fp32)
     assert torch.allclose(bf16 / 16, fp32 / 16, atol=0.02), (bf16 - fp32) / 16
+
+
+@pytest.mark.skipif(not runtime.cpu_has_bf16(), reason="this CPU has no native bf16 matmul")
+def test_under_bf16_autocast_a_prepared_policy_and_its_unprepared_reference_agree_at_any_temperature():
+    """PPO's policy is prepared by accelerate (its outputs come back in fp32) and its reference is not
+    (bf16 logits): equal weights must still give equal tempered log-probs, so that the KL of the
+    first rollout is exactly 0."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf.logprobs import logprobs_and_entropy, response_logits
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=96, n_positions=32, n_embd=64, n_layer=2, n_head=4)
+    reference = GPT2LMHeadModel(cfg).eval().requires_grad_(False)
+    policy = GPT2LMHeadModel(cfg).eval()
+    policy.load_state_dict(reference.state_dict())
+    accelerator = runtime.make_accelerator("bf16")
+    policy = accelerator.prepare(policy)
+    ids = torch.randint(0, 96, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded prompt
+    with torch.no_grad(), accelerator.autocast():
+        mine, theirs = (logprobs_and_entropy(response_logits(m, ids, mask, 8, 0.7), ids[:, 8:])[0]
+                        for m in (policy, reference))
+    assert torch.equal(mine, theirs), (mine - theirs).abs().max()
