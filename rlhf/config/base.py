@@ -124,6 +124,11 @@ class TrainConfig(StageConfig):
     fsdp: bool = Field(False, description="with several processes, shard parameters, gradients and AdamW state over "
                                           "them (torch FSDP2) instead of a full copy each (DDP): for models that do "
                                           "not fit one device; the run equals the DDP run within float tolerance")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each transformer block's activations in the backward pass instead of keeping "
+                           "them (TRL's gradient_checkpointing): one block's activations in memory instead of every "
+                           "block's, for about one more forward per step; same loss and gradients (PPO: policy and "
+                           "critic)")
     # LoRA (Hu et al. 2021): W x + (alpha / r) B A x with A, B of rank r trained and W frozen
     lora_r: int = Field(0, ge=0, description="LoRA rank r; 0 = full fine-tuning, no adapter")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scale alpha: the update is (alpha / r) B A")

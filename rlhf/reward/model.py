@@ -174,7 +174,9 @@ class RewardModel(torch.nn.Module):
         elif tokenizer.eos_token is None:
             raise ValueError("pooling at the last token needs a tokenizer with an eos token")
         # decoders and BERT-like encoders both take positions; count them over real tokens only
-        self._positions = "position_ids" in inspect.signature(backbone.forward).parameters
+        params = inspect.signature(backbone.forward).parameters
+        self._positions = "position_ids" in params
+        self._no_cache = {"use_cache": False} if "use_cache" in params else {}  # a decoder's cache: of no use here
 
     # ---------- construction and persistence ----------
     @classmethod
@@ -253,7 +255,8 @@ class RewardModel(torch.nn.Module):
         Shared-prefix pairs (`rlhf.train.collate_shared_pairs`, when `shares_prefixes`) bring a
         (B, 1, T, T) boolean mask, their `position_ids` and `score_index` (B, K): the rewards of the
         K sequences of each row, (B, K)."""
-        kwargs = {"input_ids": input_ids, "attention_mask": model_attention_mask(self.backbone, attention_mask)}
+        kwargs = {"input_ids": input_ids, "attention_mask": model_attention_mask(self.backbone, attention_mask),
+                  **self._no_cache}
         if self._positions:  # (B, T), counted over real tokens: the same as unpadded
             kwargs["position_ids"] = position_ids if position_ids is not None else positions_of(attention_mask)
         hidden = self.backbone(**kwargs).last_hidden_state  # (B, T, H)

@@ -42,6 +42,7 @@ from rlhf.train import (
     scheduler_from,
     seed_everything,
     shard_and_split,
+    with_activation_checkpointing,
 )
 from rlhf.train.batching import require_split, shared_pair_targets, shares_prefixes
 from rlhf.train.lora import AdapterOff, finish_outputs, has_adapter, lora_enabled, with_lora
@@ -170,6 +171,7 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
         reference = AdapterOff(policy)
     else:  # on the device, sharded too with `fsdp`: a frozen copy as large as the policy
         reference = shard(load_causal_lm(sft_dir).eval().requires_grad_(False), accelerator, cfg.fsdp)
+    policy = with_activation_checkpointing(policy, cfg.activation_checkpointing)
     policy = shard(policy, accelerator, cfg.fsdp)  # FSDP (several processes, `fsdp: true`): before the optimizer
 
     # 2. data: prompt + chosen / prompt + rejected token ids, loss mask on the response tokens

@@ -64,6 +64,7 @@ from rlhf.train import (
     read_jsonl,
     scheduler_from,
     seed_everything,
+    with_activation_checkpointing,
 )
 from rlhf.train.lora import (
     AdapterOff,
@@ -330,6 +331,7 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
     else:
         critic = with_reward_lora(make_critic(reward_dir, sft_dir, tokenizer, cfg.seed), cfg,
                                   ckpt / VALUE_DIR if ckpt is not None else None, HEAD_FILE)
+    policy, critic = (with_activation_checkpointing(m, cfg.activation_checkpointing) for m in (policy, critic))
     if lora_enabled(cfg):
         reference = AdapterOff(policy)
     else:

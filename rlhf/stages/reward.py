@@ -39,6 +39,7 @@ from rlhf.train import (
     scheduler_from,
     seed_everything,
     shard_and_split,
+    with_activation_checkpointing,
 )
 from rlhf.train.batching import require_split
 from rlhf.train.lora import finish_outputs, has_adapter, saved_form, with_reward_lora
@@ -116,6 +117,7 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
     model = with_reward_lora(model, cfg, run.resume_dir, HEAD_FILE)  # LoRA: adapter on the backbone, head trained
+    model = with_activation_checkpointing(model, cfg.activation_checkpointing)
     model = shard(model, accelerator, cfg.fsdp)  # FSDP (several processes, `fsdp: true`): before the optimizer
     tokenizer = model.tokenizer
     share = cfg.share_prompt and model.shares_prefixes(cfg.max_seq_len)  # one row per pair, the prompt held once

@@ -38,6 +38,7 @@ from rlhf.train import (
     scheduler_from,
     seed_everything,
     shard_and_split,
+    with_activation_checkpointing,
 )
 from rlhf.train.batching import model_attention_mask, require_split
 from rlhf.train.lora import finish_outputs, has_adapter, with_lora
@@ -50,7 +51,7 @@ def micro_batch_loss(model: Any, mb: dict[str, torch.Tensor], num_tokens: float)
     # packed rows bring a (b, 1, T, T) block-diagonal mask and per-example position_ids
     s = first_scored_position(mb["loss_mask"])  # the LM head runs on positions [s, T) only
     logits = model(input_ids=mb["input_ids"], attention_mask=model_attention_mask(model, mb["attention_mask"]),
-                   position_ids=mb.get("position_ids"), **kept_logits(mb["input_ids"].shape[1], s)).logits
+                   position_ids=mb.get("position_ids"), use_cache=False, **kept_logits(mb["input_ids"].shape[1], s)).logits
     return sft_loss(logits, mb["input_ids"][:, s:], mb["loss_mask"][:, s:], num_tokens)  # logits (b, T-s, V)
 
 
@@ -107,7 +108,7 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
         model = load_causal_lm(source, cfg.trust_remote_code)
     else:
         model = build_gpt2(tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions, cfg.seed)
-    model = with_lora(model, cfg, resume=ckpt)
+    model = with_activation_checkpointing(with_lora(model, cfg, resume=ckpt), cfg.activation_checkpointing)
     model = shard(model, accelerator, cfg.fsdp)  # FSDP (several processes, `fsdp: true`): before the optimizer
 
     # 3. data: chat-format token ids with a response-only loss mask; packed rows if asked

@@ -3,7 +3,7 @@
 | module | what it gives |
 | --- | --- |
 | `runtime` | `make_accelerator(mixed_precision)`, `seed_everything(seed)`, RNG state save/restore, `progress_bar` |
-| `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout` |
+| `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout`, `with_activation_checkpointing` |
 | `batching` | chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
 | `optim` | `build_optimizer`, `build_scheduler`, `optimizer_from` / `scheduler_from` (from a `TrainConfig`), `optimizer_step` (gradient accumulation normalised over the whole step; a non-finite step is not applied), `check_finite` / `NonFiniteError`, `Throughput` |
 | `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir` |
@@ -63,6 +63,7 @@ from rlhf.train.models import (
     disable_dropout,
     has_tokenizer,
     load_causal_lm,
+    with_activation_checkpointing,
     load_tokenizer,
 )
 from rlhf.train.optim import (

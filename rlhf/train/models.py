@@ -5,6 +5,8 @@
   reward model that pools at [CLS] (rlhf/reward/model.py).
 - `build_gpt2(tokenizer, ...)`: the embedded default, a GPT-2 from a config (random init, seeded).
 - `load_causal_lm(dir)`: any local causal LM directory (GPT-2, Llama, SmolLM2 saved as safetensors).
+- `with_activation_checkpointing(model, on)`: a trained model that recomputes its blocks' activations
+  in the backward pass (the `activation_checkpointing` param of every trainer).
 Everything loads with `local_files_only=True`: a typo in a path fails at once instead of
 waiting on the network. All models come back with dropout off (Huang et al. 2024, "N+
 implementation details of RLHF with PPO": dropout makes the PPO ratio and the reward noisy).
@@ -129,6 +131,32 @@ def load_causal_lm(path: str | Path, trust: bool | None = None):
         )
     mark(model, code)
     return disable_dropout(model)
+
+
+def with_activation_checkpointing(model: Any, enabled: bool) -> Any:
+    """`model`, whose transformer blocks keep only their inputs in the forward pass and recompute the
+    rest in the backward pass (activation checkpointing, Chen et al. 2016): a step then holds the
+    activations of one block instead of every block's, for about one more forward per step. The
+    loss and gradients are those of the plain step (`tests/unit/test_activation_checkpointing.py`).
+
+    It applies to the transformers model inside `model`: a causal LM, the base of a peft model, or a
+    `RewardModel`'s backbone (PPO's critic too), in training mode only (sampling and held-out passes
+    do not change). The non-reentrant form of `torch.utils.checkpoint`, so that frozen inputs (LoRA
+    on frozen weights) still pass gradients back. Returns `model`; `model` itself when not `enabled`."""
+    if not enabled:
+        return model
+    from transformers import PreTrainedModel
+
+    inner = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)  # the outermost one
+    if inner is None or not inner.supports_gradient_checkpointing:
+        name = type(inner if inner is not None else model).__name__
+        raise UserError(f"{name} does not support activation checkpointing: set activation_checkpointing: false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.x; the older name is deprecated there
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # pragma: no cover - older transformers
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
 
 
 def max_positions(config: Any, default: int = 1024) -> int:

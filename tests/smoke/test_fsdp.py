@@ -36,12 +36,16 @@ def last_optimizer_state(root, stage):
     return torch.load(ckpt / "optimizer.pt", weights_only=True)["optimizers"]
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
-def test_fsdp_in_two_processes_matches_one_process(world, tmp_path, stage):
+@pytest.mark.parametrize("stage, checkpointed", [("sft", False), ("reward", False), ("dpo", False), ("sft", True)],
+                         ids=["sft", "reward", "dpo", "sft-activation-checkpointing"])
+def test_fsdp_in_two_processes_matches_one_process(world, tmp_path, stage, checkpointed):
+    """`checkpointed`: the sharded run also recomputes its blocks' activations in the backward pass
+    (transformers checkpoints a block's `forward`, inside FSDP's hooks: the recompute runs while FSDP holds
+    the block's gathered weights for its backward)."""
     one, two = tmp_path / "one", tmp_path / "two"
     for root in (one, two):
         shutil.copytree(world, root)
-    sharded = {**PARAMS, stage: {**PARAMS[stage], "fsdp": True}}
+    sharded = {**PARAMS, stage: {**PARAMS[stage], "fsdp": True, "activation_checkpointing": checkpointed}}
     (two / "params.yaml").write_text(yaml.safe_dump(sharded))
     single = STAGES[stage].run(load_config(stage, one / "params.yaml"), Paths(one))
     double = run_in_processes(stage, str(two / "params.yaml"), str(two), 2)
