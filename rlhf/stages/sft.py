@@ -76,7 +76,7 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
         mb = {k: v.to(accelerator.device) for k, v in collate_sft(rows or examples[:1], pad_id).items()}
         s = first_scored_position(mb["loss_mask"])
         with accelerator.autocast():  # unpacked: a (b, T) padding mask, made causal by the model itself
-            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False,
                            **kept_logits(mb["input_ids"].shape[1], s)).logits  # (b, T-s, V)
         mask = mb["loss_mask"][:, s + 1:]  # (b, T-s-1)
         nll = -shifted_token_logprobs(logits, mb["input_ids"][:, s:])
