@@ -30,6 +30,7 @@ from benchmarks.trl_peer.settings import (  # noqa: E402
     ADAM_BETAS,
     ADAM_EPS,
     BATCH,
+    CLIP_EPS,
     LEARNING_RATE,
     MAX_GRAD_NORM,
     N_POSITIONS,
@@ -45,25 +46,30 @@ from benchmarks.trl_peer.settings import (  # noqa: E402
 SHAPES = {"embedded": Size(n_layer=4, n_head=4, n_embd=128), **SIZES}
 
 
-def build(shape: Size) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
+class Vocab:
+    """What `rlhf.train.build_gpt2` reads of a tokenizer: the benchmark's vocabulary, token 0 as bos/eos/pad."""
 
-    torch.manual_seed(SEED)
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=N_POSITIONS, n_layer=shape.n_layer, n_head=shape.n_head,
-                     n_embd=shape.n_embd, activation_function="gelu_pytorch_tanh", bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # as rlhf.train.build_gpt2: no dropout
-    return GPT2LMHeadModel(cfg)
+    bos_token_id = eos_token_id = pad_token_id = 0
+
+    def __len__(self) -> int:
+        return VOCAB
+
+
+def build(shape: Size) -> torch.nn.Module:
+    from rlhf.train import build_gpt2
+
+    return build_gpt2(Vocab(), shape.n_layer, shape.n_head, shape.n_embd, N_POSITIONS, SEED)
 
 
 def step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-    """One policy step of the project's shape: response log-probs, a ratio-shaped loss, backward."""
+    """One policy step of the project's shape: response log-probs, the clipped PPO loss, backward."""
     from rlhf.logprobs import logprobs_and_entropy, response_logits
+    from rlhf.losses.ppo import ppo_policy_loss
 
     def step(ids: torch.Tensor, mask: torch.Tensor, old: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
         logits = response_logits(model, ids, mask, PPO_PROMPT_LEN, TEMPERATURE)
         logp, _ = logprobs_and_entropy(logits, ids[:, PPO_PROMPT_LEN:], entropy_grad=False)
-        ratio = torch.exp(logp - old)
-        loss = torch.max(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
+        loss, _ = ppo_policy_loss(logp, old, adv, torch.ones_like(logp), CLIP_EPS)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         optimizer.step()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
 import rlhf.stages.dpo
 import rlhf.stages.ppo
@@ -19,6 +18,8 @@ from rlhf.config.reward import RewardConfig
 from rlhf.config.sft import SFTConfig
 from rlhf.reward import RewardModel
 from rlhf.train import load_causal_lm
+from tests.smoke.test_lora_smoke import assert_same_weights
+from tests.unit.test_activation_checkpointing import blocks_of
 from tests.worlds import rl_world
 
 SFT = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, batch_size=8, micro_batch_size=4,
@@ -45,12 +46,9 @@ def record_checkpointed(monkeypatch, module) -> list:
 
 
 def assert_recomputes(models: list, count: int) -> None:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     assert len(models) == count
     for model in models:
-        blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-        assert blocks and all(b.gradient_checkpointing for b in blocks), type(model).__name__
+        assert all(b.gradient_checkpointing for b in blocks_of(model)), type(model).__name__
 
 
 def assert_same_history(got: list[dict], want: list[dict], keys: tuple[str, ...]) -> None:
@@ -58,12 +56,6 @@ def assert_same_history(got: list[dict], want: list[dict], keys: tuple[str, ...]
     for g, w in zip(got, want):
         for key in keys:
             assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
-
-
-def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    assert got.keys() == want.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def twice(run, cfg_plain, cfg_ckpt, paths, out_dir, load):

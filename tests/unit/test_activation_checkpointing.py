@@ -105,27 +105,14 @@ def test_off_is_the_model_itself_and_eval_passes_run_each_block_once():
     assert counts == [1] * len(counts)
 
 
-def _gpt2_tokenizer():
-    """A stand-in tokenizer with what a decoder reward model reads: pad, eos, no [CLS]."""
-    from tests.chatml import train_chatml_tokenizer
-
-    return train_chatml_tokenizer(["water the fern weekly", "feed the basil"], vocab_size=300)
-
-
 @pytest.mark.parametrize("per_token", [False, True], ids=["pooled reward", "per-token critic"])
 def test_a_decoder_reward_model_and_the_critic_step_as_the_plain_model(tmp_path, per_token):
     from rlhf.train import build_gpt2, save_model_dir
+    from tests.chatml import train_chatml_tokenizer
 
-    tok = _gpt2_tokenizer()
+    tok = train_chatml_tokenizer(["water the fern weekly", "feed the basil"], vocab_size=300)  # pad, eos, no [CLS]
     path = tmp_path / "backbone"
-
-    class Vocab:
-        bos_token_id, eos_token_id, pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-
-        def __len__(self) -> int:
-            return len(tok)
-
-    save_model_dir(path, build_gpt2(Vocab(), 2, 2, 32, 64, seed=0), tok)
+    save_model_dir(path, build_gpt2(tok, 2, 2, 32, 64, seed=0), tok)
     rm = RewardModel.from_backbone(path, tok, seed=0)
     ids, mask = batch(len(tok))
     assert_same_step(rm, lambda m: (m(ids, mask, per_token=per_token) ** 2).mean())
