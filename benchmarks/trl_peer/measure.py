@@ -10,13 +10,18 @@
   reward model. Attention's T^2 terms are left out, as in the usual MFU definition. Each side is
   credited with the work it does: a side that runs the output projection on the positions its loss
   reads only, or a pair's shared prompt once, is counted for those positions and tokens only.
-- Peak: the best `torch.matmul` rate of large square matrices on this machine, same threads, in the
-  run's precision (fp32, or bf16 for a bf16 autocast run, whose matmuls run in bf16).
-- Peak RSS: `ru_maxrss` of the worker process, which runs one trainer on one side.
+- Peak: the best `torch.matmul` rate of large square matrices on the run's device (this machine's
+  CPU with the same threads, or its GPU), in the run's precision (fp32, or bf16 for a bf16 autocast
+  run, whose matmuls run in bf16).
+- Peak memory: `ru_maxrss` of the worker process, which runs one trainer on one side; on a GPU,
+  the most GPU memory its tensors held (`torch.cuda.max_memory_allocated`).
+- On a GPU every step end waits for the device (`torch.cuda.synchronize`), so a step is timed when
+  its kernels have run, not when they were queued.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +44,7 @@ class Result:
     losses: list[float]  # of every step, warm-up included: losses[0] is step 1
     metrics: dict[str, float] = field(default_factory=dict)  # step-1 diagnostics to compare
     rss_mib: float = 0.0
+    gpu_mib: float = 0.0  # on a GPU: the most memory its tensors held
     # PPO only: seconds per timed iteration in sampling, in scoring (teacher-forced passes, rewards,
     # GAE) and in the update, and the tokens sampled per iteration
     generate_seconds: list[float] = field(default_factory=list)
@@ -58,10 +64,29 @@ class StepClock:
         self.ends = [time.perf_counter()]  # ends[0]: the start of step 1
 
     def tick(self) -> None:
+        sync()
         self.ends.append(time.perf_counter())
 
     def seconds(self, warmup: int) -> list[float]:
         return [b - a for a, b in zip(self.ends[warmup:], self.ends[warmup + 1:])]
+
+
+def bench_device() -> str:
+    """The device this worker's two sides run on: "cuda" or "cpu" (the worker sets the project's
+    RLHF_DEVICE from its spec, and the TRL side reads the same)."""
+    from rlhf.train.runtime import DEVICE_ENV
+
+    return os.environ.get(DEVICE_ENV, "cpu")
+
+
+def sync() -> None:
+    """Wait for the queued GPU work, if any."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def peak_gpu_mib() -> float:
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else 0.0
 
 
 def peak_rss_mib() -> float:
@@ -88,13 +113,18 @@ def head_params(model: torch.nn.Module) -> int:
     return model.get_output_embeddings().weight.numel()
 
 
-def peak_matmul_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
-    """Best FLOP/s of `torch.matmul` on two n x n `dtype` matrices (2 n^3 FLOPs) over `repeats` runs."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def peak_matmul_flops(n: int | None = None, repeats: int = 10, dtype: torch.dtype = torch.float32,
+                      device: str = "cpu") -> float:
+    """Best FLOP/s of `torch.matmul` on two n x n `dtype` matrices (2 n^3 FLOPs) over `repeats` runs
+    on `device` (n: 2048 on the CPU, 8192 on a GPU, which 2048 leaves partly idle)."""
+    n = n or (8192 if device == "cuda" else 2048)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     torch.matmul(a, b)  # warm-up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.trl_peer import fixtures as fx
-from benchmarks.trl_peer.measure import Result, StepClock, flop_params
+from benchmarks.trl_peer.measure import Result, StepClock, bench_device, flop_params
 from benchmarks.trl_peer.settings import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -40,7 +40,8 @@ def common_args(out_dir: str, total: int, precision: str) -> dict[str, Any]:
         output_dir=out_dir, max_steps=total, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
         learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=WEIGHT_DECAY,
         adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1], adam_epsilon=ADAM_EPS, max_grad_norm=MAX_GRAD_NORM,
-        optim="adamw_torch_fused", bf16=precision == "bf16", fp16=False, gradient_checkpointing=False, use_cpu=True,
+        optim="adamw_torch_fused", bf16=precision == "bf16", fp16=False, gradient_checkpointing=False,
+        use_cpu=bench_device() == "cpu",
         train_sampling_strategy="sequential", seed=SEED, data_seed=SEED, logging_strategy="no",
         save_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=False,
     )

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from benchmarks.trl_peer import fixtures as fx
-from benchmarks.trl_peer.measure import Result, StepClock, flop_params
+from benchmarks.trl_peer.measure import Result, StepClock, bench_device, flop_params
 from benchmarks.trl_peer.project import ppo_flops
 from benchmarks.trl_peer.settings import (
     ADAM_BETAS,
@@ -39,7 +39,6 @@ from benchmarks.trl_peer.settings import (
     LEARNING_RATE,
     PPO_EPOCHS,
     PPO_NEW_TOKENS,
-    PPO_PROMPT_LEN,
     SEED,
     TEMPERATURE,
     VALUE_CLIP,
@@ -93,7 +92,8 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     tok = AutoTokenizer.from_pretrained(fx.tokenizer_dir(root))
     prompts = fx.read_data(root)["prompts"][: total * BATCH]
     data = Dataset.from_list([{"input_ids": p["ids"]} for p in prompts])
-    assert all(len(p["ids"]) == PPO_PROMPT_LEN for p in prompts)
+    prompt_len = fx.prompt_length(root)  # PPO_PROMPT_LEN, or more for a checkpoint's own chat template
+    assert all(len(p["ids"]) == prompt_len for p in prompts)
     policy, reference = (AutoModelForCausalLM.from_pretrained(fx.policy_dir(root, size), dtype=torch.float32)
                          for _ in range(2))
     value, reward_model = (AutoModelForSequenceClassification.from_pretrained(
@@ -124,7 +124,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
             gamma=GAMMA, lam=LAM, whiten_rewards=False, num_sample_generations=0,
             learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=WEIGHT_DECAY,
             adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1], adam_epsilon=ADAM_EPS, optim="adamw_torch_fused",
-            bf16=precision == "bf16", fp16=False, gradient_checkpointing=False, use_cpu=True, seed=SEED,
+            bf16=precision == "bf16", fp16=False, gradient_checkpointing=False, use_cpu=bench_device() == "cpu", seed=SEED,
             report_to="none",
             save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
         )
@@ -135,7 +135,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
                                         drop_last=True)
         # TRL 1.12's PPOTrainer leaves bf16=True unused on the CPU (its losses and speed equal the fp32
         # run's): in a bf16 run its rollout and update run under the autocast the project's do
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16" and bench_device() == "cpu"):
             trainer.train()
 
     ends = clock.ends[1:]
@@ -144,7 +144,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     update = [e - u for u, e in zip(phases.update_start, ends)]
     losses = [row["loss/policy_avg"] + VF_COEF * row["loss/value_avg"] for row in logged if "loss/policy_avg" in row]
     row = logged[0]
-    tokens = BATCH * (PPO_PROMPT_LEN + PPO_NEW_TOKENS)
+    tokens = BATCH * (prompt_len + PPO_NEW_TOKENS)
     flops = ppo_flops(n_lm, n_rm, tokens, sum(phases.tokens[warmup:]) / max(steps, 1))
     metrics = {"loss/policy": row["loss/policy_avg"], "loss/value": row["loss/value_avg"],
                "objective/kl": row["objective/kl"]}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from benchmarks.trl_peer import fixtures as fx
-from benchmarks.trl_peer.measure import Result, StepClock, flop_params, head_params
+from benchmarks.trl_peer.measure import Result, StepClock, bench_device, flop_params, head_params
 from benchmarks.trl_peer.settings import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -28,7 +28,6 @@ from benchmarks.trl_peer.settings import (
     MAX_GRAD_NORM,
     PPO_EPOCHS,
     PPO_NEW_TOKENS,
-    PPO_PROMPT_LEN,
     RESPONSE_LEN,
     SEED,
     SEQ_LEN,
@@ -127,7 +126,7 @@ def dpo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     pad = load_tokenizer(fx.tokenizer_dir(root)).pad_token_id
     pairs = fx.read_data(root)["pairs"]
     policy = load_causal_lm(fx.policy_dir(root, size))
-    reference = load_causal_lm(fx.policy_dir(root, size)).eval().requires_grad_(False)
+    reference = load_causal_lm(fx.policy_dir(root, size)).eval().requires_grad_(False).to(bench_device())
     n, head = flop_params(policy, lm_head=False), head_params(policy)
     share = shares_prefixes(policy)
 
@@ -194,6 +193,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     accelerator = make_accelerator(cfg.mixed_precision)  # rollout and update under one autocast
     opt_policy, opt_value = optimizer_from(policy, cfg), optimizer_from(critic, cfg, cfg.value_learning_rate)
     policy, critic, opt_policy, opt_value = accelerator.prepare(policy, critic, opt_policy, opt_value)
+    reference, reward_model = reference.to(accelerator.device), reward_model.to(accelerator.device)
 
     timed = stage.generate = TimedGenerate(stage.generate)  # this worker process only
     clock, scoring, updates, losses, first = StepClock(), [], [], [], {}
@@ -212,7 +212,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
         losses.append(mean["loss/policy"] + VF_COEF * mean["loss/value"])
         if it == 0:
             first = {**mean, "objective/kl": metrics["objective/kl"]}
-    tokens = BATCH * (PPO_PROMPT_LEN + PPO_NEW_TOKENS)
+    tokens = BATCH * (fx.prompt_length(root) + PPO_NEW_TOKENS)  # PPO_PROMPT_LEN unless a checkpoint's template is longer
     flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1))
     return Result("project", "ppo", size, clock.seconds(warmup), BATCH, tokens, flops, losses, first,
                   generate_seconds=timed.seconds[warmup:], score_seconds=scoring[warmup:],

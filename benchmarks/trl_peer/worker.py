@@ -3,7 +3,8 @@
     python -m benchmarks.trl_peer.worker SPEC_JSON OUT_JSON
 
 SPEC_JSON: {"side": "project" | "trl", "trainer": ..., "size": ..., "root": fixtures folder,
-"warmup": int, "steps": int, "threads": int, "precision": "fp32" | "bf16"}. Writes the `Result` as JSON to OUT_JSON.
+"warmup": int, "steps": int, "threads": int, "precision": "fp32" | "bf16", "device": "cpu" | "cuda"}.
+Writes the `Result` as JSON to OUT_JSON.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DI
 
 
 def run(spec: dict) -> dict:
-    """The `Result` of `spec`, as a dict, with this process's peak RSS."""
+    """The `Result` of `spec`, as a dict, with this process's peak RSS (and GPU memory)."""
+    from rlhf.train.runtime import DEVICE_ENV
+
+    os.environ[DEVICE_ENV] = spec.get("device", "cpu")  # the project's stages: refuse without it, or never use a GPU
     import torch
 
-    from benchmarks.trl_peer.measure import peak_rss_mib
+    from benchmarks.trl_peer.measure import peak_gpu_mib, peak_rss_mib
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -37,7 +41,7 @@ def run(spec: dict) -> dict:
         from benchmarks.trl_peer.peer import RUNNERS
     result = RUNNERS[spec["trainer"]](Path(spec["root"]), spec["size"], spec["warmup"], spec["steps"],
                                       spec.get("precision", "fp32"))
-    result.rss_mib = peak_rss_mib()
+    result.rss_mib, result.gpu_mib = peak_rss_mib(), peak_gpu_mib()
     return result.to_json()
 
 

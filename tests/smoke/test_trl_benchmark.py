@@ -39,3 +39,37 @@ def test_bf16_runs_the_step_under_autocast_and_reports_against_both_peaks():
     (row,) = [line for line in bf16_lines if line.split()[:3] == ["sft", "tiny", "project"]]
     _, mfu_bf16, mfu_fp32 = (float(cell.lstrip("±").rstrip("%")) for cell in row.split() if cell.endswith("%"))
     assert mfu_fp32 > mfu_bf16 > 0  # the same FLOP rate against the lower fp32 peak
+
+
+def test_a_given_checkpoint_runs_every_trainer_with_its_own_tokenizer_and_chat_template(tmp_path):
+    """`--model DIR`: a Llama with a ChatML template (ids, specials and prompt length its own) as the
+    size `model`; each trainer's step runs on it and the PPO prompts carry its template."""
+    from benchmarks.trl_peer import fixtures as fx
+    from rlhf.chat import encode_prompt
+    from rlhf.train import load_tokenizer
+    from tests.chatml import IM_START, save_tiny_chat_llama
+
+    model_dir = save_tiny_chat_llama(tmp_path / "llama")
+    lines: list[str] = []
+    runs = run(["--model", str(model_dir), "--steps", "1", "--repeats", "1", "--threads", "1"], with_trl=False,
+               warmup=0, say=lines.append)
+    for trainer in TRAINERS:
+        (result,) = runs[trainer, fx.MODEL_SIZE, "project"].results
+        assert samples_per_s(result) > 0 and result["losses"][0] > 0
+    # the fixtures themselves: written again here, as the run wrote them in its temporary folder
+    root = tmp_path / "fixtures"
+    fx.write_model_fixtures(root, model_dir, steps=1)
+    tok = load_tokenizer(model_dir)
+    data = fx.read_data(root)
+    specials = set(tok.all_special_ids)
+    row = data["sft"][0]["input_ids"]
+    assert row[0] == tok.bos_token_id and row[-1] == tok.eos_token_id and not specials & set(row[1:-1])
+    prompt = data["prompts"][0]
+    assert prompt["ids"] == encode_prompt(tok, prompt["text"]) and IM_START in tok.decode(prompt["ids"])
+    assert fx.prompt_length(root) == len(encode_prompt(tok, "")) + 16 > 32  # the template alone is long
+
+
+def test_an_unknown_checkpoint_directory_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(["--model", str(tmp_path)], with_trl=False)
+    assert "no config.json" in capsys.readouterr().err
