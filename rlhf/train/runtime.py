@@ -54,7 +54,31 @@ def make_accelerator(mixed_precision: MixedPrecision = "auto"):
     # on the CPU, say so: accelerate then runs the processes of `torchrun` / `accelerate launch` as
     # one data-parallel group over gloo (MULTI_CPU) instead of N independent runs
     cpu = os.environ.get(DEVICE_ENV, "").strip().lower() == "cpu" or not torch.cuda.is_available()
+    if cpu:
+        keep_freed_memory()
     return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), cpu=cpu)
+
+
+def keep_freed_memory() -> bool:
+    """Make the C allocator keep what a step frees for the next step (Linux with glibc: `mallopt`
+    M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 2 GiB); returns whether it could.
+
+    glibc serves every block over 32 MiB with a fresh `mmap` and unmaps it on free, so on a CPU each
+    large tensor (a real model's logits, its embedding gradient, its activations) is page-faulted in
+    again at every step, and the kernel's zeroing of those pages costs as much as the matmuls around
+    them: SmolLM2-135M's PPO iteration took 16.3 s with 34 s of system time over a run, 12.8 s and
+    21 s with the heap kept (`python benchmarks/trl_compare.py --model ...`), for 4% more peak RSS.
+    Results do not change: only where memory comes from does."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None)  # this process's C library
+    if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: their own allocators
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
 DEVICE_ENV = "RLHF_DEVICE"  # "cuda": refuse to train without a GPU (a GPU worker); "cpu": never use one
