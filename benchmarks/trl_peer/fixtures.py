@@ -70,12 +70,19 @@ def write_fixtures(root: Path, sizes: list[str], steps: int) -> None:
         save_model_dir(policy_dir(root, size), model, tok)
         with quiet_transformers():
             RewardModel.from_backbone(policy_dir(root, size), tok, seed=SEED).save_pretrained(reward_dir(root, size))
+    write_data(root, tok, words, steps, tok.bos_token_id)
+
+
+def write_data(root: Path, tok: Any, words: list[str], steps: int, bos: int, allowed: torch.Tensor | None = None,
+               prompt_len: int = PPO_PROMPT_LEN) -> None:
+    """<root>/data.json: SFT rows, preference pairs (ids from `allowed`, default 3 to VOCAB - 1) and
+    PPO prompts of `prompt_len` ids, for `steps` optimizer steps."""
     items = steps * BATCH
     sft_gen, pair_gen = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED + 1)
     data = {  # each kind from its own stream: step s's batch does not depend on how many steps there are
-        "sft": [sft_row(sft_gen, tok.bos_token_id, tok.eos_token_id) for _ in range(items)],
-        "pairs": [pair(pair_gen, tok.bos_token_id, tok.eos_token_id) for _ in range(items)],
-        "prompts": ppo_prompts(tok, words, items),
+        "sft": [sft_row(sft_gen, bos, tok.eos_token_id, allowed) for _ in range(items)],
+        "pairs": [pair(pair_gen, bos, tok.eos_token_id, allowed) for _ in range(items)],
+        "prompts": ppo_prompts(tok, words, items, prompt_len),
     }
     (root / "data.json").write_text(json.dumps(data), encoding="utf-8")
 
@@ -103,20 +110,8 @@ def write_model_fixtures(root: Path, model_dir: Path, steps: int) -> None:
     specials = set(tok.all_special_ids)
     allowed = torch.tensor([i for i in range(min(VOCAB, len(tok))) if i not in specials])
     bos = tok.bos_token_id if tok.bos_token_id is not None else int(allowed[0])
-    items = steps * BATCH
-    sft_gen, pair_gen = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED + 1)
     prompt_len = max(PPO_PROMPT_LEN, len(encode_prompt(tok, "")) + 16)
-    data = {
-        "sft": [sft_row(sft_gen, bos, tok.eos_token_id, allowed) for _ in range(items)],
-        "pairs": [pair(pair_gen, bos, tok.eos_token_id, allowed) for _ in range(items)],
-        "prompts": ppo_prompts(tok, random_words(random.Random(SEED), 4000), items, prompt_len),
-    }
-    (root / "data.json").write_text(json.dumps(data), encoding="utf-8")
-
-
-def prompt_length(root: Path) -> int:
-    """The PPO prompt length of the fixtures under `root` (every prompt has it)."""
-    return len(read_data(root)["prompts"][0]["ids"])
+    write_data(root, tok, random_words(random.Random(SEED), 4000), steps, bos, allowed, prompt_len)
 
 
 def random_words(rng: random.Random, n: int) -> list[str]:

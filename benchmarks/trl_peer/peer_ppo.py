@@ -92,7 +92,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     tok = AutoTokenizer.from_pretrained(fx.tokenizer_dir(root))
     prompts = fx.read_data(root)["prompts"][: total * BATCH]
     data = Dataset.from_list([{"input_ids": p["ids"]} for p in prompts])
-    prompt_len = fx.prompt_length(root)  # PPO_PROMPT_LEN, or more for a checkpoint's own chat template
+    prompt_len = len(prompts[0]["ids"])  # PPO_PROMPT_LEN, or more for a checkpoint's own chat template
     assert all(len(p["ids"]) == prompt_len for p in prompts)
     policy, reference = (AutoModelForCausalLM.from_pretrained(fx.policy_dir(root, size), dtype=torch.float32)
                          for _ in range(2))

@@ -184,7 +184,8 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
                     mixed_precision=MIXED_PRECISION[precision], checkpoint_every=total,
                     seed=SEED)
     tok = load_tokenizer(fx.tokenizer_dir(root))
-    prompts = [p["text"] for p in fx.read_data(root)["prompts"]]
+    fixture_prompts = fx.read_data(root)["prompts"]
+    prompts = [p["text"] for p in fixture_prompts]
     policy = load_causal_lm(fx.policy_dir(root, size))
     reference = load_causal_lm(fx.policy_dir(root, size)).requires_grad_(False).eval()
     critic = stage.make_critic(fx.reward_dir(root, size), fx.policy_dir(root, size), tok, SEED)
@@ -212,7 +213,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
         losses.append(mean["loss/policy"] + VF_COEF * mean["loss/value"])
         if it == 0:
             first = {**mean, "objective/kl": metrics["objective/kl"]}
-    tokens = BATCH * (fx.prompt_length(root) + PPO_NEW_TOKENS)  # PPO_PROMPT_LEN unless a checkpoint's template is longer
+    tokens = BATCH * (len(fixture_prompts[0]["ids"]) + PPO_NEW_TOKENS)  # prompts: PPO_PROMPT_LEN, or more (fixtures)
     flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1))
     return Result("project", "ppo", size, clock.seconds(warmup), BATCH, tokens, flops, losses, first,
                   generate_seconds=timed.seconds[warmup:], score_seconds=scoring[warmup:],
