@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf.config.base import CheckpointEvery, LearningRate, LogEvery, ScheduleName, TrainConfig, WarmupSteps
+from rlhf.config.base import CheckpointEvery, GroupByLength, LearningRate, LogEvery, ScheduleName, TrainConfig, WarmupSteps
 
 
 class DPOConfig(TrainConfig):
@@ -27,6 +27,7 @@ class DPOConfig(TrainConfig):
     warmup_steps: WarmupSteps = 5
     schedule: ScheduleName = "linear"
     max_seq_len: int = Field(160, ge=8, description="longest prompt + response in tokens (longer pairs are cut)")
+    group_by_length: GroupByLength = False
     share_prompt: bool = Field(True, description="a pair in one row that holds the prompt (their common prefix) once; models with eager or sdpa attention")
     precompute_ref_logprobs: bool = Field(True, description="compute log pi_ref once before training and cache it")
     eval_batch_size: int = Field(32, ge=1, description="pairs per forward pass on pref_heldout")

@@ -4,6 +4,7 @@ from pydantic import Field, model_validator
 
 from rlhf.config.base import (
     CheckpointEvery,
+    GroupByLength,
     LearningRate,
     LogEvery,
     MaxSteps,
@@ -22,6 +23,7 @@ class RewardConfig(TrainConfig):
     trust_remote_code: bool = Field(False, description="run the Python code shipped in model_path (config.json auto_map); only for code you have read and trust")
     freeze_backbone: bool = Field(False, description="train the scalar head only (a linear probe)")
     max_seq_len: int = Field(128, ge=8, description="longest scored sequence; longer ones lose prompt tokens after BOS")
+    group_by_length: GroupByLength = True
     share_prompt: bool = Field(True, description="score a pair in one row that holds the prompt (their common prefix) once; decoders with eager or sdpa attention")
 
     # --- loss ---

@@ -4,6 +4,7 @@ from pydantic import Field, model_validator
 
 from rlhf.config.base import (
     CheckpointEvery,
+    GroupByLength,
     LearningRate,
     LogEvery,
     MaxSteps,
@@ -30,6 +31,7 @@ class SFTConfig(TrainConfig):
     # --- data ---
     max_seq_len: int = Field(128, ge=8, description="longest training sequence in tokens (prompt + response + EOS)")
     packing: bool = Field(True, description="pack whole examples into rows of max_seq_len tokens (less padding)")
+    group_by_length: GroupByLength = False
 
     # --- optimisation (the shared fields are documented in TrainConfig) ---
     max_steps: MaxSteps = 1600

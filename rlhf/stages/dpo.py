@@ -44,7 +44,7 @@ from rlhf.train import (
     shard_and_split,
     with_activation_checkpointing,
 )
-from rlhf.train.batching import require_split, shared_pair_targets, shares_prefixes
+from rlhf.train.batching import pair_width, require_split, shared_pair_targets, shares_prefixes
 from rlhf.train.lora import AdapterOff, finish_outputs, has_adapter, lora_enabled, with_lora
 from rlhf.train.loop import TrainingRun
 from rlhf.train.models import max_positions
@@ -184,12 +184,13 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     if total_steps <= 0:
         raise UserError(f"dpo: pref_train has {len(train)} pairs, fewer than dpo.batch_size={cfg.batch_size}")
-    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
+    share = cfg.share_prompt and shares_prefixes(policy, cfg.max_seq_len)  # a pair in one row, its prompt held once
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed, [pair_width(c["input_ids"], r["input_ids"], share)
+                                                              for c, r in train] if cfg.group_by_length else None)
 
     # 3. reference log-probs, once: (N, 2) summed over response tokens, of the training pairs the
     #    run's steps visit (recomputed on resume: the frozen reference makes them a pure function of
     #    the data), under the same autocast as training, so that the first step starts at pi = pi_ref
-    share = cfg.share_prompt and shares_prefixes(policy, cfg.max_seq_len)  # a pair in one row, its prompt held once
     ref_train = None
     with accelerator.autocast():
         if cfg.precompute_ref_logprobs:

@@ -41,7 +41,7 @@ from rlhf.train import (
     shard_and_split,
     with_activation_checkpointing,
 )
-from rlhf.train.batching import require_split
+from rlhf.train.batching import pair_width, require_split
 from rlhf.train.lora import finish_outputs, has_adapter, saved_form, with_reward_lora
 from rlhf.train.loop import TrainingRun
 from rlhf.train.sharding import prepare, shard
@@ -134,7 +134,8 @@ def run_reward(cfg: RewardConfig, paths: Paths) -> StageOutput:
     model, optimizer = prepare(accelerator, model, optimizer)
     state = run.restore({"model": optimizer}, {"model": scheduler})
     history: list[dict[str, float]] = state["history"]
-    order = BatchOrder(len(pairs), cfg.batch_size, cfg.seed)
+    order = BatchOrder(len(pairs), cfg.batch_size, cfg.seed,
+                       [pair_width(c, r, share) for c, r in pairs] if cfg.group_by_length else None)
 
     def loss_fn(m: Any, mb: dict[str, torch.Tensor], num_pairs: float):
         return bradley_terry_loss(*pair_rewards(m, mb), cfg.margin, cfg.center_coef, num_pairs)

@@ -129,7 +129,8 @@ def run_sft(cfg: SFTConfig, paths: Paths) -> StageOutput:
     model, optimizer = prepare(accelerator, model, optimizer)
     state = run.restore({"model": optimizer}, {"model": scheduler})
     history: list[dict[str, float]] = state["history"]
-    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed,
+                       [len(e["input_ids"]) for e in train] if cfg.group_by_length else None)
 
     # 5. training loop: global batch -> this process's micro-batches -> one optimizer step
     meter, last = Throughput("dialogues"), {}

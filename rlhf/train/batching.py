@@ -294,23 +294,35 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+GROUP_BATCHES = 50  # batches per length group of `BatchOrder(lengths=...)`: items meet within a group
+
+
 class BatchOrder:
     """Which items each optimizer step uses: a pure function of (seed, step).
 
     Epoch `e` visits the `n` items in a permutation drawn from `seed + e`; epochs are laid end to
     end and step `s` takes items `[s*B, (s+1)*B)` of that stream. Resuming at step `s` therefore
     needs only `s`, and a resumed run sees exactly the batches of an uninterrupted one.
+
+    With `lengths` (the padded width each item brings, `group_by_length`), each epoch's permutation
+    is cut into groups of `GROUP_BATCHES * B` items, a group is sorted by length and its batches are
+    put in a random order (`by_length`): a batch then holds items of about one length, so little of
+    it is padding, while which items share a group stays random.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: Sequence[int] | None = None):
         assert n > 0 and batch_size > 0, (n, batch_size)
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        assert lengths is None or len(lengths) == n, "one length per item"
+        self.n, self.batch_size, self.seed, self.lengths = n, batch_size, seed, lengths
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}  # keep one epoch
+            perm = torch.randperm(self.n, generator=g).tolist()
+            if self.lengths is not None:
+                perm = by_length(perm, self.lengths, self.batch_size, g)
+            self._perms = {epoch: perm}  # keep one epoch
         return self._perms[epoch]
 
     def batch(self, step: int) -> list[int]:
@@ -320,6 +332,27 @@ class BatchOrder:
     def epoch(self, step: int) -> float:
         """Epochs completed after `step` optimizer steps."""
         return step * self.batch_size / self.n
+
+
+def by_length(order: Sequence[int], lengths: Sequence[int], batch_size: int, g: torch.Generator) -> list[int]:
+    """`order` cut into groups of `GROUP_BATCHES * batch_size` items, each sorted by length (longest
+    first, ties in `order`'s order) and its whole batches shuffled with `g`; a group's last, partial
+    batch (only the last group has one) stays last."""
+    out: list[int] = []
+    group = GROUP_BATCHES * batch_size
+    for start in range(0, len(order), group):
+        items = sorted(order[start: start + group], key=lambda i: -lengths[i])
+        whole = len(items) // batch_size
+        for b in torch.randperm(whole, generator=g).tolist():
+            out.extend(items[b * batch_size: (b + 1) * batch_size])
+        out.extend(items[whole * batch_size:])
+    return out
+
+
+def pair_width(chosen: Sequence[int], rejected: Sequence[int], share: bool) -> int:
+    """Columns a pair needs in a preference batch: `collate_shared_pairs`' one row (the common
+    prefix once) with `share`, else the longer of `collate_pairs`' two rows."""
+    return len(chosen) + len(rejected) - common_prefix(chosen, rejected) if share else max(len(chosen), len(rejected))
 
 
 def require_split(stage: str, batch_size: int, micro_batch_size: int, num_processes: int) -> None:

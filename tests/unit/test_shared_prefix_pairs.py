@@ -6,6 +6,7 @@ import torch
 
 from rlhf.reward.model import RewardModel
 from rlhf.train import collate_pairs, collate_preference_batch, collate_shared_pairs, pairs_in
+from rlhf.train.batching import pair_width
 from rlhf.train.toy import pref_rows
 from tests.unit.test_reward_model import encoder_dir, gpt2_dir, llama_dir, tok  # noqa: F401 (fixtures)
 
@@ -29,6 +30,12 @@ def test_identical_or_nested_sequences_keep_a_token_of_their_own_and_padding_see
     assert batch["position_ids"].tolist() == [[0, 1, 2, 2, 0], [0, 1, 2, 3, 1]]
     assert batch["score_index"].tolist() == [[2, 3], [3, 4]]
     assert batch["attention_mask"][0, 0, 4].int().tolist() == [0, 0, 0, 0, 1]  # the pad column: itself only
+
+
+def test_pair_width_is_the_width_each_layout_gives_the_pair():
+    c, r = [1, 2, 3, 4], [1, 2, 5, 6, 7]
+    assert pair_width(c, r, share=True) == collate_shared_pairs([c], [r], PAD)["input_ids"].shape[1] == 7
+    assert pair_width(c, r, share=False) == collate_pairs([c], [r], PAD)["input_ids"].shape[1] == 5
 
 
 def pairs_of(rm, n=4):

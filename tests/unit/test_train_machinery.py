@@ -32,6 +32,32 @@ def test_batch_order_is_a_pure_function_of_seed_and_step():
     assert order.epoch(5) == 2.0
 
 
+def test_batch_order_by_length_keeps_epochs_whole_and_cuts_padding():
+    lengths = [random.Random(i).randint(5, 200) for i in range(1000)]
+    plain, grouped = BatchOrder(1000, 8, 0), BatchOrder(1000, 8, 0, lengths)
+    first = [i for s in range(125) for i in grouped.batch(s)]  # 125 batches = one epoch
+    assert sorted(first) == list(range(1000))  # every item once per epoch, as without grouping
+    assert sorted(i for s in range(125, 250) for i in grouped.batch(s)) == list(range(1000))
+    assert BatchOrder(1000, 8, 0, lengths).batch(130) == grouped.batch(130)  # a pure function of (seed, step)
+
+    def padded(order: BatchOrder) -> int:  # positions a step runs: every row padded to its batch's longest
+        return sum(8 * max(lengths[i] for i in order.batch(s)) for s in range(125))
+    assert padded(grouped) < 0.6 * padded(plain)  # sum(lengths) is about 0.7 of the plain figure
+    # a group is 50 batches of the epoch's permutation: the items that meet are those of one group
+    perm = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert sorted(first[:400]) == sorted(perm[:400])
+    assert first[:400] != sorted(perm[:400], key=lambda i: -lengths[i])  # batches in random order, not longest first
+    assert all(max(lengths[i] for i in first[k: k + 8]) - min(lengths[i] for i in first[k: k + 8]) <= 12
+               for k in range(0, 400, 8))  # 400 lengths in 5..200: neighbours in sorted order are close
+
+
+def test_batch_order_by_length_leaves_a_partial_batch_last():
+    order = BatchOrder(10, 4, 1, lengths=list(range(10)))
+    epoch = [i for s in range(3) for i in order.batch(s)][:10]  # 2.5 batches: the half one closes the epoch
+    assert sorted(epoch) == list(range(10)) and sorted(epoch[8:]) == [0, 1]  # the two shortest
+    assert sorted(epoch[:8]) == list(range(2, 10))
+
+
 def test_shard_and_split_divides_the_global_batch():
     idx = list(range(8))
     assert shard_and_split(idx, 2) == [[0, 1], [2, 3], [4, 5], [6, 7]]

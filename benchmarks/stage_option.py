@@ -1,8 +1,10 @@
-"""What `share_prompt` buys in the embedded pipeline: the reward and DPO stages with the prompt of
-each pair held once (`true`, the default) and with chosen and rejected in separate rows (`false`),
-on the shipped params otherwise, alternating, each run from scratch.
+"""What a speed option of the reward and DPO stages buys in the embedded pipeline: each stage with
+the option `true` and `false`, on the shipped params otherwise, alternating, each run from scratch.
+The options: `share_prompt` (each pair in one row that holds its prompt once; on by default) and
+`group_by_length` (batches of pairs of about one length; on by default).
 
-    python benchmarks/share_prompt.py [--repeats 2] [--stages reward dpo]
+    python benchmarks/stage_option.py share_prompt [--repeats 2] [--stages reward dpo]
+    python benchmarks/stage_option.py group_by_length
 
 Needs the pipeline's data, tokenizer and SFT outputs (`./go.sh pipeline` first); they are copied
 into a temporary project, so `artifacts/` is left as it is. Prints each run's seconds (the stage
@@ -29,16 +31,17 @@ from rlhf.config import SECTIONS  # noqa: E402
 from rlhf.paths import Paths  # noqa: E402
 
 INPUTS = ("data", "tokenizer", "sft")  # what the reward and DPO stages read
+OPTIONS = ("share_prompt", "group_by_length")  # boolean fields of both RewardConfig and DPOConfig
 
 
-def run_stage(stage: str, params: dict, paths: Paths, share: bool) -> tuple[float, float]:
-    """Seconds and held-out accuracy of one run of `stage` with `share_prompt: share`."""
+def run_stage(stage: str, params: dict, paths: Paths, option: str, value: bool) -> tuple[float, float]:
+    """Seconds and held-out accuracy of one run of `stage` with `option: value`."""
     from rlhf.stages.dpo import run_dpo
     from rlhf.stages.reward import run_reward
 
     shutil.rmtree(paths.root / ".state", ignore_errors=True)  # no checkpoint to resume from
     shutil.rmtree(paths.artifacts / stage, ignore_errors=True)
-    cfg = SECTIONS[stage](**{**params[stage], "share_prompt": share})
+    cfg = SECTIONS[stage](**{**params[stage], option: value})
     start = time.perf_counter()
     out = (run_reward if stage == "reward" else run_dpo)(cfg, paths)
     return time.perf_counter() - start, out.metrics["eval/rewards/accuracies"]
@@ -46,6 +49,7 @@ def run_stage(stage: str, params: dict, paths: Paths, share: bool) -> tuple[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("option", choices=OPTIONS)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--stages", nargs="+", choices=("reward", "dpo"), default=["reward", "dpo"])
     args = parser.parse_args()
@@ -60,13 +64,13 @@ def main() -> None:
         for stage in args.stages:
             seconds: dict[bool, list[float]] = {True: [], False: []}
             for _ in range(args.repeats):
-                for share in (True, False):
-                    took, accuracy = run_stage(stage, params, paths, share)
-                    seconds[share].append(took)
-                    print(f"{stage:6} share_prompt={str(share).lower():5}: {took:6.1f} s, "
+                for value in (True, False):
+                    took, accuracy = run_stage(stage, params, paths, args.option, value)
+                    seconds[value].append(took)
+                    print(f"{stage:6} {args.option}={str(value).lower():5}: {took:6.1f} s, "
                           f"held-out accuracy {accuracy:.4f}", flush=True)
             on, off = statistics.mean(seconds[True]), statistics.mean(seconds[False])
-            print(f"{stage:6} mean: {on:.1f} s shared against {off:.1f} s separate ({off / on:.2f}x)")
+            print(f"{stage:6} mean: {on:.1f} s with {args.option} against {off:.1f} s without ({off / on:.2f}x)")
 
 
 if __name__ == "__main__":
