@@ -51,6 +51,16 @@ def run_stage(stage: str, params: dict, paths: Paths, option: str, value: bool) 
     return time.perf_counter() - start, train, out.metrics[HELD_OUT[stage]]
 
 
+def link_inputs(profile: Path, root: Path, stages: list[str]) -> None:
+    """Link `profile`'s `models/` and upstream outputs into the project at `root`, read-only inputs
+    that are not copied; the outputs of `stages` are left out, so a stage that runs there writes its
+    own under `root`, never into `profile` (SFT's then feeds the later stages)."""
+    (root / "artifacts").mkdir(parents=True, exist_ok=True)
+    for name in ("models", *(f"artifacts/{n}" for n in INPUTS if n not in stages)):
+        if (profile / name).exists():
+            (root / name).symlink_to(profile / name, target_is_directory=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("option", choices=OPTIONS)
@@ -68,11 +78,7 @@ def main() -> None:
     params = yaml.safe_load((profile / "params.yaml").read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
         paths = Paths(Path(tmp))
-        paths.artifacts.mkdir(parents=True)
-        # read-only inputs, linked, not copied; a stage that runs here writes its own (SFT's then feeds the later stages)
-        for name in ("models", *(f"artifacts/{n}" for n in INPUTS if n not in args.stages)):
-            if (profile / name).exists():
-                (paths.root / name).symlink_to(profile / name, target_is_directory=True)
+        link_inputs(profile, paths.root, args.stages)
         for stage in args.stages:
             seconds: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
             for _ in range(args.repeats):
