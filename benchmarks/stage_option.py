@@ -32,8 +32,13 @@ from rlhf.config import SECTIONS  # noqa: E402
 from rlhf.paths import Paths  # noqa: E402
 
 INPUTS = ("data", "tokenizer", "sft")  # upstream outputs a training stage may read (tokenizer: embedded only)
-OPTIONS = {"share_prompt": ("reward", "dpo"), "group_by_length": ("sft", "reward", "dpo")}  # option: its stages
 HELD_OUT = {"sft": "eval/loss/sft", "reward": "eval/rewards/accuracies", "dpo": "eval/rewards/accuracies"}
+OPTIONS = ("share_prompt", "group_by_length")
+
+
+def stages_with(option: str) -> list[str]:
+    """The stages (of HELD_OUT's) whose config has the field `option`."""
+    return [stage for stage in HELD_OUT if option in SECTIONS[stage].model_fields]
 
 
 def run_stage(stage: str, params: dict, paths: Paths, option: str, value: bool) -> tuple[float, float, float]:
@@ -65,13 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("option", choices=OPTIONS)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--stages", nargs="+", choices=("sft", "reward", "dpo"), default=["reward", "dpo"])
+    parser.add_argument("--stages", nargs="+", choices=tuple(HELD_OUT), default=["reward", "dpo"])
     parser.add_argument("--profile", type=Path, default=Path("."), help="project folder: params.yaml, artifacts/, models/")
     args = parser.parse_args()
     profile = (ROOT / args.profile).resolve()
-    wrong = [s for s in args.stages if s not in OPTIONS[args.option]]
+    wrong = [s for s in args.stages if s not in stages_with(args.option)]
     if wrong:
-        sys.exit(f"{wrong[0]} has no option {args.option} (it is an option of {', '.join(OPTIONS[args.option])})")
+        sys.exit(f"{wrong[0]} has no option {args.option} (it is an option of {', '.join(stages_with(args.option))})")
     if not (profile / "artifacts" / "data").is_dir() or ({"reward", "dpo"} & set(args.stages) and "sft" not in args.stages
                                                          and not (profile / "artifacts" / "sft").is_dir()):
         sys.exit(f"{profile / 'artifacts'} lacks the data or SFT outputs: run the profile's pipeline first")
