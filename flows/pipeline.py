@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.dag import check_inputs, stage_order
 from flows.prefect_api import mark_finished
+from flows.warm import warm_stages
 from rlhf.errors import UserError
 from tasks.child import relay
 from tasks.stages import STAGES, compute, track
@@ -71,6 +73,13 @@ def _api_url() -> str:
         return str(client.api_url)
 
 
+def stage_env() -> dict[str, str]:
+    """The environment of the stage commands `dvc repro` starts, less the per-stage parent task run."""
+    env = os.environ.copy()
+    env.setdefault("PREFECT_API_URL", _api_url())  # stage flows report to this flow's server
+    return env
+
+
 @task(name="dvc-repro", task_run_name="dvc-repro-{stage}")
 def dvc_repro(stage: str, force: bool = False) -> None:
     """Run one DVC stage (skipped by DVC when its deps, params and outs are unchanged)."""
@@ -79,8 +88,7 @@ def dvc_repro(stage: str, force: bool = False) -> None:
     logger = get_run_logger()
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     logger.info("$ %s", " ".join(cmd[2:]))
-    env = os.environ.copy()
-    env.setdefault("PREFECT_API_URL", _api_url())  # stage flows report to this flow's server
+    env = stage_env()
     env[PARENT_TASK_ENV] = str(task_run.id)  # ... as subflow runs of this task run
     errors: list[str] = []
     with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE) as proc:
@@ -125,18 +133,20 @@ def pipeline(
 
     stages = [s for s in stage_order() if only is None or s in only]
     with pipeline_run(flow_run.name or _pipeline_run_name(), get_run_logger().warning):  # one name in both UIs
-        for stage in stages:
-            if dispatch:
-                from flows.worker import dispatch as on_worker
+        # stage commands DVC starts fork from a process that has imported their libraries (flows.warm)
+        with warm_stages(stage_env()) if use_dvc and not dispatch else nullcontext():
+            for stage in stages:
+                if dispatch:
+                    from flows.worker import dispatch as on_worker
 
-                on_worker(stage, force)
-            elif use_dvc:
-                dvc_repro(stage, force)
-            elif stage not in STAGES:  # a shell command of dvc.yaml (a profile's model import)
-                get_run_logger().info("stage %s is a command that runs under DVC only: skipped", stage)
-            else:
-                check_inputs(stage, makers=STAGES)
-                cfg, output, seconds, tracking = compute(stage, params)
-                track(stage, cfg, output, seconds, tracking=tracking)
+                    on_worker(stage, force)
+                elif use_dvc:
+                    dvc_repro(stage, force)
+                elif stage not in STAGES:  # a shell command of dvc.yaml (a profile's model import)
+                    get_run_logger().info("stage %s is a command that runs under DVC only: skipped", stage)
+                else:
+                    check_inputs(stage, makers=STAGES)
+                    cfg, output, seconds, tracking = compute(stage, params)
+                    track(stage, cfg, output, seconds, tracking=tracking)
     mark_finished("pipeline")
     return stages
