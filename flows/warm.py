@@ -136,7 +136,10 @@ def serve(path: str, preload: Sequence[str] | None = None, entry: str = ENTRY) -
     if torch is not None and torch.cuda.is_initialized():  # a forked child could not use CUDA: all cold
         return
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path + ".new")
+    try:
+        listener.bind(path + ".new")
+    except OSError:  # a path too long for a socket (a deep TMPDIR): every command starts cold
+        return
     listener.listen(8)
     os.rename(path + ".new", path)  # commands find the socket only once it listens
     listener.settimeout(1.0)
@@ -271,9 +274,13 @@ def warm_stages(env: Mapping[str, str]) -> Iterator[bool]:
     if sys.platform != "linux" or os.environ.get(OFF_ENV, "1") == "0":
         yield False
         return
-    folder = tempfile.mkdtemp(prefix="rlhf-warm-")
-    path = os.path.join(folder, "socket")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.warm", path], env=dict(env), stdin=subprocess.DEVNULL)
+    try:
+        folder = tempfile.mkdtemp(prefix="rlhf-warm-")
+        path = os.path.join(folder, "socket")
+        proc = subprocess.Popen([sys.executable, "-m", "flows.warm", path], env=dict(env), stdin=subprocess.DEVNULL)
+    except OSError:  # no temporary folder or no process to be had: the stages start cold
+        yield False
+        return
     os.environ[SOCKET_ENV] = path
     try:
         yield True

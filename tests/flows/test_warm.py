@@ -121,3 +121,18 @@ def test_only_per_command_variables_may_differ():
     assert differing({"PATH": "/usr/bin", "HF_HUB_OFFLINE": "1", "EXTRA": "1"}, base) == ["EXTRA", "PATH"]
     assert differing({"PATH": "/bin"}, base) == ["HF_HUB_OFFLINE"]  # unset in the command, set in the warm process
     assert per_command("DVC_STAGE") and not per_command("PREFECT_API_URL")
+
+
+def test_the_pipeline_block_starts_a_warm_process_and_leaves_nothing_behind(monkeypatch):
+    from flows.warm import SOCKET_ENV, warm_stages
+
+    monkeypatch.delenv(SOCKET_ENV, raising=False)
+    with warm_stages(dict(os.environ)) as started:
+        assert started
+        folder = Path(os.environ[SOCKET_ENV]).parent
+        assert folder.is_dir()
+    assert SOCKET_ENV not in os.environ and not folder.exists()
+
+    monkeypatch.setenv("RLHF_WARM_STAGES", "0")
+    with warm_stages(dict(os.environ)) as started:
+        assert not started and SOCKET_ENV not in os.environ
