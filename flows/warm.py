@@ -117,8 +117,8 @@ def preload_modules() -> list[str]:
 
 
 def serve(path: str, preload: Sequence[str] | None = None, entry: str = ENTRY) -> None:
-    """Import `preload` (by default `preload_modules()`), then answer commands at `path` one at a time (DVC runs one stage at a
-    time) until the process that started this one ends."""
+    """Import `preload` (by default `preload_modules()`), then answer commands at `path` one at a
+    time (DVC runs one stage at a time) until the process that started this one ends."""
     import importlib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the pipeline, which stops this process
@@ -152,16 +152,21 @@ def serve(path: str, preload: Sequence[str] | None = None, entry: str = ENTRY) -
             conn.settimeout(None)
             try:
                 answer(conn, listener, base, imported, entry)
-            except OSError:  # the command went away before it was answered: it ran nothing here
+            except (OSError, ValueError, struct.error):  # gone, or not a command: it ran nothing here
                 pass
     listener.close()
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     _, fds, _, _ = socket.recv_fds(conn, 1, 3)
-    reader = conn.makefile("rb")
-    (size,) = struct.unpack("!I", reader.read(4))
-    return json.loads(reader.read(size)), fds
+    try:
+        reader = conn.makefile("rb")
+        (size,) = struct.unpack("!I", reader.read(4))
+        return json.loads(reader.read(size)), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def answer(conn: socket.socket, listener: socket.socket, base: Mapping[str, str], imported: Mapping[str, str],

@@ -136,3 +136,17 @@ def test_the_pipeline_block_starts_a_warm_process_and_leaves_nothing_behind(monk
     monkeypatch.setenv("RLHF_WARM_STAGES", "0")
     with warm_stages(dict(os.environ)) as started:
         assert not started and SOCKET_ENV not in os.environ
+
+
+def test_a_malformed_request_runs_nothing_and_the_warm_process_goes_on(warm):
+    import socket
+
+    path, _, env = warm
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        socket.send_fds(sock, [b"\0"], [0, 1, 2])
+        sock.sendall(b"\x00\x00\x00\x05nope!")  # a length and bytes that are not JSON
+        assert sock.makefile("rb").readline() == b""  # closed without an answer
+    after = _client(path, env, "4")
+    after.communicate("", timeout=60)
+    assert after.returncode == 4
