@@ -24,7 +24,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 SOCKET_ENV = "RLHF_WARM_SOCKET"  # set for the stage commands of one `rlhf pipeline`
@@ -219,6 +219,7 @@ def child(request: dict, fds: list[int], inherited: list[socket.socket], importe
     in it, as in a process that imported them itself), arguments and a fresh random state, in a
     process group of its own (the `rlhf` process forwards Ctrl-C once); run `entry` and exit with
     its code."""
+    import pkgutil
     import random
 
     code: int | str | None = 1
@@ -239,7 +240,7 @@ def child(request: dict, fds: list[int], inherited: list[socket.socket], importe
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
         sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())  # type: ignore[union-attr]
-        resolve(entry)()
+        pkgutil.resolve_name(entry)()
         code = 0
     except SystemExit as done:
         code = done.code
@@ -249,22 +250,9 @@ def child(request: dict, fds: list[int], inherited: list[socket.socket], importe
         traceback.print_exc()
         code = 1
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        if code is not None and not isinstance(code, int):
-            print(code, file=sys.stderr)
-            code = 1
-        os._exit(code or 0)
+        from flows.cli import exit_now  # as a cold `rlhf` ends: exit hooks, flushed streams, no teardown
 
-
-def resolve(entry: str) -> Callable[[], object]:
-    import importlib
-
-    module, _, name = entry.partition(":")
-    return getattr(importlib.import_module(module), name)
+        exit_now(code)
 
 
 @contextmanager
