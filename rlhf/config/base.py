@@ -94,7 +94,7 @@ CheckpointEvery = Annotated[int, Field(ge=1, description="save a resumable check
 LogEvery = Annotated[int, Field(ge=1, description="a history row every this many steps")]
 AdamBeta2 = Annotated[float, Field(ge=0, lt=1, description="beta_2 of AdamW")]
 AdamEps = Annotated[float, Field(gt=0, description="epsilon of AdamW")]
-GroupByLength = Annotated[bool, Field(description="batch items of similar length together (less padding): each epoch's order is cut into groups of 50 batches, each sorted by length, its batches in random order")]
+GroupByLength = Annotated[bool, Field(description="batch items of similar length together (less padding): each epoch's order is cut into groups of rlhf.train.batching.GROUP_BATCHES batches, each sorted by length, its batches in random order")]
 Precision = Annotated[Literal["auto", "no", "bf16"], Field(description="'auto': bf16 autocast on CUDA, fp32 on CPU; 'bf16' also on a CPU with native bf16 matmul")]
 
 

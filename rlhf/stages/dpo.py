@@ -185,8 +185,8 @@ def run_dpo(cfg: DPOConfig, paths: Paths) -> StageOutput:
     if total_steps <= 0:
         raise UserError(f"dpo: pref_train has {len(train)} pairs, fewer than dpo.batch_size={cfg.batch_size}")
     share = cfg.share_prompt and shares_prefixes(policy, cfg.max_seq_len)  # a pair in one row, its prompt held once
-    order = BatchOrder(len(train), cfg.batch_size, cfg.seed, [pair_width(c["input_ids"], r["input_ids"], share)
-                                                              for c, r in train] if cfg.group_by_length else None)
+    widths = [pair_width(c["input_ids"], r["input_ids"], share) for c, r in train] if cfg.group_by_length else None
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed, widths)
 
     # 3. reference log-probs, once: (N, 2) summed over response tokens, of the training pairs the
     #    run's steps visit (recomputed on resume: the frozen reference makes them a pure function of
