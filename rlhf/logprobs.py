@@ -127,8 +127,9 @@ def sequence_logprobs(
     assert bool((response_mask[:, 1:].sum(dim=1) > 0).all()), "every row needs at least one response token"
     # the batch's earliest response token: positions before it predict nothing that is summed
     first = int(response_mask[:, 1:].float().argmax(dim=1).min()) + 1
-    logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)[:, :-1]  # (B, T-first, V)
-    logp = logprobs_from_logits(logits, input_ids[:, first:])  # (B, T-first)
+    logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)  # (B, T-first+1, V)
+    # the last position predicts nothing: scored against a stand-in id, then cut (see response_logprobs)
+    logp = logprobs_from_logits(logits, F.pad(input_ids[:, first:], (0, 1)))[:, :-1]  # (B, T-first)
     return (logp * response_mask[:, first:].to(torch.float32)).sum(dim=1)
 
 

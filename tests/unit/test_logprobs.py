@@ -99,3 +99,16 @@ def test_response_logprobs_match_cutting_the_logits(model):
         torch.testing.assert_close(g_got[name], g_want[name], rtol=0, atol=1e-7, msg=name)
     alone, none = response_logprobs(model, ids, mask, P, 0.7)
     assert none is None and torch.equal(alone, want[0])
+
+
+def test_sequence_logprobs_equal_the_sum_of_cut_logits(model):
+    """`sequence_logprobs` sums exactly what cutting the logits to the predicting positions gives."""
+    torch.manual_seed(2)
+    ids = torch.randint(1, 50, (2, 8))
+    attn = torch.ones_like(ids)
+    resp = torch.zeros_like(ids)
+    resp[0, 3:] = 1
+    resp[1, 5:] = 1
+    logits = forward_logits(model, ids, attn, 1.0, 6)[:, :-1]  # positions 2..6 predict tokens 3..7
+    want = (logprobs_from_logits(logits, ids[:, 3:]) * resp[:, 3:].float()).sum(dim=1)
+    assert torch.equal(sequence_logprobs(model, ids, attn, resp), want)
