@@ -51,27 +51,6 @@ def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
     return forward_logits(model, input_ids, attention_mask, temperature, keep)[:, :-1]
 
 
-def response_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                      temperature: float = 1.0, entropy_grad: bool | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | x, y_<t) under logits / T of every response token input_ids[:, prompt_len:], and
-    the entropy of each of those distributions when `entropy_grad` is not None (with gradients only
-    if it is True; see `logprobs_and_entropy`). Shapes: (B, P + R), (B, P + R) -> (B, R), (B, R) or None.
-
-    The same numbers as `logprobs_and_entropy(response_logits(...), ...)`, cut in another place: the
-    log-softmax runs over all R + 1 positions the LM head computes (the last one predicts nothing
-    and is scored against a stand-in id) and only the (B, R + 1) results lose their last column.
-    Cutting the (B, R + 1, V) logits instead copies them into a contiguous tensor for the softmax,
-    and the backward of that cut fills and copies a tensor of the same size again."""
-    keep = input_ids.shape[1] - prompt_len + 1  # positions P-1 .. P+R-1
-    logits = forward_logits(model, input_ids, attention_mask, temperature, keep)  # (B, R + 1, V)
-    labels = F.pad(input_ids[:, prompt_len:], (0, 1))  # (B, R + 1): id 0 where nothing is predicted
-    if entropy_grad is None:
-        return logprobs_from_logits(logits, labels)[:, :-1], None
-    picked, entropy = logprobs_and_entropy(logits, labels, entropy_grad)  # (B, R + 1), (B, R + 1)
-    return picked[:, :-1], entropy[:, :-1]
-
-
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[label] at every position. Shapes: (B, T, V), (B, T) -> (B, T)."""
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -127,9 +106,8 @@ def sequence_logprobs(
     assert bool((response_mask[:, 1:].sum(dim=1) > 0).all()), "every row needs at least one response token"
     # the batch's earliest response token: positions before it predict nothing that is summed
     first = int(response_mask[:, 1:].float().argmax(dim=1).min()) + 1
-    logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)  # (B, T-first+1, V)
-    # the last position predicts nothing: scored against a stand-in id, then cut (see response_logprobs)
-    logp = logprobs_from_logits(logits, F.pad(input_ids[:, first:], (0, 1)))[:, :-1]  # (B, T-first)
+    logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)[:, :-1]  # (B, T-first, V)
+    logp = logprobs_from_logits(logits, input_ids[:, first:])  # (B, T-first)
     return (logp * response_mask[:, first:].to(torch.float32)).sum(dim=1)
 
 

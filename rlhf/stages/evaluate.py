@@ -40,7 +40,7 @@ from rlhf.judges.llm import LLMJudge, api_key_from_env
 from rlhf.judges.panel import grade_rows, policy_metrics, summary
 from rlhf.judges.reward_model import check_reward_model_dir
 from rlhf.judges.rows import read_eval_prompts
-from rlhf.logprobs import response_logprobs
+from rlhf.logprobs import logprobs_from_logits, response_logits
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
 from rlhf.rl import penalise_missing_eos
@@ -96,8 +96,9 @@ def sequence_kl(policy: Any, reference: Any, samples: Any, temperature: float, b
     for i in range(0, n, batch_size):
         idx = order[i: i + batch_size]
         seqs, attn, mask, prompt_len = (t.to(device) if torch.is_tensor(t) else t for t in samples.rows(idx))
-        logp, _ = response_logprobs(policy, seqs, attn, prompt_len, temperature)  # (b, r)
-        ref, _ = response_logprobs(reference, seqs, attn, prompt_len, temperature)
+        targets = seqs[:, prompt_len:]  # (b, r)
+        logp = logprobs_from_logits(response_logits(policy, seqs, attn, prompt_len, temperature), targets)
+        ref = logprobs_from_logits(response_logits(reference, seqs, attn, prompt_len, temperature), targets)
         out[torch.tensor(idx)] = ((logp - ref) * mask.float()).sum(dim=1).cpu()  # (b,)
     return out
 

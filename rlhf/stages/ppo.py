@@ -39,7 +39,7 @@ from rlhf.config.ppo import PPOConfig
 from rlhf.errors import UserError
 from rlhf.files import write_jsonl
 from rlhf.generation import generate, row_seed
-from rlhf.logprobs import response_logprobs
+from rlhf.logprobs import logprobs_and_entropy, response_logits
 from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
 from rlhf.ops import masked_mean, masked_sum, masked_whiten
 from rlhf.paths import Paths
@@ -131,7 +131,8 @@ def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.T
     response token t, and V(s_t) is read at the same column (the state before token t).
     Returns (B, R), (B, R), (B, R).
     """
-    logprobs, entropy = response_logprobs(policy, seqs, attn, prompt_len, temperature, entropy_grad)  # (B, R), (B, R)
+    logits = response_logits(policy, seqs, attn, prompt_len, temperature)  # (B, R, V)
+    logprobs, entropy = logprobs_and_entropy(logits, seqs[:, prompt_len:], entropy_grad)  # (B, R), (B, R)
     values = token_values(critic, seqs, attn)[:, prompt_len - 1: -1] if critic is not None else None  # (B, R)
     return logprobs, entropy, values
 

@@ -70,37 +70,6 @@ def test_logprobs_and_entropy_from_one_log_softmax():
         assert picked.requires_grad and entropy.requires_grad == grad
 
 
-def test_response_logprobs_match_cutting_the_logits(model):
-    """`response_logprobs` gives the log-probs, entropies and gradients of the plain path (cut the
-    logits to the R predicting positions, then log-softmax) bit for bit, at T != 1 and with left
-    padding; with `entropy_grad=None` it leaves the entropy out."""
-    from rlhf.logprobs import logprobs_and_entropy, response_logits, response_logprobs
-
-    torch.manual_seed(1)
-    ids = torch.randint(1, 50, (3, 9))
-    mask = torch.ones_like(ids)
-    mask[0, :2] = 0  # a left-padded prompt
-    P = 4
-    weights = torch.randn(3, 5)
-
-    def plain():
-        return logprobs_and_entropy(response_logits(model, ids, mask, P, 0.7), ids[:, P:], entropy_grad=False)
-
-    def grads(fn):
-        model.zero_grad(set_to_none=True)
-        (fn()[0] * weights).sum().backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    got, want = response_logprobs(model, ids, mask, P, 0.7, entropy_grad=False), plain()
-    assert got[0].shape == (3, 5) and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert not got[1].requires_grad
-    g_got, g_want = grads(lambda: response_logprobs(model, ids, mask, P, 0.7, entropy_grad=False)), grads(plain)
-    for name in g_want:
-        torch.testing.assert_close(g_got[name], g_want[name], rtol=0, atol=1e-7, msg=name)
-    alone, none = response_logprobs(model, ids, mask, P, 0.7)
-    assert none is None and torch.equal(alone, want[0])
-
-
 def test_sequence_logprobs_equal_the_sum_of_cut_logits(model):
     """`sequence_logprobs` sums exactly what cutting the logits to the predicting positions gives."""
     torch.manual_seed(2)
