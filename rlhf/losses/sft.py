@@ -7,16 +7,22 @@ import torch.nn.functional as F
 
 from rlhf.ops import masked_sum
 
+IGNORE_INDEX = -100  # cross_entropy's target id that contributes neither loss nor gradient
+
 
 def shifted_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log p(x_{t+1} | x_{<=t}) for every position: (B, T, V), (B, T) -> (B, T-1).
 
-    Column t scores token t+1. Computed as -cross_entropy, which never materialises the full
-    (B, T-1, V) log-softmax a second time.
+    Column t scores token t+1. Computed as -cross_entropy over the contiguous (B*T, V) rows, the
+    last position's target set to the ignored index (loss and gradient 0), then cut: no copy of
+    the logits, and the log-softmax runs over the contiguous last dimension. Within 4e-6 of the
+    cross-entropy of the transposed (B, V, T-1) view, and faster (`benchmarks/sft_logprobs.py`).
     """
-    logits = logits[:, :-1].float()  # (B, T-1, V); float32 even under bf16 autocast
-    targets = input_ids[:, 1:]  # (B, T-1)
-    return -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T-1)
+    B, T = input_ids.shape
+    targets = F.pad(input_ids[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T): position T-1 scores nothing
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none",
+                          ignore_index=IGNORE_INDEX)  # (B*T,); float32 even under bf16 autocast
+    return -nll.view(B, T)[:, :-1]  # (B, T-1)
 
 
 def first_scored_position(loss_mask: torch.Tensor) -> int:

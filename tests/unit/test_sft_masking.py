@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlhf.chat import encode_prompt, encode_response, response_text
-from rlhf.losses.sft import sft_loss
+from rlhf.losses.sft import sft_loss, shifted_token_logprobs
 from rlhf.stages.sft import evaluate_loss, loss_tokens, micro_batch_loss
 from rlhf.train.batching import model_attention_mask
 from rlhf.tokenizer import train_tokenizer
@@ -27,6 +27,24 @@ def test_uniform_logits_give_log_vocab():
     loss, m = sft_loss(logits, ids, mask)
     assert loss.item() == pytest.approx(math.log(7), rel=1e-6)
     assert m["loss/sft"].item() == pytest.approx(math.log(7), rel=1e-6)
+
+
+def test_shifted_token_logprobs_match_log_softmax_and_its_gradient():
+    """The contiguous cross-entropy path gives log_softmax(logits[:, t])[x_{t+1}] and the same
+    gradient as that plain formula; the last position, which predicts nothing, gets none."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 9, 50)).requires_grad_()
+    ids = torch.randint(0, 50, (3, 9))
+    weights = torch.randn(3, 8)
+    fast = shifted_token_logprobs(logits, ids)
+    plain = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    assert fast.shape == (3, 8)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+    (g_fast,) = torch.autograd.grad((fast * weights).sum(), logits)
+    (g_plain,) = torch.autograd.grad((plain * weights).sum(), logits)
+    torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=1e-5)
+    assert g_fast[:, -1].abs().max() == 0
+    assert shifted_token_logprobs(logits[:, :1], ids[:, :1]).shape == (3, 0)  # one position: nothing to score
 
 
 def test_loss_ignores_ids_at_masked_positions():

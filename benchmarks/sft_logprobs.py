@@ -1,0 +1,98 @@
+"""What the SFT loss's token log-probs cost: `rlhf.losses.sft.shifted_token_logprobs` (cross-entropy
+over the contiguous (B*T, V) logits, the last position ignored) against the cross-entropy of the
+transposed (B, V, T-1) view of `logits[:, :-1]`, each inside a whole SFT step of the project's GPT-2.
+
+    python benchmarks/sft_logprobs.py [--sizes embedded tiny small] [--rounds 8] [--steps 10] [--threads N]
+
+Per size: one SFT step (forward with the LM head from position 8 on, loss, backward, fused AdamW)
+on batch x 128 tokens, both log-prob paths timed in interleaved rounds of `--steps` steps (the
+order alternating between rounds), on the same model. Prints each path's median ms per step, the
+speed-up, in how many rounds the project's path was the faster, and the largest difference
+between the two paths' token log-probs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.compile_step import SHAPES, build  # noqa: E402
+from benchmarks.trl_peer.settings import ADAM_BETAS, ADAM_EPS, LEARNING_RATE, N_POSITIONS, SEED, VOCAB  # noqa: E402
+from rlhf.losses.sft import shifted_token_logprobs  # noqa: E402
+
+ROWS = {"embedded": 4, "tiny": 8, "small": 8}  # params.yaml's sft.batch_size; the TRL benchmark's batch
+FIRST = 8  # first position the LM head runs on (a short prompt before the targets)
+
+
+def transposed_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The plain path: cross-entropy of the (B, V, T-1) view of the shifted logits."""
+    return -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+
+
+def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, mask: torch.Tensor,
+             logprobs) -> None:
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - FIRST).logits
+    m = mask[:, FIRST + 1:]
+    loss = -(logprobs(logits, ids[:, FIRST:]) * m).sum() / m.sum()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def compare(size: str, rounds: int, steps: int) -> dict[str, float]:
+    model = build(SHAPES[size]).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
+    g = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(1, VOCAB, (ROWS[size], N_POSITIONS), generator=g)
+    mask = torch.ones_like(ids)
+    mask[:, : FIRST + 1] = 0
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits
+        diff = float((shifted_token_logprobs(logits, ids) - transposed_logprobs(logits, ids)).abs().max())
+    paths = {"project": shifted_token_logprobs, "transposed": transposed_logprobs}
+    for fn in paths.values():  # warm-up: allocator and kernels
+        for _ in range(2):
+            sft_step(model, optimizer, ids, mask, fn)
+    ms: dict[str, list[float]] = {name: [] for name in paths}
+    for r in range(rounds):
+        for name in (list(paths) if r % 2 == 0 else list(reversed(paths))):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                sft_step(model, optimizer, ids, mask, paths[name])
+            ms[name].append(1e3 * (time.perf_counter() - t0) / steps)
+    wins = sum(p < t for p, t in zip(ms["project"], ms["transposed"]))
+    return {"project": statistics.median(ms["project"]), "transposed": statistics.median(ms["transposed"]),
+            "wins": wins, "diff": diff}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["embedded", "tiny", "small"], choices=list(SHAPES))
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads; rows x {N_POSITIONS} tokens, vocabulary {VOCAB}, "
+          f"{args.rounds} interleaved rounds of {args.steps} steps")
+    print(f"{'size':10s}{'rows':>5s}{'transposed ms':>15s}{'project ms':>12s}{'speed-up':>10s}{'faster in':>11s}"
+          f"{'max |diff|':>12s}")
+    for size in args.sizes:
+        r = compare(size, args.rounds, args.steps)
+        print(f"{size:10s}{ROWS[size]:5d}{r['transposed']:15.1f}{r['project']:12.1f}"
+              f"{r['transposed'] / r['project']:9.3f}x{r['wins']:>7d}/{args.rounds}{r['diff']:12.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
