@@ -3,12 +3,17 @@ over the contiguous (B*T, V) logits, the last position ignored) against the cros
 transposed (B, V, T-1) view of `logits[:, :-1]`, each inside a whole SFT step of the project's GPT-2.
 
     python benchmarks/sft_logprobs.py [--sizes embedded tiny small] [--rounds 8] [--steps 10] [--threads N]
+    python benchmarks/sft_logprobs.py --stage [--rounds 2]
 
 Per size: one SFT step (forward with the LM head from position 8 on, loss, backward, fused AdamW)
 on batch x 128 tokens, both log-prob paths timed in interleaved rounds of `--steps` steps (the
 order alternating between rounds), on the same model. Prints each path's median ms per step, the
 speed-up, in how many rounds the project's path was the faster, and the largest difference
 between the two paths' token log-probs.
+
+`--stage` times the embedded pipeline's whole `sft` stage instead (params.yaml, after
+`./go.sh pipeline`; in a temporary project, as benchmarks/stage_option.py runs it), both paths in
+alternating runs: each run's seconds, training seconds and held-out loss, then the means.
 """
 
 from __future__ import annotations
@@ -76,14 +81,53 @@ def compare(size: str, rounds: int, steps: int) -> dict[str, float]:
             "wins": wins, "diff": diff}
 
 
+def compare_stage(rounds: int) -> None:
+    """The embedded `sft` stage with each log-prob path, alternating; `sft_loss` reads the module's
+    `shifted_token_logprobs`, which each run sets."""
+    import tempfile
+
+    import yaml
+
+    import rlhf.losses.sft as sft_losses
+    from benchmarks.stage_option import link_inputs, run_stage
+    from rlhf.paths import Paths
+
+    if not (ROOT / "artifacts" / "data").is_dir():
+        sys.exit(f"{ROOT / 'artifacts'} lacks the data outputs: run ./go.sh pipeline first")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    paths_fn = {"project": shifted_token_logprobs, "transposed": transposed_logprobs}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in paths_fn}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = Paths(Path(tmp))
+        link_inputs(ROOT, paths.root, ["sft"])
+        try:
+            for r in range(rounds):
+                for name in (list(paths_fn) if r % 2 == 0 else list(reversed(paths_fn))):
+                    sft_losses.shifted_token_logprobs = paths_fn[name]
+                    took, train, held = run_stage("sft", params, paths, "group_by_length",
+                                                  params["sft"]["group_by_length"])
+                    runs[name].append((took, train))
+                    print(f"sft stage, {name:10s} path: {took:6.1f} s ({train:6.1f} s training), "
+                          f"held-out loss {held:.6f}", flush=True)
+        finally:
+            sft_losses.shifted_token_logprobs = shifted_token_logprobs
+    (p, p_train), (t, t_train) = (tuple(map(statistics.mean, zip(*runs[n]))) for n in ("project", "transposed"))
+    print(f"sft stage mean: {p:.1f} s ({p_train:.1f} s training) with the project's path against {t:.1f} s "
+          f"({t_train:.1f} s) with the transposed one ({t / p:.2f}x, training {t_train / p_train:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["embedded", "tiny", "small"], choices=list(SHAPES))
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=None, help="8 (steps) or 2 (--stage)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--stage", action="store_true", help="time the embedded sft stage with each path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.stage:
+        return compare_stage(args.rounds or 2)
+    args.rounds = args.rounds or 8
     print(f"torch {torch.__version__}, {args.threads} threads; rows x {N_POSITIONS} tokens, vocabulary {VOCAB}, "
           f"{args.rounds} interleaved rounds of {args.steps} steps")
     print(f"{'size':10s}{'rows':>5s}{'transposed ms':>15s}{'project ms':>12s}{'speed-up':>10s}{'faster in':>11s}"
