@@ -45,6 +45,14 @@ def transposed_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     return -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
 
 
+PATHS = {"project": shifted_token_logprobs, "transposed": transposed_logprobs}
+
+
+def round_order(r: int) -> list[str]:
+    """The paths in the order of round r: alternating, so neither always runs first."""
+    return list(PATHS) if r % 2 == 0 else list(reversed(PATHS))
+
+
 def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, mask: torch.Tensor,
              logprobs) -> None:
     logits = model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - FIRST).logits
@@ -65,16 +73,15 @@ def compare(size: str, rounds: int, steps: int) -> dict[str, float]:
     with torch.no_grad():
         logits = model(input_ids=ids, use_cache=False).logits
         diff = float((shifted_token_logprobs(logits, ids) - transposed_logprobs(logits, ids)).abs().max())
-    paths = {"project": shifted_token_logprobs, "transposed": transposed_logprobs}
-    for fn in paths.values():  # warm-up: allocator and kernels
+    for fn in PATHS.values():  # warm-up: allocator and kernels
         for _ in range(2):
             sft_step(model, optimizer, ids, mask, fn)
-    ms: dict[str, list[float]] = {name: [] for name in paths}
+    ms: dict[str, list[float]] = {name: [] for name in PATHS}
     for r in range(rounds):
-        for name in (list(paths) if r % 2 == 0 else list(reversed(paths))):
+        for name in round_order(r):
             t0 = time.perf_counter()
             for _ in range(steps):
-                sft_step(model, optimizer, ids, mask, paths[name])
+                sft_step(model, optimizer, ids, mask, PATHS[name])
             ms[name].append(1e3 * (time.perf_counter() - t0) / steps)
     wins = sum(p < t for p, t in zip(ms["project"], ms["transposed"]))
     return {"project": statistics.median(ms["project"]), "transposed": statistics.median(ms["transposed"]),
@@ -95,15 +102,15 @@ def compare_stage(rounds: int) -> None:
     if not (ROOT / "artifacts" / "data").is_dir():
         sys.exit(f"{ROOT / 'artifacts'} lacks the data outputs: run ./go.sh pipeline first")
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    paths_fn = {"project": shifted_token_logprobs, "transposed": transposed_logprobs}
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in paths_fn}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in PATHS}
     with tempfile.TemporaryDirectory() as tmp:
         paths = Paths(Path(tmp))
         link_inputs(ROOT, paths.root, ["sft"])
         try:
             for r in range(rounds):
-                for name in (list(paths_fn) if r % 2 == 0 else list(reversed(paths_fn))):
-                    sft_losses.shifted_token_logprobs = paths_fn[name]
+                for name in round_order(r):
+                    sft_losses.shifted_token_logprobs = PATHS[name]
+                    # run_stage overrides one option: group_by_length, set to params.yaml's own value
                     took, train, held = run_stage("sft", params, paths, "group_by_length",
                                                   params["sft"]["group_by_length"])
                     runs[name].append((took, train))
