@@ -19,7 +19,11 @@ the Bradley-Terry reward model (RewardTrainer), DPO with an in-step reference (D
 PPO (TRL 1.12's PPOTrainer, installed by this script under .state/bench/trl-1.12 when missing,
 since TRL 1.16 has no PPO). Every (trainer, size, side) runs in its own process, repeats
 interleaved (project, TRL, project, TRL, ...), warm-up steps untimed (benchmarks/trl_peer/measure.py
-says exactly what is measured). `--precision bf16` runs both sides under bf16 autocast (fp32
+says exactly what is measured). A ratio is the median over repeats of a project run against the TRL
+run right after it; it is also given with each run's speed divided by the host's matmul rate
+measured around that run, and as the ratio of the two sides' fastest timed steps. On a shared
+machine whose speed changes severalfold within minutes, the three disagree when a slow spell
+fell on one side's runs; the best-step ratio is the one such a spell moves least. `--precision bf16` runs both sides under bf16 autocast (fp32
 weights and optimizer; TRL's `bf16=True`), where the CPU multiplies bf16 natively. Prints samples/s
 (PPO: episodes/s), tokens/s, MFU against this machine's matmul peak in the run's precision (and, in
 bf16, the same FLOP rate against the fp32 peak), peak RSS (GPU memory on a GPU) and project/TRL ratios; the PPO split (sampling, scoring,
@@ -111,6 +115,32 @@ def memory(r: dict) -> float:
 
 def flops_per_s(r: dict) -> float:
     return r["flops_per_step"] * len(r["step_seconds"]) / timed(r)
+
+
+def per_host_speed(r: dict) -> float:
+    """Samples/s over the host's matmul rate around the run (measure.host_probe): what is left of
+    the run's speed once a change in the machine's own speed is divided out."""
+    return samples_per_s(r) / r["probe_flops"]
+
+
+def best_step_speed(runs: Runs) -> float:
+    """Samples/s of the fastest timed step of every repeat: the step the machine slowed least (its
+    speed only ever drops below what it can do, so the fastest step is the least disturbed one). A
+    PPO iteration's work depends on how long its sampled responses are, so there the fastest
+    iteration may also be a shorter one."""
+    return runs.results[0]["samples_per_step"] / min(t for r in runs.results for t in r["step_seconds"])
+
+
+def paired(mine: Runs, peer: Runs, per_run: PerRun) -> list[float]:
+    """project / TRL of `per_run` for each repeat, a project run against the TRL run right after it
+    (the runs interleave), so that a slow spell of the machine falls mostly inside one pair."""
+    return [per_run(a) / per_run(b) for a, b in zip(mine.results, peer.results)]
+
+
+def ratio_cell(ratios: list[float]) -> str:
+    """The median of pairwise ratios, with their range when there are several."""
+    mid = f"{statistics.median(ratios):.2f}x"
+    return mid if len(ratios) < 2 else f"{mid} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 # ---------------------------------------------------------------- running
@@ -222,7 +252,8 @@ def collect(args: argparse.Namespace, with_trl: bool, warmup: int, say: Say) -> 
                         runs[trainer, size, side].results.append(result)
                         done += 1
                         say(f"[{done}/{todo}] {trainer:6s} {size:5s} {side:7s} repeat {repeat + 1}: "
-                            f"{samples_per_s(result):8.2f} samples/s, {time.perf_counter() - t0:5.1f} s in all")
+                            f"{samples_per_s(result):8.2f} samples/s, {time.perf_counter() - t0:5.1f} s in all, "
+                            f"host {result['probe_flops'] / 1e9:4.0f} GFLOP/s")
     return runs
 
 
@@ -249,8 +280,12 @@ def table(runs: dict[Key, Runs], trainers: list[str], sizes: list[str], peak: fl
                          f"{rss:7.0f} MiB")
                 ratio = ""
                 if side == "project" and peer.results:
-                    speed = r.median(samples_per_s) / peer.median(samples_per_s)
-                    ratio = f"   speed {speed:.2f}x, memory {rss / max(memory(x) for x in peer.results):.2f}x"
+                    host = ""
+                    if all(x.get("probe_flops") for x in r.results + peer.results):
+                        host = f", per host speed {ratio_cell(paired(r, peer, per_host_speed))}"
+                    ratio = (f"   speed {ratio_cell(paired(r, peer, samples_per_s))}{host}, "
+                             f"best step {best_step_speed(r) / best_step_speed(peer):.2f}x, "
+                             f"memory {rss / max(memory(x) for x in peer.results):.2f}x")
                 lines.append(f"{trainer:8s}{size:7s}{side:9s}{cells}{ratio}")
     return lines
 
@@ -339,12 +374,17 @@ def run(argv: list[str] | None = None, with_trl: bool = True, warmup: int = WARM
         f"{' autocast' if args.precision == 'bf16' else ''}")
     runs = collect(args, with_trl, warmup, say)
     load_after = os.getloadavg()
-    peak = max(peak_before, peak_matmul_flops(dtype=dtype, device=args.device))  # again: other load lowers it
+    # again, and every worker's probe too: a slow spell of the host lowers any one measurement
+    probes = [r.get("probe_flops", 0.0) for rs in runs.values() for r in rs.results]
+    peak = max(peak_before, peak_matmul_flops(dtype=dtype, device=args.device), *probes)
     fp32_peak = peak_matmul_flops(device=args.device) if args.precision == "bf16" else None
     say("")
-    say(f"peak: best {args.precision} matmul rate before and after the runs, {peak / 1e9:.0f} GFLOP/s"
+    say(f"peak: best {args.precision} matmul rate before and after the runs and around each, {peak / 1e9:.0f} GFLOP/s"
         f"{f'; fp32 {fp32_peak / 1e9:.0f} GFLOP/s (column of fp32)' if fp32_peak else ''}")
     say("samples/s: sequences (SFT), pairs (reward, DPO), episodes (PPO); median of repeats ± half their range")
+    say("project/TRL: median over repeats of the ratio of a project run to the TRL run after it (range in "
+        "brackets); per host speed: the same with each run's samples/s divided by the host's matmul rate "
+        "around it (measure.host_probe); best step: the fastest timed step of each side")
     say("MFU: 6 N per trained token + 2 N per forward-only token / peak; N = parameters without embeddings, "
         "plus the tied LM head (benchmarks/trl_peer/measure.py)")
     for line in table(runs, args.trainers, args.sizes, peak, fp32_peak,

@@ -12,11 +12,18 @@
   reads only, or a pair's shared prompt once, is counted for those positions and tokens only.
 - Peak: the best `torch.matmul` rate of large square matrices on the run's device (this machine's
   CPU with the same threads, or its GPU), in the run's precision (fp32, or bf16 for a bf16 autocast
-  run, whose matmuls run in bf16).
+  run, whose matmuls run in bf16), before and after all runs, or a worker's `host_probe` where that
+  is higher (a slow spell of the host during both peak measurements would otherwise set MFU over
+  100%).
 - Peak memory: `ru_maxrss` of the worker process, which runs one trainer on one side; on a GPU,
   the most GPU memory its tensors held (`torch.cuda.max_memory_allocated`).
 - On a GPU every step end waits for the device (`torch.cuda.synchronize`), so a step is timed when
   its kernels have run, not when they were queued.
+- Host speed: a shared machine's CPU can run twice as fast in one minute as in the next. Every
+  worker measures the best rate of a small matmul (`host_probe`, about 0.1 s) just before and just
+  after its run; their mean is the host's speed during that run. Dividing a run's samples/s by it
+  cancels a speed change that slows the run and the probe alike; what it cannot cancel (a
+  neighbour that takes memory bandwidth, not cycles) shows as a spread between repeats.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class Result:
     update_seconds: list[float] = field(default_factory=list)
     generated_tokens: list[int] = field(default_factory=list)
     gen_flops_per_token: float = 0.0  # 2 N of the policy
+    probe_flops: float = 0.0  # the host's matmul rate around this run (`host_probe`, before and after)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,3 +136,9 @@ def peak_matmul_flops(n: int | None = None, repeats: int = 10, dtype: torch.dtyp
         sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best
+
+
+def host_probe(dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """The host's matmul rate now: `peak_matmul_flops` of 1024 x 1024 matrices (2048 on a GPU),
+    best of 9, in about 0.1 s on 2 cores."""
+    return peak_matmul_flops(n=2048 if device == "cuda" else 1024, repeats=9, dtype=dtype, device=device)

@@ -29,10 +29,12 @@ def run(spec: dict) -> dict:
     os.environ[DEVICE_ENV] = spec.get("device", "cpu")  # the project's stages: refuse without it, or never use a GPU
     import torch
 
-    from benchmarks.trl_peer.measure import peak_gpu_mib, peak_rss_mib
+    from benchmarks.trl_peer.measure import host_probe, peak_gpu_mib, peak_rss_mib
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
+    dtype, device = (torch.bfloat16 if spec.get("precision") == "bf16" else torch.float32), spec.get("device", "cpu")
+    before = host_probe(dtype, device)
     if spec["side"] == "project":
         from benchmarks.trl_peer.project import RUNNERS
     elif spec["trainer"] == "ppo":
@@ -42,6 +44,7 @@ def run(spec: dict) -> dict:
     result = RUNNERS[spec["trainer"]](Path(spec["root"]), spec["size"], spec["warmup"], spec["steps"],
                                       spec.get("precision", "fp32"))
     result.rss_mib, result.gpu_mib = peak_rss_mib(), peak_gpu_mib()
+    result.probe_flops = (before + host_probe(dtype, device)) / 2
     return result.to_json()
 
 

@@ -4,7 +4,7 @@ with `--precision bf16`, where the CPU multiplies bf16 natively, the steps run u
 
 import pytest
 
-from benchmarks.trl_compare import run, samples_per_s
+from benchmarks.trl_compare import Runs, best_step_speed, paired, per_host_speed, ratio_cell, run, samples_per_s
 from benchmarks.trl_peer.settings import TRAINERS
 from rlhf.train.runtime import cpu_has_bf16
 
@@ -16,10 +16,26 @@ def test_project_side_has_a_row_per_trainer():
     for trainer in TRAINERS:
         (result,) = runs[trainer, "tiny", "project"].results
         assert samples_per_s(result) > 0 and result["rss_mib"] > 0
+        assert result["probe_flops"] > 1e9  # the host's matmul rate around the run
         (row,) = [line for line in lines if line.split()[:3] == [trainer, "tiny", "project"]]
         assert float(row.split()[3]) > 0  # samples/s as printed
         (peer,) = [line for line in lines if line.split()[:3] == [trainer, "tiny", "TRL"]]
         assert "skipped" in peer
+
+
+def test_ratios_pair_runs_and_divide_out_the_hosts_speed():
+    """Two repeats, the TRL side twice as slow as the project's. In the first pair the machine ran at
+    half speed during the TRL run (its probe says so): the raw ratio reads 4x, the per-host one 2x."""
+    def result(seconds: float, probe: float) -> dict:
+        return {"samples_per_step": 8, "step_seconds": [seconds], "probe_flops": probe}
+
+    mine = Runs([result(1.0, 2e11), result(1.0, 2e11)])
+    peer = Runs([result(4.0, 1e11), result(2.0, 2e11)])
+    assert paired(mine, peer, samples_per_s) == [4.0, 2.0]
+    assert paired(mine, peer, per_host_speed) == [2.0, 2.0]
+    assert ratio_cell([4.0, 2.0, 2.5]) == "2.50x (2.00-4.00)" and ratio_cell([1.5]) == "1.50x"
+    slowed = Runs([{"samples_per_step": 8, "step_seconds": [4.0, 2.0, 3.0]}, {"samples_per_step": 8, "step_seconds": [2.5]}])
+    assert best_step_speed(slowed) == 4.0  # 8 samples in its fastest step, 2 s
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 matmul")
