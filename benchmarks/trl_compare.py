@@ -22,8 +22,9 @@ interleaved (project, TRL, project, TRL, ...), warm-up steps untimed (benchmarks
 says exactly what is measured). A ratio is the median over repeats of a project run against the TRL
 run right after it; it is also given with each run's speed divided by the host's matmul rate
 measured around that run, and as the ratio of the two sides' fastest timed steps. On a shared
-machine whose speed changes severalfold within minutes, the three disagree when a slow spell
-fell on one side's runs; the best-step ratio is the one such a spell moves least. `--precision bf16` runs both sides under bf16 autocast (fp32
+machine whose speed changes severalfold within minutes, the three agree when the host held its
+speed through both sides' runs and disagree when a slow spell fell on one side's: the `host`
+figure of each progress line says which runs it hit. `--precision bf16` runs both sides under bf16 autocast (fp32
 weights and optimizer; TRL's `bf16=True`), where the CPU multiplies bf16 natively. Prints samples/s
 (PPO: episodes/s), tokens/s, MFU against this machine's matmul peak in the run's precision (and, in
 bf16, the same FLOP rate against the fp32 peak), peak RSS (GPU memory on a GPU) and project/TRL ratios; the PPO split (sampling, scoring,
