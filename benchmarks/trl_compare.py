@@ -281,10 +281,8 @@ def table(runs: dict[Key, Runs], trainers: list[str], sizes: list[str], peak: fl
                          f"{rss:7.0f} MiB")
                 ratio = ""
                 if side == "project" and peer.results:
-                    host = ""
-                    if all(x.get("probe_flops") for x in r.results + peer.results):
-                        host = f", per host speed {ratio_cell(paired(r, peer, per_host_speed))}"
-                    ratio = (f"   speed {ratio_cell(paired(r, peer, samples_per_s))}{host}, "
+                    ratio = (f"   speed {ratio_cell(paired(r, peer, samples_per_s))}, "
+                             f"per host speed {ratio_cell(paired(r, peer, per_host_speed))}, "
                              f"best step {best_step_speed(r) / best_step_speed(peer):.2f}x, "
                              f"memory {rss / max(memory(x) for x in peer.results):.2f}x")
                 lines.append(f"{trainer:8s}{size:7s}{side:9s}{cells}{ratio}")
@@ -354,12 +352,12 @@ def run(argv: list[str] | None = None, with_trl: bool = True, warmup: int = WARM
     the runs. `with_trl=False` runs the project side only; `warmup` steps go untimed."""
     import torch
 
-    from benchmarks.trl_peer.measure import peak_matmul_flops
+    from benchmarks.trl_peer.measure import matmul_dtype, peak_matmul_flops
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    dtype = matmul_dtype(args.precision)
     peak_before = peak_matmul_flops(dtype=dtype, device=args.device)
     trl = installed_trl() if with_trl else None
     where = (f"{torch.cuda.get_device_name()}" if args.device == "cuda"
@@ -376,7 +374,7 @@ def run(argv: list[str] | None = None, with_trl: bool = True, warmup: int = WARM
     runs = collect(args, with_trl, warmup, say)
     load_after = os.getloadavg()
     # again, and every worker's probe too: a slow spell of the host lowers any one measurement
-    probes = [r.get("probe_flops", 0.0) for rs in runs.values() for r in rs.results]
+    probes = [r["probe_flops"] for rs in runs.values() for r in rs.results]
     peak = max(peak_before, peak_matmul_flops(dtype=dtype, device=args.device), *probes)
     fp32_peak = peak_matmul_flops(device=args.device) if args.precision == "bf16" else None
     say("")

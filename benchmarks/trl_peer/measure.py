@@ -138,6 +138,11 @@ def peak_matmul_flops(n: int | None = None, repeats: int = 10, dtype: torch.dtyp
     return 2 * n ** 3 / best
 
 
+def matmul_dtype(precision: str) -> torch.dtype:
+    """The dtype a run's matmuls take: bf16 under `--precision bf16` (autocast), else fp32."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def host_probe(dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """The host's matmul rate now: `peak_matmul_flops` of 1024 x 1024 matrices (2048 on a GPU),
     best of 9, in about 0.1 s on 2 cores."""

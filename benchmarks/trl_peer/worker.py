@@ -29,11 +29,11 @@ def run(spec: dict) -> dict:
     os.environ[DEVICE_ENV] = spec.get("device", "cpu")  # the project's stages: refuse without it, or never use a GPU
     import torch
 
-    from benchmarks.trl_peer.measure import host_probe, peak_gpu_mib, peak_rss_mib
+    from benchmarks.trl_peer.measure import bench_device, host_probe, matmul_dtype, peak_gpu_mib, peak_rss_mib
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    dtype, device = (torch.bfloat16 if spec.get("precision") == "bf16" else torch.float32), spec.get("device", "cpu")
+    dtype, device = matmul_dtype(spec.get("precision", "fp32")), bench_device()
     before = host_probe(dtype, device)
     if spec["side"] == "project":
         from benchmarks.trl_peer.project import RUNNERS
