@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.train.batching import model_attention_mask, position_ids
+from rlhf.train.last_mlp import read_from
 
 
 def forward_logits(
@@ -26,19 +27,21 @@ def forward_logits(
 ) -> torch.Tensor:
     """logits / T of the last `keep` positions (0: of every position). Shapes: (B, T), (B, T) ->
     (B, keep or T, V). The LM head and the softmax are the costliest layers of a small model with a
-    large vocabulary: a caller that reads only the response asks for those positions only.
+    large vocabulary: a caller that reads only the response asks for those positions only, where
+    the last block's MLP runs too (rlhf/train/last_mlp.py).
 
     The logits come back in fp32 whatever the autocast: under bf16 autocast a model prepared by
     accelerate returns fp32 logits and an unprepared one (PPO's reference) bf16 ones, and dividing
     those by T in bf16 would round them again, so that the KL between two equal models is not 0."""
     assert temperature > 0, "temperature must be positive"
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-        **({"logits_to_keep": keep} if keep else {}),
-    )
+    with read_from(model, input_ids.shape[1] - keep if keep else 0):  # the last MLP where logits are kept
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+            **({"logits_to_keep": keep} if keep else {}),
+        )
     logits = out.logits.float()  # a no-op in fp32
     return logits if temperature == 1.0 else logits / temperature
 
@@ -122,8 +125,9 @@ def pair_sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor
     frm, weights = batch["target_from"], batch["target_mask"].to(torch.float32)  # (B, 2, R)
     T = batch["input_ids"].shape[1]
     start = int(frm[weights > 0].min())
-    logits = model(input_ids=batch["input_ids"], attention_mask=model_attention_mask(model, batch["attention_mask"]),
-                   position_ids=batch["position_ids"], use_cache=False, logits_to_keep=T - start).logits
+    with read_from(model, start):  # the last MLP where logits are kept
+        logits = model(input_ids=batch["input_ids"], attention_mask=model_attention_mask(model, batch["attention_mask"]),
+                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=T - start).logits
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T - start, V)
     rows = torch.arange(len(frm), device=frm.device)[:, None, None]  # (B, 1, 1)
     picked = logp[rows, (frm - start).clamp(min=0), batch["targets"]]  # (B, 2, R)

@@ -9,7 +9,8 @@
   (it is a matmul on every position, a third of the FLOPs at these sizes) or the scalar head of a
   reward model. Attention's T^2 terms are left out, as in the usual MFU definition. Each side is
   credited with the work it does: a side that runs the output projection on the positions its loss
-  reads only, or a pair's shared prompt once, is counted for those positions and tokens only.
+  reads only, a pair's shared prompt once, or a reward model's last-block MLP at the positions
+  its head reads only, is counted for those positions and tokens only.
 - Peak: the best `torch.matmul` rate of large square matrices on the run's device (this machine's
   CPU with the same threads, or its GPU), in the run's precision (fp32, or bf16 for a bf16 autocast
   run, whose matmuls run in bf16), before and after all runs, or a worker's `host_probe` where that

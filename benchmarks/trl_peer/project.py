@@ -109,7 +109,9 @@ def reward(root: Path, size: str, warmup: int, steps: int, precision: str = "fp3
 
     clock, stats = _train(model, batch, loss_fn, pairs_in, warmup + steps, precision)
     run = batch(0)["input_ids"].numel()  # token positions it runs (every step has the same shape)
-    return Result("project", "reward", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN, 6.0 * n * run,
+    unread = run - 2 * BATCH  # positions where the last block's MLP does not run (rlhf/train/last_mlp.py)
+    return Result("project", "reward", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN,
+                  6.0 * (n * run - last_mlp_params(model) * unread),
                   [s["loss"] for s in stats],
                   {k: stats[0][k] for k in ("rewards/accuracies", "rewards/margins")})
 
@@ -214,21 +216,31 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
         if it == 0:
             first = {**mean, "objective/kl": metrics["objective/kl"]}
     tokens = BATCH * (len(fixture_prompts[0]["ids"]) + PPO_NEW_TOKENS)  # prompts: PPO_PROMPT_LEN, or more (fixtures)
-    flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1))
+    flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1),
+                      unread=last_mlp_params(reward_model) * (tokens - BATCH))  # its score: one position a row
     return Result("project", "ppo", size, clock.seconds(warmup), BATCH, tokens, flops, losses, first,
                   generate_seconds=timed.seconds[warmup:], score_seconds=scoring[warmup:],
                   update_seconds=updates[warmup:], generated_tokens=timed.tokens[warmup:],
                   gen_flops_per_token=2.0 * n_lm)
 
 
-def ppo_flops(n_lm: int, n_rm: int, tokens: int, generated: float) -> float:
+def ppo_flops(n_lm: int, n_rm: int, tokens: int, generated: float, unread: float = 0.0) -> float:
     """Nominal model FLOPs of one PPO iteration over `tokens` episode tokens (prompt + response):
     sampling 2 N_lm per sampled token; scoring forward passes of policy, reference (2 N_lm each),
-    critic and reward model (2 N_rm each); K epochs of policy and critic training (6 N each).
-    The same formula serves both sides (`peer_ppo`)."""
-    score = 2.0 * (2 * n_lm + 2 * n_rm) * tokens
+    critic and reward model (2 N_rm each, less 2 `unread`: parameter-positions the reward model
+    skips); K epochs of policy and critic training (6 N each). The same formula serves both sides
+    (`peer_ppo`)."""
+    score = 2.0 * (2 * n_lm + 2 * n_rm) * tokens - 2.0 * unread
     update = PPO_EPOCHS * 6.0 * (n_lm + n_rm) * tokens
     return 2.0 * n_lm * generated + score + update
+
+
+def last_mlp_params(model: Any) -> int:
+    """Parameters of a reward model's last-block MLP, which runs at the positions its head reads only."""
+    from rlhf.train.last_mlp import last_mlp
+
+    mlp = last_mlp(model.backbone)
+    return 0 if mlp is None else sum(p.numel() for p in mlp.parameters())
 
 
 RUNNERS = {"sft": sft, "reward": reward, "dpo": dpo, "ppo": ppo}

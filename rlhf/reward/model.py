@@ -40,6 +40,7 @@ import inspect
 import json
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from rlhf.errors import UserError
 from rlhf.files import require_intact, write_json
 from rlhf.train.batching import encode_dialogue, model_attention_mask, pad, shares_prefixes
 from rlhf.train.batching import position_ids as positions_of
+from rlhf.train.last_mlp import read_at
 from rlhf.train.models import (
     disable_dropout,
     has_tokenizer,
@@ -259,18 +261,18 @@ class RewardModel(torch.nn.Module):
                   **self._no_cache}
         if self._positions:  # (B, T), counted over real tokens: the same as unpadded
             kwargs["position_ids"] = position_ids if position_ids is not None else positions_of(attention_mask)
-        hidden = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
         if per_token:
-            return self.head(hidden).squeeze(-1).float()  # (B, T)
-        if score_index is not None:
-            rows = torch.arange(len(score_index), device=score_index.device)[:, None]  # (B, 1)
-            return self.head(hidden[rows, score_index]).squeeze(-1).float()  # (B, K)
-        index = self.pooled_index(input_ids, attention_mask)  # (B,)
-        pooled = hidden[torch.arange(len(index), device=index.device), index]  # (B, H)
+            return self.head(self.backbone(**kwargs).last_hidden_state).squeeze(-1).float()  # (B, T)
+        index = score_index if score_index is not None else self.pooled_index(input_ids, attention_mask)[:, None]
+        rows = torch.arange(len(index), device=index.device)[:, None]  # (B, 1)
+        # the last block's MLP at the read positions only (rlhf/train/last_mlp.py)
+        with read_at(self.backbone, index) if self.pooling == "last" else nullcontext():
+            pooled = self.backbone(**kwargs).last_hidden_state[rows, index]  # (B, K, H)
         if self.pooling == "cls":  # BERT-like: the pre-trained pooler on [CLS], as its classifier reads it
             pooler = self.backbone.pooler
             pooled = pooler.activation(pooler.dense(pooled))
-        return self.head(pooled).squeeze(-1).float()  # (B,)
+        rewards = self.head(pooled).squeeze(-1).float()  # (B, K)
+        return rewards if score_index is not None else rewards.squeeze(1)  # (B, K) or (B,)
 
     def shares_prefixes(self, max_len: int | None = None) -> bool:
         """Whether a chosen and a rejected sequence (each at most `max_len` tokens) can be scored in

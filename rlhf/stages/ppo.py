@@ -76,6 +76,7 @@ from rlhf.train.lora import (
     with_lora,
     with_reward_lora,
 )
+from rlhf.train.last_mlp import read_from
 from rlhf.train.loop import TrainingRun
 from rlhf.train.optim import advance, nonfinite, summed_over_processes
 from rlhf.train.sharding import prepare, shard
@@ -115,10 +116,12 @@ def value_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.Linea
     return out
 
 
-def token_values(critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The critic's value at every position (through its forward, so that DDP sees the pass).
-    Shapes: (B, T), (B, T) -> (B, T)."""
-    return critic(input_ids, attention_mask, per_token=True)  # (B, T)
+def token_values(critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """The critic's value at every position (through its forward, so that DDP sees the pass), read
+    from column `start` on: the last block's MLP runs there only (rlhf/train/last_mlp.py), so the
+    columns before it hold no value. Shapes: (B, T), (B, T) -> (B, T)."""
+    with read_from(critic, start):
+        return critic(input_ids, attention_mask, per_token=True)  # (B, T)
 
 
 def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int,
@@ -133,7 +136,9 @@ def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.T
     """
     logits = response_logits(policy, seqs, attn, prompt_len, temperature)  # (B, R, V)
     logprobs, entropy = logprobs_and_entropy(logits, seqs[:, prompt_len:], entropy_grad)  # (B, R), (B, R)
-    values = token_values(critic, seqs, attn)[:, prompt_len - 1: -1] if critic is not None else None  # (B, R)
+    values = None
+    if critic is not None:
+        values = token_values(critic, seqs, attn, prompt_len - 1)[:, prompt_len - 1: -1]  # (B, R)
     return logprobs, entropy, values
 
 

@@ -41,6 +41,7 @@ from rlhf.train import (
     with_activation_checkpointing,
 )
 from rlhf.train.batching import model_attention_mask, require_split
+from rlhf.train.last_mlp import read_from
 from rlhf.train.lora import finish_outputs, has_adapter, with_lora
 from rlhf.train.loop import TrainingRun
 from rlhf.train.sharding import lockstep, prepare, shard
@@ -49,9 +50,11 @@ from rlhf.train.sharding import lockstep, prepare, shard
 def micro_batch_loss(model: Any, mb: dict[str, torch.Tensor], num_tokens: float):
     """This micro-batch's share of the step's SFT loss (the `loss_fn` of `optimizer_step`)."""
     # packed rows bring a (b, 1, T, T) block-diagonal mask and per-example position_ids
-    s = first_scored_position(mb["loss_mask"])  # the LM head runs on positions [s, T) only
-    logits = model(input_ids=mb["input_ids"], attention_mask=model_attention_mask(model, mb["attention_mask"]),
-                   position_ids=mb.get("position_ids"), use_cache=False, **kept_logits(mb["input_ids"].shape[1], s)).logits
+    s = first_scored_position(mb["loss_mask"])  # the LM head and the last MLP run on positions [s, T) only
+    with read_from(model, s):
+        logits = model(input_ids=mb["input_ids"], attention_mask=model_attention_mask(model, mb["attention_mask"]),
+                       position_ids=mb.get("position_ids"), use_cache=False,
+                       **kept_logits(mb["input_ids"].shape[1], s)).logits
     return sft_loss(logits, mb["input_ids"][:, s:], mb["loss_mask"][:, s:], num_tokens)  # logits (b, T-s, V)
 
 
@@ -75,7 +78,7 @@ def evaluate_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int,
         # a process whose share ran out runs a stand-in row, weighted 0: FSDP's forward is a collective
         mb = {k: v.to(accelerator.device) for k, v in collate_sft(rows or examples[:1], pad_id).items()}
         s = first_scored_position(mb["loss_mask"])
-        with accelerator.autocast():  # unpacked: a (b, T) padding mask, made causal by the model itself
+        with accelerator.autocast(), read_from(model, s):  # unpacked: a (b, T) padding mask, made causal
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False,
                            **kept_logits(mb["input_ids"].shape[1], s)).logits  # (b, T-s, V)
         mask = mb["loss_mask"][:, s + 1:]  # (b, T-s-1)

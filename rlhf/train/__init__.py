@@ -4,6 +4,7 @@
 | --- | --- |
 | `runtime` | `make_accelerator(mixed_precision)`, `seed_everything(seed)`, RNG state save/restore, `progress_bar` |
 | `models` | `load_tokenizer(dir)`, `has_tokenizer(dir)`, `build_gpt2(tokenizer, ...)`, `load_causal_lm(dir)`, `disable_dropout`, `with_activation_checkpointing` |
+| `last_mlp` | `read_at(model, index)` / `read_from(model, start)`: the last block's MLP at the positions a head or loss reads only; `recompute_reads` for activation checkpointing |
 | `batching` | chat-format encoding, packing, padding, `collate_sft`, `collate_pairs`, `BatchOrder`, `shard_and_split` |
 | `optim` | `build_optimizer`, `build_scheduler`, `optimizer_from` / `scheduler_from` (from a `TrainConfig`), `optimizer_step` (gradient accumulation normalised over the whole step; a non-finite step is not applied), `check_finite` / `NonFiniteError`, `Throughput` |
 | `checkpoint` | atomic `save_checkpoint` / `find_resumable` / `load_checkpoint`, `run_checkpoint_root` (one folder per set of inputs), `save_model_dir` |

@@ -111,6 +111,9 @@ class AdapterOff:
     def parameters(self):
         return self._model.parameters()
 
+    def modules(self):  # where rlhf/train/last_mlp.py finds the last block's MLP
+        return self._model.modules()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad(), self._model.disable_adapter():
             return self._model(*args, **kwargs)

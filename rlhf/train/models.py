@@ -21,6 +21,7 @@ import torch
 
 from rlhf.errors import UserError
 from rlhf.files import require_intact
+from rlhf.train.last_mlp import recompute_reads
 from rlhf.train.remote_code import allow, mark
 
 # Config attributes that hold a dropout probability, across GPT-2, Llama, BERT, ... configs.
@@ -151,7 +152,7 @@ def with_activation_checkpointing(model: Any, enabled: bool) -> Any:
     if inner is None or not inner.supports_gradient_checkpointing:
         name = type(inner if inner is not None else model).__name__
         raise UserError(f"{name} does not support activation checkpointing: set activation_checkpointing: false")
-    kwargs = {"use_reentrant": False}
+    kwargs = {"use_reentrant": False, "context_fn": recompute_reads}  # the last MLP's rows again (last_mlp.py)
     if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.x; the older name is deprecated there
         inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:  # pragma: no cover - older transformers

@@ -63,7 +63,7 @@ def assert_same_weights(again: dict[str, torch.Tensor], full: dict[str, torch.Te
     """A resumed run's saved weights equal the uninterrupted run's (CPU: up to float noise)."""
     assert again.keys() == full.keys()
     for k in full:
-        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
