@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     trainers, sizes = args.trainers.split(","), args.sizes.split(",")
-    for name, known in (("trainer", TRAINERS), ("size", tuple(SIZES))):
-        unknown = set(trainers if name == "trainer" else sizes) - set(known)
+    for name, (given, known) in {"trainer": (trainers, TRAINERS), "size": (sizes, tuple(SIZES))}.items():
+        unknown = set(given) - set(known)
         if unknown:
             parser.error(f"unknown {name} {sorted(unknown)}: choose from {', '.join(known)}")
 

@@ -247,7 +247,8 @@ def collect(args: argparse.Namespace, with_trl: bool, warmup: int, say: Say) -> 
                             continue
                         spec = {"side": side, "trainer": trainer, "size": size, "root": str(roots[size]),
                                 "repeat": repeat, "warmup": warmup, "steps": args.steps, "threads": args.threads,
-                                "precision": args.precision, "device": args.device}
+                                "precision": args.precision, "device": args.device,
+                                "profile": getattr(args, "profile", False)}
                         t0 = time.perf_counter()
                         result = run_worker(spec, work)
                         runs[trainer, size, side].results.append(result)

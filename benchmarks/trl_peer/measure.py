@@ -61,6 +61,7 @@ class Result:
     generated_tokens: list[int] = field(default_factory=list)
     gen_flops_per_token: float = 0.0  # 2 N of the policy
     probe_flops: float = 0.0  # the host's matmul rate around this run (`host_probe`, before and after)
+    profile: dict[str, float] = field(default_factory=dict)  # with a profiled worker: op_profile.split
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

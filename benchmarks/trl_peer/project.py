@@ -28,6 +28,7 @@ from benchmarks.trl_peer.settings import (
     MAX_GRAD_NORM,
     PPO_EPOCHS,
     PPO_NEW_TOKENS,
+    PROMPT_LEN,
     RESPONSE_LEN,
     SEED,
     SEQ_LEN,
@@ -81,8 +82,10 @@ def sft(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     clock, stats = _train(model, lambda s: collate_sft(_rows(rows, s), pad), micro_batch_loss, loss_tokens,
                           warmup + steps, precision)
     scored = BATCH * (RESPONSE_LEN + 1)  # positions whose logits the loss reads (the last prompt token on)
+    unread = BATCH * SEQ_LEN - scored  # positions where the last block's MLP does not run either
     return Result("project", "sft", size, clock.seconds(warmup), BATCH, BATCH * SEQ_LEN,
-                  6.0 * (n * BATCH * SEQ_LEN + head * scored), [s["loss"] for s in stats])
+                  6.0 * (n * BATCH * SEQ_LEN + head * scored - last_mlp_params(model) * unread),
+                  [s["loss"] for s in stats])
 
 
 def reward(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32") -> Result:
@@ -146,10 +149,12 @@ def dpo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
 
     clock, stats = _train(policy, batch, loss_fn, lambda mb: len(mb["lengths"]) // 2, warmup + steps,
                           precision)
-    run = batch(0)["input_ids"].numel()  # token positions it runs (every step has the same shape)
-    scored = 2 * BATCH * RESPONSE_LEN  # positions whose logits the loss reads (one per response token)
+    rows, width = batch(0)["input_ids"].shape  # every step has the same shape
+    scored = rows * (width - PROMPT_LEN + 1)  # positions whose logits are computed: the last prompt token on
+    unread = rows * width - scored  # positions where the last block's MLP does not run either
     return Result("project", "dpo", size, clock.seconds(warmup), BATCH, 2 * BATCH * SEQ_LEN,
-                  (6.0 + 2.0) * (n * run + head * scored), [s["loss"] for s in stats],
+                  (6.0 + 2.0) * (n * rows * width + head * scored - last_mlp_params(policy) * unread),
+                  [s["loss"] for s in stats],
                   {"logps/chosen": stats[0]["logps/chosen"], "logps/rejected": stats[0]["logps/rejected"]})
 
 
@@ -215,31 +220,40 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
         losses.append(mean["loss/policy"] + VF_COEF * mean["loss/value"])
         if it == 0:
             first = {**mean, "objective/kl": metrics["objective/kl"]}
-    tokens = BATCH * (len(fixture_prompts[0]["ids"]) + PPO_NEW_TOKENS)  # prompts: PPO_PROMPT_LEN, or more (fixtures)
+    prompt = len(fixture_prompts[0]["ids"])  # PPO_PROMPT_LEN, or more under a checkpoint's template (fixtures)
+    tokens = BATCH * (prompt + PPO_NEW_TOKENS)
+    # before the last prompt token, policy and reference passes run neither the LM head nor the last
+    # MLP, and critic passes not the last MLP; the reward model runs its last MLP at one position a row
+    before = BATCH * (prompt - 1)
     flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1),
-                      unread=last_mlp_params(reward_model) * (tokens - BATCH))  # its score: one position a row
+                      skip_policy=(head_params(policy) + last_mlp_params(policy)) * before,
+                      skip_critic=last_mlp_params(critic) * before,
+                      skip_reward=last_mlp_params(reward_model) * (tokens - BATCH))
     return Result("project", "ppo", size, clock.seconds(warmup), BATCH, tokens, flops, losses, first,
                   generate_seconds=timed.seconds[warmup:], score_seconds=scoring[warmup:],
                   update_seconds=updates[warmup:], generated_tokens=timed.tokens[warmup:],
                   gen_flops_per_token=2.0 * n_lm)
 
 
-def ppo_flops(n_lm: int, n_rm: int, tokens: int, generated: float, unread: float = 0.0) -> float:
+def ppo_flops(n_lm: int, n_rm: int, tokens: int, generated: float, skip_policy: float = 0.0,
+              skip_critic: float = 0.0, skip_reward: float = 0.0) -> float:
     """Nominal model FLOPs of one PPO iteration over `tokens` episode tokens (prompt + response):
     sampling 2 N_lm per sampled token; scoring forward passes of policy, reference (2 N_lm each),
-    critic and reward model (2 N_rm each, less 2 `unread`: parameter-positions the reward model
-    skips); K epochs of policy and critic training (6 N each). The same formula serves both sides
-    (`peer_ppo`)."""
-    score = 2.0 * (2 * n_lm + 2 * n_rm) * tokens - 2.0 * unread
-    update = PPO_EPOCHS * 6.0 * (n_lm + n_rm) * tokens
+    critic and reward model (2 N_rm each); K epochs of policy and critic training (6 N each). A
+    `skip_*` is the parameter-positions one pass of that model does not run (a policy's `skip_policy`
+    also holds for the reference). The same formula serves both sides (`peer_ppo`: nothing skipped)."""
+    policy, critic = n_lm * tokens - skip_policy, n_rm * tokens - skip_critic
+    score = 2.0 * (2 * policy + critic + n_rm * tokens - skip_reward)
+    update = PPO_EPOCHS * 6.0 * (policy + critic)
     return 2.0 * n_lm * generated + score + update
 
 
 def last_mlp_params(model: Any) -> int:
-    """Parameters of a reward model's last-block MLP, which runs at the positions its head reads only."""
+    """Parameters of the last-block MLP of a causal LM or of a reward model's body, which runs only
+    at the positions a head or loss reads (rlhf/train/last_mlp.py)."""
     from rlhf.train.last_mlp import last_mlp
 
-    mlp = last_mlp(model.backbone)
+    mlp = last_mlp(getattr(model, "backbone", model))
     return 0 if mlp is None else sum(p.numel() for p in mlp.parameters())
 
 

@@ -3,7 +3,8 @@
     python -m benchmarks.trl_peer.worker SPEC_JSON OUT_JSON
 
 SPEC_JSON: {"side": "project" | "trl", "trainer": ..., "size": ..., "root": fixtures folder,
-"warmup": int, "steps": int, "threads": int, "precision": "fp32" | "bf16", "device": "cpu" | "cuda"}.
+"warmup": int, "steps": int, "threads": int, "precision": "fp32" | "bf16", "device": "cpu" | "cuda",
+"profile": bool (optional: the timed steps under torch.profiler, benchmarks/trl_peer/op_profile.py)}.
 Writes the `Result` as JSON to OUT_JSON.
 """
 
@@ -41,8 +42,17 @@ def run(spec: dict) -> dict:
         from benchmarks.trl_peer.peer_ppo import RUNNERS
     else:
         from benchmarks.trl_peer.peer import RUNNERS
-    result = RUNNERS[spec["trainer"]](Path(spec["root"]), spec["size"], spec["warmup"], spec["steps"],
-                                      spec.get("precision", "fp32"))
+    def trainer():
+        return RUNNERS[spec["trainer"]](Path(spec["root"]), spec["size"], spec["warmup"], spec["steps"],
+                                        spec.get("precision", "fp32"))
+
+    if spec.get("profile"):
+        from benchmarks.trl_peer.op_profile import profiled
+
+        result, split = profiled(trainer, spec["warmup"])
+        result.profile = split
+    else:
+        result = trainer()
     result.rss_mib, result.gpu_mib = peak_rss_mib(), peak_gpu_mib()
     result.probe_flops = (before + host_probe(dtype, device)) / 2
     return result.to_json()

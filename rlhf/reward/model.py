@@ -40,7 +40,6 @@ import inspect
 import json
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -265,8 +264,9 @@ class RewardModel(torch.nn.Module):
             return self.head(self.backbone(**kwargs).last_hidden_state).squeeze(-1).float()  # (B, T)
         index = score_index if score_index is not None else self.pooled_index(input_ids, attention_mask)[:, None]
         rows = torch.arange(len(index), device=index.device)[:, None]  # (B, 1)
-        # the last block's MLP at the read positions only (rlhf/train/last_mlp.py)
-        with read_at(self.backbone, index) if self.pooling == "last" else nullcontext():
+        # the last block's MLP at the read positions only (rlhf/train/last_mlp.py; an encoder's layers have
+        # no `mlp`, and the [CLS] column its pooler reads is `index`)
+        with read_at(self.backbone, index):
             pooled = self.backbone(**kwargs).last_hidden_state[rows, index]  # (B, K, H)
         if self.pooling == "cls":  # BERT-like: the pre-trained pooler on [CLS], as its classifier reads it
             pooler = self.backbone.pooler

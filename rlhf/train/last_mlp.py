@@ -32,19 +32,29 @@ import torch
 import torch.nn.functional as F
 
 
+def _scan(model: torch.nn.Module) -> tuple[torch.nn.Module | None, bool]:
+    """In one walk over `model.modules()`: the `mlp` module of its last transformer block (the last
+    `ModuleList` with one entry per hidden layer of the outermost transformers config), or None where
+    there is no such dense module; and whether some module is checkpointed without `recompute_reads`."""
+    n_layers, lists, plain_recompute = None, [], False
+    for m in model.modules():
+        if n_layers is None:
+            n_layers = getattr(getattr(m, "config", None), "num_hidden_layers", None)
+        if isinstance(m, torch.nn.ModuleList):
+            lists.append(m)
+        plain_recompute = plain_recompute or (getattr(m, "gradient_checkpointing", False) is True and not _replays(m))
+    blocks = [m for m in lists if n_layers and len(m) == n_layers]
+    mlp = getattr(blocks[-1][-1], "mlp", None) if blocks else None
+    if not isinstance(mlp, torch.nn.Module) or any(hasattr(mlp, name) for name in ("experts", "router")):
+        mlp = None  # no MLP by that name, or tokens routed to experts
+    return mlp, plain_recompute
+
+
 def last_mlp(model: torch.nn.Module) -> torch.nn.Module | None:
     """The `mlp` module of `model`'s last transformer block (the last `ModuleList` with one entry
     per hidden layer, wherever it sits: a causal LM, its base model, a reward model, a peft or DDP
     wrapper), or None where there is no such dense module."""
-    configs = (getattr(m, "config", None) for m in model.modules())  # the outermost transformers config
-    n_layers = next((c.num_hidden_layers for c in configs if hasattr(c, "num_hidden_layers")), None)
-    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers]
-    if not n_layers or not blocks:
-        return None
-    mlp = getattr(blocks[-1][-1], "mlp", None)
-    if not isinstance(mlp, torch.nn.Module) or any(hasattr(mlp, name) for name in ("experts", "router")):
-        return None  # no MLP by that name, or tokens routed to experts
-    return mlp
+    return _scan(model)[0]
 
 
 _ACTIVE: dict[torch.nn.Module, tuple[Callable, Callable]] = {}  # MLP -> (pick, put) of the reads in force
@@ -125,10 +135,10 @@ def _replays(module: torch.nn.Module) -> bool:
 
 
 def _guarded(model: torch.nn.Module, hooks: Callable[[torch.nn.Module], AbstractContextManager[None]]):
-    mlp = last_mlp(model) if hasattr(model, "modules") else None  # a stand-in without modules: plain
-    recomputed_plain = torch.is_grad_enabled() and any(
-        getattr(m, "gradient_checkpointing", False) is True and not _replays(m) for m in model.modules())
-    return nullcontext() if mlp is None or recomputed_plain else hooks(mlp)
+    if not hasattr(model, "modules"):  # a stand-in without modules: the plain pass
+        return nullcontext()
+    mlp, plain_recompute = _scan(model)
+    return nullcontext() if mlp is None or (plain_recompute and torch.is_grad_enabled()) else hooks(mlp)
 
 
 def read_at(model: torch.nn.Module, index: torch.Tensor) -> AbstractContextManager[None]:
@@ -140,4 +150,4 @@ def read_at(model: torch.nn.Module, index: torch.Tensor) -> AbstractContextManag
 def read_from(model: torch.nn.Module, start: int) -> AbstractContextManager[None]:
     """Within it, a forward pass of `model` runs its last MLP at the positions `start`.. only, or
     everywhere where that does not apply (module docstring)."""
-    return _guarded(model, lambda mlp: nullcontext() if start <= 0 else mlp_from(mlp, start))
+    return nullcontext() if start <= 0 else _guarded(model, lambda mlp: mlp_from(mlp, start))
