@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None, with_trl: bool = True, say=report) -> di
     from benchmarks.trl_peer.settings import WARMUP_STEPS
 
     args = parse_args(DEFAULTS + list(sys.argv[1:] if argv is None else argv))
+    if args.device != "cpu":  # the profiler's CPU times of GPU operators are their launches, not their work
+        raise SystemExit("step_profile.py profiles CPU steps only; on a GPU use trl_compare.py's timings")
     args.profile = True
     torch.set_num_threads(args.threads)
     dtype = matmul_dtype(args.precision)
