@@ -36,13 +36,13 @@ MODES = ("read", "plain")
 
 def run(trainer: str, size: str, root: Path, steps: int, mode: str) -> tuple[list[float], float]:
     """One run of the project's `trainer` step in `mode`: its timed step seconds and step-1 loss."""
-    found, sampler = last_mlp_module.last_mlp, ppo_stage.generate  # the PPO run wraps the sampler to time it
-    if mode == "plain":
-        last_mlp_module.last_mlp = lambda _model: None
+    scan, sampler = last_mlp_module._scan, ppo_stage.generate  # the PPO run wraps the sampler to time it
+    if mode == "plain":  # read_at / read_from find no MLP, so they hook nothing
+        last_mlp_module._scan = lambda _model: (None, False)
     try:
         result = RUNNERS[trainer](root, size, WARMUP_STEPS, steps)
     finally:
-        last_mlp_module.last_mlp, ppo_stage.generate = found, sampler
+        last_mlp_module._scan, ppo_stage.generate = scan, sampler
     return result.step_seconds, result.losses[0]
 
 

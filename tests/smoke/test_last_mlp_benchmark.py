@@ -1,5 +1,6 @@
 """benchmarks/last_mlp.py: the project's steps with the last MLP at the read positions and without,
-on the tiny size, one round: a row per trainer, the same step-1 loss both ways, the hooks restored."""
+on the tiny size, one round: a row per trainer, the same step-1 loss both ways, the hooks restored;
+"plain" hooks no MLP and "read" does."""
 
 import sys
 
@@ -11,12 +12,12 @@ from benchmarks import last_mlp as bench
 
 
 def test_both_modes_run_and_agree_on_the_first_loss(monkeypatch, capsys):
-    found, sampler = last_mlp_module.last_mlp, ppo_stage.generate
+    scan, sampler = last_mlp_module._scan, ppo_stage.generate
     monkeypatch.setattr(sys, "argv", ["last_mlp.py", "--trainers", "sft,reward", "--sizes", "tiny",
                                       "--rounds", "1", "--steps", "1"])
     bench.main()
     out = capsys.readouterr().out
-    assert last_mlp_module.last_mlp is found and ppo_stage.generate is sampler
+    assert last_mlp_module._scan is scan and ppo_stage.generate is sampler
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:2] in
             (["sft", "tiny"], ["reward", "tiny"])}
     assert rows.keys() == {"sft", "reward"}
@@ -32,3 +33,17 @@ def test_unknown_trainer_is_refused(monkeypatch, capsys):
         bench.main()
     assert stop.value.code == 2
     assert "unknown trainer ['rlhf']" in capsys.readouterr().err
+
+
+def test_plain_hooks_no_mlp_and_read_does(monkeypatch, tmp_path):
+    from benchmarks.trl_peer import fixtures as fx
+    from benchmarks.trl_peer.settings import WARMUP_STEPS
+
+    hooked = []
+    real = last_mlp_module._hooked
+    monkeypatch.setattr(last_mlp_module, "_hooked", lambda *args: hooked.append(1) or real(*args))
+    fx.write_fixtures(tmp_path, ["tiny"], WARMUP_STEPS + 1)
+    bench.run("reward", "tiny", tmp_path, 1, "plain")
+    assert hooked == []
+    bench.run("reward", "tiny", tmp_path, 1, "read")
+    assert len(hooked) == WARMUP_STEPS + 1  # one reward forward per step
