@@ -145,7 +145,8 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     losses = [row["loss/policy_avg"] + VF_COEF * row["loss/value_avg"] for row in logged if "loss/policy_avg" in row]
     row = logged[0]
     tokens = BATCH * (prompt_len + PPO_NEW_TOKENS)
-    flops = ppo_flops(n_lm, n_rm, tokens, sum(phases.tokens[warmup:]) / max(steps, 1))
+    # log pi_old comes from the sampler's logits: no policy pass in the scoring
+    flops = ppo_flops(n_lm, n_rm, tokens, sum(phases.tokens[warmup:]) / max(steps, 1), policy_evaluated=0.0)
     metrics = {"loss/policy": row["loss/policy_avg"], "loss/value": row["loss/value_avg"],
                "objective/kl": row["objective/kl"]}
     return Result("trl", "ppo", size, clock.seconds(warmup), BATCH, tokens, flops, losses, metrics,

@@ -207,12 +207,14 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     clock, scoring, updates, losses, first = StepClock(), [], [], [], {}
     for it in range(total):
         t0 = time.perf_counter()
+        first_mb = stage.FirstMinibatch.plan(cfg, policy, critic, accelerator, BATCH, row_seed(SEED, it))
         with accelerator.autocast():  # as run_ppo: the reference and reward model under it too
             batch, metrics = stage.make_experience(
                 cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic), reward_model,
-                tok, _rows(prompts, it), KL_COEF, seed=SEED * 100_003 + it, accelerator=accelerator)
+                tok, _rows(prompts, it), KL_COEF, seed=SEED * 100_003 + it, accelerator=accelerator, first=first_mb)
         t1 = time.perf_counter()
-        stats = stage.ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch, row_seed(SEED, it))
+        stats = stage.ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch, row_seed(SEED, it),
+                                 first=first_mb)
         clock.tick()
         scoring.append(t1 - t0 - timed.seconds[-1])
         updates.append(time.perf_counter() - t1)
@@ -225,10 +227,14 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     # before the last prompt token, policy and reference passes run neither the LM head nor the last
     # MLP, and critic passes not the last MLP; the reward model runs its last MLP at one position a row
     before = BATCH * (prompt - 1)
+    # the update's first minibatch (here the whole batch: one minibatch per epoch) gives log pi_old
+    # and V_old, so the evaluation pass runs through neither policy nor critic (FirstMinibatch)
+    evaluated = 1.0 - (cfg.mini_batch_size / BATCH if first_mb is not None else 0.0)
     flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1),
                       skip_policy=(head_params(policy) + last_mlp_params(policy)) * before,
                       skip_critic=last_mlp_params(critic) * before,
-                      skip_reward=last_mlp_params(reward_model) * (tokens - BATCH))
+                      skip_reward=last_mlp_params(reward_model) * (tokens - BATCH),
+                      policy_evaluated=evaluated, critic_evaluated=evaluated)
     return Result("project", "ppo", size, clock.seconds(warmup), BATCH, tokens, flops, losses, first,
                   generate_seconds=timed.seconds[warmup:], score_seconds=scoring[warmup:],
                   update_seconds=updates[warmup:], generated_tokens=timed.tokens[warmup:],
@@ -236,14 +242,18 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
 
 
 def ppo_flops(n_lm: int, n_rm: int, tokens: int, generated: float, skip_policy: float = 0.0,
-              skip_critic: float = 0.0, skip_reward: float = 0.0) -> float:
+              skip_critic: float = 0.0, skip_reward: float = 0.0, policy_evaluated: float = 1.0,
+              critic_evaluated: float = 1.0) -> float:
     """Nominal model FLOPs of one PPO iteration over `tokens` episode tokens (prompt + response):
     sampling 2 N_lm per sampled token; scoring forward passes of policy, reference (2 N_lm each),
     critic and reward model (2 N_rm each); K epochs of policy and critic training (6 N each). A
     `skip_*` is the parameter-positions one pass of that model does not run (a policy's `skip_policy`
-    also holds for the reference). The same formula serves both sides (`peer_ppo`: nothing skipped)."""
+    also holds for the reference); `policy_evaluated` / `critic_evaluated` the share of the rows that
+    the scoring pass runs through the policy / critic (the rest take log pi_old and V_old elsewhere:
+    TRL 1.12 from the sampler's logits, the project from the update's first minibatch). The same
+    formula serves both sides (`peer_ppo`: nothing skipped, no policy pass)."""
     policy, critic = n_lm * tokens - skip_policy, n_rm * tokens - skip_critic
-    score = 2.0 * (2 * policy + critic + n_rm * tokens - skip_reward)
+    score = 2.0 * ((1.0 + policy_evaluated) * policy + critic_evaluated * critic + n_rm * tokens - skip_reward)
     update = PPO_EPOCHS * 6.0 * (policy + critic)
     return 2.0 * n_lm * generated + score + update
 

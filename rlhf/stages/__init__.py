@@ -7,7 +7,7 @@
 | `tokenizer` | train the BPE | `rlhf.tokenizer` |
 | `sft` | supervised fine-tuning (+ `sft_samples`: gold-judged samples, evaluation-owned) | `rlhf.train`, `rlhf.losses` |
 | `reward` | the Bradley-Terry reward model | `rlhf.reward`, `rlhf.train`, `rlhf.losses` |
-| `ppo` | PPO against the reward model | `rlhf.rl`, `rlhf.generation`, `rlhf.losses`, `rlhf.train` |
+| `ppo` | PPO against the reward model (+ `ppo_update`: the update and its forward passes) | `rlhf.rl`, `rlhf.generation`, `rlhf.losses`, `rlhf.train` |
 | `dpo` | DPO / cDPO / IPO | `rlhf.losses`, `rlhf.train` |
 | `evaluate` | gold, proxy and KL of every policy | `rlhf.world.judge`, `rlhf.generation`, `rlhf.reward` |
 

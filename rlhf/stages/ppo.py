@@ -6,7 +6,9 @@ Huang et al. (2024, "The N+ implementation details of RLHF with PPO"):
                each prompt from its own random stream; everything after the first EOS is cut
   2. evaluate  one teacher-forced pass each (no gradient): log pi_old and V_old (policy, critic,
                logits / T), log pi_ref (frozen SFT); the reward model scores the decoded text,
-               re-encoded with its own tokenizer; a response without EOS gets a fixed score
+               re-encoded with its own tokenizer; a response without EOS gets a fixed score.
+               The rows of step 5's first minibatch take log pi_old and V_old from that minibatch's
+               own forward instead, run here at the same weights (rlhf/stages/ppo_update.py)
   3. rewards   r_t = -beta * KL_t on every response token, + score on the last one
   4. GAE       advantages and returns, advantages whitened over the batch
   5. update    K epochs over shuffled minibatches: clipped policy loss + c1 * clipped value loss
@@ -19,6 +21,8 @@ metric see the whole batch, as one process would. In step 5 each process takes i
 minibatch and DDP averages the gradients, so the update is the one-process update: the same run
 within float tolerance, whatever P.
 
+Step 5 and the forward passes of steps 2 and 5 live in rlhf/stages/ppo_update.py.
+
 Models: policy and reference from `paths.sft / "model"`; reward model from `paths.reward / "model"`;
 critic initialised from the reward model (backbone + head applied at every token). Writes the
 policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.checkpoints("ppo")`.
@@ -26,10 +30,8 @@ policy + tokenizer to `paths.ppo / "model"` and resumable checkpoints to `paths.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,7 @@ from rlhf.config.ppo import PPOConfig
 from rlhf.errors import UserError
 from rlhf.files import write_jsonl
 from rlhf.generation import generate, row_seed
-from rlhf.logprobs import logprobs_and_entropy, response_logits
-from rlhf.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
+from rlhf.losses.ppo import explained_variance
 from rlhf.ops import masked_mean, masked_sum, masked_whiten
 from rlhf.paths import Paths
 from rlhf.reward import RewardModel
@@ -76,9 +77,9 @@ from rlhf.train.lora import (
     with_lora,
     with_reward_lora,
 )
-from rlhf.train.last_mlp import read_from
+from rlhf.stages.ppo_update import FirstMinibatch, ppo_update, response_forward
 from rlhf.train.loop import TrainingRun
-from rlhf.train.optim import advance, nonfinite, summed_over_processes
+from rlhf.train.optim import advance, nonfinite
 from rlhf.train.sharding import prepare, shard
 
 VALUE_DIR = "value"  # the critic's sub-directory inside a checkpoint
@@ -116,32 +117,6 @@ def value_head(head: torch.nn.Linear, mean: float, std: float) -> torch.nn.Linea
     return out
 
 
-def token_values(critic: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
-    """The critic's value at every position (through its forward, so that DDP sees the pass), read
-    from column `start` on: the last block's MLP runs there only (rlhf/train/last_mlp.py), so the
-    columns before it hold no value. Shapes: (B, T), (B, T) -> (B, T)."""
-    with read_from(critic, start):
-        return critic(input_ids, attention_mask, per_token=True)  # (B, T)
-
-
-def response_forward(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int,
-                     temperature: float, entropy_grad: bool = True
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per response token: log pi (logits / T), entropy (with gradients only if `entropy_grad`),
-    and V (None without a critic).
-
-    seqs, attn: (B, P + R) left-padded prompts then responses. The logits at column P-1+t predict
-    response token t, and V(s_t) is read at the same column (the state before token t).
-    Returns (B, R), (B, R), (B, R).
-    """
-    logits = response_logits(policy, seqs, attn, prompt_len, temperature)  # (B, R, V)
-    logprobs, entropy = logprobs_and_entropy(logits, seqs[:, prompt_len:], entropy_grad)  # (B, R), (B, R)
-    values = None
-    if critic is not None:
-        values = token_values(critic, seqs, attn, prompt_len - 1)[:, prompt_len - 1: -1]  # (B, R)
-    return logprobs, entropy, values
-
-
 # ---------------------------------------------------------------- steps 1-4: rollout to advantages
 def gather_rows(accelerator: Any, tensors: dict[str, torch.Tensor], left: tuple[str, ...] = (),
                 pad: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
@@ -160,14 +135,31 @@ def gather_rows(accelerator: Any, tensors: dict[str, torch.Tensor], left: tuple[
     return out
 
 
+def evaluate_rows(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int,
+                  temperature: float, skip: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 2's policy and critic pass (`response_forward`) over every row but `skip`, whose (N, R)
+    entries are left at 0 in float32 for `FirstMinibatch.run` to fill. Shapes: (N, P + R) -> (N, R) x 3."""
+    if skip is None:
+        return response_forward(policy, critic, seqs, attn, prompt_len, temperature)
+    keep = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)
+    keep[skip] = False
+    out = tuple(torch.zeros(seqs.shape[0], seqs.shape[1] - prompt_len, device=seqs.device) for _ in range(3))
+    if keep.any():
+        for full, part in zip(out, response_forward(policy, critic, seqs[keep], attn[keep], prompt_len, temperature)):
+            full[keep] = part.float()
+    return out
+
+
 @torch.no_grad()
 def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, reward_model: RewardModel,
-                    tokenizer: Any, prompts: list[str], beta: float, seed: int, accelerator: Any
-                    ) -> tuple[dict, dict[str, float]]:
+                    tokenizer: Any, prompts: list[str], beta: float, seed: int, accelerator: Any,
+                    first: FirstMinibatch | None = None) -> tuple[dict, dict[str, float]]:
     """Sample, score and shape one batch of N prompts. This process samples and evaluates its shard
     (rows [r * N / P, (r + 1) * N / P) of P processes), each prompt from its own random stream
     `row_seed(seed, row)`; steps 3-4 run on the gathered batch. Returns frozen tensors of the whole
-    batch for the update, and the rollout metrics."""
+    batch for the update, and the rollout metrics. `first`: the update's first minibatch, whose
+    forward gives its rows' log pi_old, V_old and entropy instead of the evaluation pass."""
     device = accelerator.device
     size = len(prompts) // accelerator.num_processes
     rows = range(accelerator.process_index * size, (accelerator.process_index + 1) * size)
@@ -178,8 +170,10 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
                        budget_key="ppo.max_new_tokens", row_seeds=[row_seed(seed, i) for i in rows])
     seqs, attn = samples.sequences.to(device), samples.attention_mask.to(device)  # (n, p + r)
     prompt_len = samples.prompt_ids.shape[1]
-    # 2. frozen log-probs and values from teacher-forced passes; scores through text
-    logprobs, entropy, values = response_forward(policy, critic, seqs, attn, prompt_len, cfg.temperature)
+    # 2. frozen log-probs and values from teacher-forced passes (but at the rows of `first`, which
+    #    its forward fills in after the gather); scores through text
+    logprobs, entropy, values = evaluate_rows(policy, critic, seqs, attn, prompt_len, cfg.temperature,
+                                              first.rows if first is not None else None)
     ref_logprobs, _, _ = response_forward(reference, None, seqs, attn, prompt_len, cfg.temperature)
     scores = torch.tensor(reward_model.score_pairs([prompts[i] for i in rows], samples.texts), device=device)  # (n,)
     #    the whole batch on every process: (N, P) prompts, (N, R) responses, (N,) per sequence
@@ -194,6 +188,9 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
     seqs = torch.cat([full["prompt_ids"], full["response_ids"]], dim=1)  # (N, P + R)
     attn = torch.cat([full["prompt_mask"], full["mask"].long()], dim=1)  # (N, P + R)
     prompt_len = full["prompt_ids"].shape[1]
+    if first is not None:  # in place: logprobs, entropy and values are full's tensors
+        first.run({"seqs": seqs, "attn": attn, "mask": mask, "prompt_len": prompt_len,
+                   "logprobs": logprobs, "entropy": entropy, "values": values})
     ended = full["ended"].bool()
     scores = penalise_missing_eos(full["scores"], ended, cfg.missing_eos_score)  # EOS trick
     if cfg.score_clip is not None:
@@ -222,90 +219,6 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
     batch = {"seqs": seqs, "attn": attn, "mask": mask, "prompt_len": prompt_len, "logprobs": logprobs,
              "values": values, "advantages": advantages, "returns": returns}
     return batch, metrics
-
-
-# ---------------------------------------------------------------- step 5: the PPO update
-def trim_padding(batch: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Rows `idx` without the columns that are padding in all of them: leading prompt padding and
-    trailing response padding. Position ids come from the attention mask, so nothing else changes.
-    Returns seqs (b, p + r), attn (b, p + r), p, r with p <= P, r <= R."""
-    prompt_len = batch["prompt_len"]
-    attn = batch["attn"][idx]  # (b, P + R)
-    first = int(attn[:, :prompt_len].any(dim=0).long().argmax())  # first prompt column in use
-    r_len = int(batch["mask"][idx].sum(dim=1).max())
-    cols = slice(first, prompt_len + r_len)
-    return batch["seqs"][idx][:, cols], attn[:, cols], prompt_len - first, r_len
-
-
-def micro_step(cfg: PPOConfig, policy: Any, critic: Any, batch: dict, idx: torch.Tensor, num_tokens: float
-               ) -> tuple[torch.Tensor, float, dict[str, Any]]:
-    """The loss of micro-batch `idx` as its share of the minibatch's `num_tokens` response tokens:
-    (loss, share, its metrics as means over the micro-batch's tokens)."""
-    seqs, attn, p_len, r_len = trim_padding(batch, idx)  # (b, p + r), (b, p + r), p, r
-    mask = batch["mask"][idx, :r_len]  # (b, r)
-    logprobs, entropy, values = response_forward(policy, critic, seqs, attn, p_len, cfg.temperature,
-                                                 entropy_grad=cfg.entropy_coef != 0)
-    frozen = {k: batch[k][idx, :r_len] for k in ("logprobs", "values", "advantages", "returns")}
-    pg_loss, pg_m = ppo_policy_loss(logprobs, frozen["logprobs"], frozen["advantages"], mask, cfg.clip_eps, num_tokens)
-    vf_loss, vf_m = ppo_value_loss(values, frozen["values"], frozen["returns"], mask, cfg.value_clip, num_tokens)
-    entropy_term = masked_sum(entropy, mask) / num_tokens
-    total = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy_term
-    # metrics: token-weighted means over the minibatch (the losses are shares of it)
-    share = float(mask.sum()) / num_tokens
-    parts = {**pg_m, **vf_m, "loss/policy": pg_loss.detach() / share,
-             "loss/value": vf_loss.detach() / share, "policy/entropy": entropy_term.detach() / share}
-    return total, share, parts
-
-
-def ppo_update(cfg: PPOConfig, policy: Any, critic: Any, opt_policy: Any, opt_value: Any, accelerator: Any,
-               batch: dict, seed: int, guard: Callable[[dict[str, float]], bool] = lambda q: not nonfinite(q)
-               ) -> list[dict[str, float]]:
-    """K epochs over shuffled minibatches of the frozen batch (the order drawn from `seed`); one dict
-    of metrics per optimizer step.
-
-    Each minibatch is split into micro-batches whose losses are normalised by the minibatch's
-    token count, so gradient accumulation equals one large-batch step (STYLE rule 8). With P
-    processes each takes every P-th row of the minibatch and scales its loss by P, since DDP
-    averages the gradients: the step and its metrics are those of one process.
-    `guard` gets each step's `loss`, `grad_norm/policy` and `grad_norm/value` (before clipping) and
-    says whether to apply it (default: when all are finite; `TrainingRun.guard` may also stop the
-    stage); a step it refuses leaves both models and their optimizers as they were.
-    """
-    n, procs = batch["seqs"].shape[0], accelerator.num_processes
-    order = torch.Generator().manual_seed(seed)
-    policy.train()
-    critic.train()
-    stats: list[dict[str, float]] = []
-    for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(n, generator=order).split(cfg.mini_batch_size):  # (mini_batch_size,) indices
-            num_tokens = float(batch["mask"][mb].sum())  # the whole minibatch's, on every process
-            sums: dict[str, float] = {}
-            loss = 0.0
-            micro = mb[accelerator.process_index::procs].split(cfg.micro_batch_size)
-            for i, idx in enumerate(micro):
-                with contextlib.ExitStack() as unsynced:  # DDP decides at the forward: sync on the last micro-batch
-                    if i < len(micro) - 1:
-                        for model in (policy, critic):
-                            unsynced.enter_context(accelerator.no_sync(model))
-                    total, share, parts = micro_step(cfg, policy, critic, batch, idx, num_tokens)
-                    accelerator.backward(total * procs)
-                loss += float(total.detach())
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * share
-            if procs > 1:  # the shares of every process
-                sums, loss = summed_over_processes(accelerator, sums, loss)
-            norms = {f"grad_norm/{name}": float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-                     for name, model in (("policy", policy), ("value", critic))}
-            sums.update(norms)
-            apply = guard({"loss": loss, **norms})  # a NaN or infinite step never reaches the weights
-            for opt in (opt_policy, opt_value):
-                if apply:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-            stats.append(sums)
-    policy.eval()
-    critic.eval()
-    return stats
 
 
 # ---------------------------------------------------------------- the stage
@@ -369,18 +282,20 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         t0 = time.perf_counter()
         # 1-4. rollout, scores, KL-shaped rewards, GAE (all frozen)
         batch_prompts = [prompts[i] for i in order.batch(step)]
+        update_seed = row_seed(cfg.seed, step)
+        first = FirstMinibatch.plan(cfg, policy, critic, accelerator, len(batch_prompts), update_seed)
         with accelerator.autocast():
             batch, metrics = make_experience(
                 cfg, transformers_model(accelerator.unwrap_model(policy)), reference, accelerator.unwrap_model(critic),
                 reward_model, tokenizer, batch_prompts, kl_ctl.value, seed=cfg.seed * 100_003 + step,  # f(seed, step)
-                accelerator=accelerator)
+                accelerator=accelerator, first=first)
         t1 = time.perf_counter()
         # 5. K epochs of clipped updates; a non-finite score (the reward model's), loss or gradient
         #    norm stops the stage or skips that optimizer step (`ppo.nonfinite`)
         rollout = {k: metrics[k] for k in ("objective/scores", "objective/rlhf_reward")}
         fix = f"check the reward model in {reward_dir}" if nonfinite(rollout) else None
-        stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch, row_seed(cfg.seed, step),
-                           lambda q: run.guard(step + 1, {**rollout, **q}, fix))
+        stats = ppo_update(cfg, policy, critic, opt_policy, opt_value, accelerator, batch, update_seed,
+                           lambda q: run.guard(step + 1, {**rollout, **q}, fix), first)
         metrics["train/lr"] = schedulers["policy"].get_last_lr()[0]
         for sched in schedulers.values():
             advance(sched)  # also after an update whose every step was skipped

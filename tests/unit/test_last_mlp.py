@@ -200,7 +200,7 @@ def test_response_log_probs_and_the_sft_loss_match_the_plain_pass(name, request,
 
 @pytest.mark.parametrize("name", ["gpt2_dir", "llama_dir"])
 def test_ppo_critic_values_from_a_column_match_the_plain_pass(name, tok, request):  # noqa: F811
-    from rlhf.stages.ppo import token_values
+    from rlhf.stages.ppo_update import token_values
 
     critic = reward_model(name, tok, request)
     gen = torch.Generator().manual_seed(1)

@@ -1,0 +1,98 @@
+"""The update's first minibatch as step 2 for its rows (`rlhf.stages.ppo_update.FirstMinibatch`):
+the same frozen batch and the same update as the plain path (an evaluation pass over every row)
+within float tolerance, a ratio of exactly 1 on the first minibatch, and one teacher-forced
+policy and critic pass fewer over those rows."""
+
+import pytest
+import torch
+
+from rlhf.config.ppo import PPOConfig
+from rlhf.reward import RewardModel
+from rlhf.stages.ppo import make_critic, make_experience
+from rlhf.stages.ppo_update import FirstMinibatch, minibatch_order, ppo_update
+from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator
+from rlhf.train.toy import sft_rows
+from tests.worlds import rl_world
+
+FROZEN = ("logprobs", "values", "advantages", "returns")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return rl_world(tmp_path_factory.mktemp("first"))
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _iteration(world, cfg, fused, calls=None):
+    """One PPO iteration (steps 1-5) from the SFT policy and the reward model's critic; `calls`
+    collects the batch size of every policy forward."""
+    tok = load_tokenizer(world.sft / "model")
+    policy, reference = load_causal_lm(world.sft / "model"), load_causal_lm(world.sft / "model")
+    critic = make_critic(world.reward / "model", world.sft / "model", tok, seed=0)
+    rm = RewardModel.from_pretrained(world.reward / "model")
+    if calls is not None:
+        policy.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((args[0] if args else kwargs["input_ids"]).shape[0]), with_kwargs=True)
+    accelerator = make_accelerator("no")
+    prompts = [r["prompt"] for r in sft_rows(cfg.rollout_batch_size, seed=5)]
+    first = FirstMinibatch.plan(cfg, policy, critic, accelerator, len(prompts), seed=7) if fused else None
+    assert (first is not None) == fused
+    batch, metrics = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0,
+                                     accelerator=accelerator, first=first)
+    frozen = {k: batch[k].clone() for k in FROZEN}
+    opt_p = torch.optim.SGD(policy.parameters(), lr=0.1)  # SGD: the step is the gradient itself
+    opt_v = torch.optim.SGD(critic.parameters(), lr=0.1)
+    stats = ppo_update(cfg, policy, critic, opt_p, opt_v, accelerator, batch, seed=7, first=first)
+    return frozen, metrics, stats, _params(policy), _params(critic)
+
+
+@pytest.mark.parametrize("rollout", [4, 8])  # the whole batch is the first minibatch / half of it
+def test_first_minibatch_forward_matches_the_evaluation_pass(world, rollout):
+    cfg = PPOConfig(rollout_batch_size=rollout, mini_batch_size=4, micro_batch_size=4, ppo_epochs=2, max_new_tokens=8)
+    plain_calls, fused_calls = [], []
+    plain = _iteration(world, cfg, fused=False, calls=plain_calls)
+    fused = _iteration(world, cfg, fused=True, calls=fused_calls)
+    mask = plain[0]["advantages"] != 0  # response tokens
+    for key in FROZEN:  # the same frozen batch there
+        torch.testing.assert_close(fused[0][key][mask], plain[0][key][mask], atol=1e-5, rtol=1e-5)
+    for key in ("objective/kl", "objective/entropy", "val/explained_variance", "objective/scores"):
+        assert fused[1][key] == pytest.approx(plain[1][key], abs=1e-5)
+    assert len(fused[2]) == len(plain[2]) == cfg.ppo_epochs * rollout // 4
+    for a, b in zip(fused[2], plain[2]):
+        assert a["loss/policy"] == pytest.approx(b["loss/policy"], abs=1e-5)
+        assert a["loss/value"] == pytest.approx(b["loss/value"], abs=1e-5)
+    torch.testing.assert_close(fused[3], plain[3], atol=1e-5, rtol=1e-4)  # policy after the update
+    torch.testing.assert_close(fused[4], plain[4], atol=1e-5, rtol=1e-4)  # critic after the update
+    # the first minibatch runs at pi_old exactly: its ratio is 1 to the bit
+    assert fused[2][0]["policy/ratio"] == 1.0 and fused[2][0]["policy/approxkl"] == 0.0
+    # rows through the policy in the whole iteration: sampling (the same tokens), the evaluation
+    # pass, the update; the fused path's first minibatch runs once for both of the last two
+    assert sum(plain_calls) - sum(fused_calls) == cfg.mini_batch_size
+
+
+def test_first_minibatch_is_the_one_the_update_draws():
+    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=4)
+    first = FirstMinibatch.plan(cfg, None, None, make_accelerator("no"), 8, seed=11)
+    assert torch.equal(first.rows, minibatch_order(8, cfg, torch.Generator().manual_seed(11))[0])
+    first.forward = {"logprobs": torch.zeros(4, 1)}
+    with pytest.raises(AssertionError, match="another first minibatch"):
+        first.take(first.rows.flip(0))
+
+
+@pytest.mark.parametrize("change", [dict(micro_batch_size=2), dict(lora_r=4, lora_dropout=0.1)])
+def test_no_first_minibatch_where_its_forward_is_not_pi_old(change):
+    """Several micro-batches would all have to keep their graphs for steps 3-4; LoRA dropout makes
+    the update's forward random."""
+    cfg = PPOConfig(**{"rollout_batch_size": 8, "mini_batch_size": 4, "micro_batch_size": 4, **change})
+    assert FirstMinibatch.plan(cfg, None, None, make_accelerator("no"), 8, seed=0) is None
+
+
+def test_no_first_minibatch_with_several_processes():
+    class TwoProcesses:
+        num_processes = 2
+
+    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=4)
+    assert FirstMinibatch.plan(cfg, None, None, TwoProcesses(), 8, seed=0) is None
