@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.trl_compare import Key, Runs, collect, installed_trl, parse_args, report  # noqa: E402
 from benchmarks.trl_peer.op_profile import KINDS, OTHER, TOP_OTHERS  # noqa: E402
 
+DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, for --help
 DEFAULTS = ["--steps", "3", "--repeats", "1"]  # a profile needs fewer steps than a timing
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None, with_trl: bool = True, say=report) -> di
     from benchmarks.trl_peer.measure import matmul_dtype, peak_matmul_flops
     from benchmarks.trl_peer.settings import WARMUP_STEPS
 
-    args = parse_args(DEFAULTS + list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(DEFAULTS + list(sys.argv[1:] if argv is None else argv), DESCRIPTION)
     if args.device != "cpu":  # the profiler's CPU times of GPU operators are their launches, not their work
         raise SystemExit("step_profile.py profiles CPU steps only; on a GPU use trl_compare.py's timings")
     args.profile = True

@@ -145,8 +145,9 @@ def ratio_cell(ratios: list[float]) -> str:
 
 
 # ---------------------------------------------------------------- running
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """The options; `description` (default: this module's first line) heads `--help`."""
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("--sizes", default=None,
                         help=f"comma-separated, of {','.join(SIZES)} (and {MODEL_SIZE} with --model); "
                              f"default tiny,small, or {MODEL_SIZE} with --model")

@@ -56,3 +56,12 @@ def test_project_steps_split_and_count_their_matmul_flops():
         # trained token, 2 N per forward-only one, less the LM head and last MLP where they do not run):
         # the count's N also holds biases and norm weights, 0.3% of the tiny GPT-2's, which no matmul uses
         assert s["matmul_flops"] == pytest.approx(s["counted_flops"], rel=0.01), trainer
+
+
+def test_help_describes_the_profile_not_the_timing(capsys):
+    with pytest.raises(SystemExit) as stop:
+        step_profile.main(["--help"])
+    assert stop.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Where each side's training step spends its time" in out
+    assert "speed, MFU, memory, step-1 loss" not in out  # trl_compare.py's own line
