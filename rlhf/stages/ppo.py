@@ -172,8 +172,8 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
     prompt_len = samples.prompt_ids.shape[1]
     # 2. frozen log-probs and values from teacher-forced passes (but at the rows of `first`, which
     #    its forward fills in after the gather); scores through text
-    logprobs, entropy, values = evaluate_rows(policy, critic, seqs, attn, prompt_len, cfg.temperature,
-                                              first.rows if first is not None else None)
+    skip = None if first is None else first.rows[(first.rows >= rows.start) & (first.rows < rows.stop)] - rows.start
+    logprobs, entropy, values = evaluate_rows(policy, critic, seqs, attn, prompt_len, cfg.temperature, skip)
     ref_logprobs, _, _ = response_forward(reference, None, seqs, attn, prompt_len, cfg.temperature)
     scores = torch.tensor(reward_model.score_pairs([prompts[i] for i in rows], samples.texts), device=device)  # (n,)
     #    the whole batch on every process: (N, P) prompts, (N, R) responses, (N,) per sequence
@@ -188,7 +188,7 @@ def make_experience(cfg: PPOConfig, policy: Any, reference: Any, critic: Any, re
     seqs = torch.cat([full["prompt_ids"], full["response_ids"]], dim=1)  # (N, P + R)
     attn = torch.cat([full["prompt_mask"], full["mask"].long()], dim=1)  # (N, P + R)
     prompt_len = full["prompt_ids"].shape[1]
-    if first is not None:  # in place: logprobs, entropy and values are full's tensors
+    if first is not None:  # in place: logprobs, entropy and values are the gathered tensors
         first.run({"seqs": seqs, "attn": attn, "mask": mask, "prompt_len": prompt_len,
                    "logprobs": logprobs, "entropy": entropy, "values": values})
     ended = full["ended"].bool()
@@ -302,6 +302,7 @@ def run_ppo(cfg: PPOConfig, paths: Paths) -> StageOutput:
         # 6. log (update metrics averaged over its optimizer steps), adapt beta, checkpoint
         for key in stats[0]:
             metrics[key] = sum(s[key] for s in stats) / len(stats)
+        metrics["policy/first_ratio"] = stats[0]["policy/ratio"]  # pi / pi_old before any step: 1 (a check)
         metrics.update({"time/rollout_s": t1 - t0, "time/update_s": time.perf_counter() - t1,
                         "train/skipped_steps": run.skipped})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:

@@ -2,8 +2,8 @@
 minibatches of the frozen batch, and the forward passes that read log pi and V(s_t).
 
 The update's first minibatch runs at pi_old and V_old: no optimizer step has been taken yet. Where
-that minibatch is one micro-batch on one process, its forward pass also serves as step 2 for its
-rows (`FirstMinibatch`): the stage leaves those rows out of the no-grad evaluation pass, reads
+each process's share of that minibatch is one micro-batch, its forward pass also serves as step 2
+for its rows (`FirstMinibatch`): the stage leaves those rows out of the no-grad evaluation pass, reads
 log pi_old, V_old and the entropy from this forward (detached), computes steps 3-4, and the update
 takes its first loss from the same forward. The policy and critic then run one teacher-forced pass
 fewer over those rows, and the first minibatch's ratio pi / pi_old is exactly 1.
@@ -104,17 +104,21 @@ def minibatch_order(n: int, cfg: PPOConfig, generator: torch.Generator) -> tuple
 class FirstMinibatch:
     """The update's first minibatch, whose forward pass also gives its rows' log pi_old, V_old and
     entropy (step 2), before steps 3-4 need them. `plan` returns None where that does not hold
-    exactly: with several processes (a process's minibatch rows are other processes' rollout rows),
-    when the minibatch is split into micro-batches (their graphs would all have to wait for steps
-    3-4), and with LoRA dropout (the update's forward is then random, the evaluation's is not).
+    exactly: when a process's share of the minibatch is split into micro-batches (their graphs would
+    all have to wait for steps 3-4), with LoRA dropout (the update's forward is then random, the
+    evaluation's is not) and with FSDP (its sharded forward is not run outside the update).
+
+    With P processes, process p runs the forward over its share `rows[p::P]`, as the update will,
+    and the shares' detached outputs are gathered, so that every process holds the whole batch.
 
     Use: `first = FirstMinibatch.plan(...)`; `make_experience(..., first=first)` evaluates every row
-    but `first.rows` without gradients, then calls `first.run(batch)`; `ppo_update(..., first=first)`
-    takes its first loss from that forward.
+    but `first.rows` without gradients, then calls `first.run(batch)` on the gathered batch;
+    `ppo_update(..., first=first)` takes its first loss from that forward.
     """
 
-    def __init__(self, cfg: PPOConfig, policy: Any, critic: Any, rows: torch.Tensor):
-        self.cfg, self.policy, self.critic, self.rows = cfg, policy, critic, rows
+    def __init__(self, cfg: PPOConfig, policy: Any, critic: Any, rows: torch.Tensor, accelerator: Any):
+        self.cfg, self.policy, self.critic, self.rows, self.accelerator = cfg, policy, critic, rows, accelerator
+        self.mine = rows[accelerator.process_index::accelerator.num_processes]  # this process's share
         self.forward: dict[str, torch.Tensor] | None = None
 
     @classmethod
@@ -122,26 +126,34 @@ class FirstMinibatch:
              ) -> FirstMinibatch | None:
         """The first minibatch that `ppo_update(..., seed)` will draw from a batch of n rows, or None
         where its forward cannot stand in for the evaluation pass."""
-        if (accelerator.num_processes > 1 or cfg.micro_batch_size < cfg.mini_batch_size
-                or (lora_enabled(cfg) and cfg.lora_dropout > 0)):
+        procs = accelerator.num_processes
+        share = -(-min(cfg.mini_batch_size, n) // procs)  # a process's rows of the minibatch, at most
+        if (cfg.micro_batch_size < share or (lora_enabled(cfg) and cfg.lora_dropout > 0)
+                or (procs > 1 and cfg.fsdp)):
             return None
-        return cls(cfg, policy, critic, minibatch_order(n, cfg, torch.Generator().manual_seed(seed))[0])
+        return cls(cfg, policy, critic, minibatch_order(n, cfg, torch.Generator().manual_seed(seed))[0], accelerator)
 
     def run(self, batch: dict) -> None:
-        """The forward over `rows` with gradients, in training mode as the update runs it; writes the
-        detached log pi, V and entropy into `batch`'s (N, R) tensors at those rows (zero past each
-        row's longest response, where the mask is 0) and keeps the forward for the update."""
+        """The forward over this process's share with gradients, in training mode as the update runs
+        it; writes the detached log pi, V and entropy of every process's share into `batch`'s (N, R)
+        tensors at `rows` (zero past each row's longest response, where the mask is 0) and keeps
+        this process's forward for the update."""
         self.policy.train()
         self.critic.train()
         with torch.enable_grad():
-            self.forward = micro_forward(self.cfg, self.policy, self.critic, batch, self.rows)
+            self.forward = micro_forward(self.cfg, self.policy, self.critic, batch, self.mine)
+        procs = self.accelerator.num_processes
+        order = torch.cat([self.rows[p::procs] for p in range(procs)])  # the gathered rows, process by process
         for key, t in self.forward.items():
-            batch[key][self.rows, : t.shape[1]] = t.detach().to(batch[key].dtype)
+            out = batch[key]  # (N, R)
+            share = torch.zeros(len(self.mine), out.shape[1], dtype=out.dtype, device=out.device)
+            share[:, : t.shape[1]] = t.detach()
+            out[order] = self.accelerator.gather(share) if procs > 1 else share
 
     def take(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The kept forward, once, for micro-batch `idx` (which must be `rows`)."""
+        """The kept forward, once, for micro-batch `idx` (which must be this process's share)."""
         assert self.forward is not None, "FirstMinibatch.run has not run: make_experience(..., first=...) runs it"
-        assert torch.equal(idx, self.rows), "the update drew another first minibatch than the one planned"
+        assert torch.equal(idx, self.mine), "the update drew another first minibatch than the one planned"
         forward, self.forward = self.forward, None
         return forward
 

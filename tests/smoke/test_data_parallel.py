@@ -4,7 +4,9 @@ within float tolerance, the curve reaching the launching process's listener as i
 global batch is sharded, gradients averaged, and the reported metrics reduced over both processes;
 PPO samples each prompt from its own random stream and whitens over the gathered batch)."""
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from tasks.stages import STAGES
 from tests.worlds import rl_world
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 PARAMS = {
     "sft": dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, max_seq_len=64, batch_size=8, micro_batch_size=2,
@@ -70,10 +73,38 @@ def test_two_processes_match_one(world, tmp_path, stage):
 
 
 
-def test_ppo_in_two_processes_matches_one(world, tmp_path):
+# Imported by every Python process that has its folder on PYTHONPATH: records which process ran
+# `FirstMinibatch.run`, once per PPO iteration, in the file that FIRST_MINIBATCH_LOG names.
+RECORD_FIRST_MINIBATCH = """
+import os
+import rlhf.stages.ppo_update as update
+real = update.FirstMinibatch.run
+def run(self, batch):
+    with open(os.environ["FIRST_MINIBATCH_LOG"], "a") as log:
+        log.write(f"{self.accelerator.process_index}\\n")
+    return real(self, batch)
+update.FirstMinibatch.run = run
+"""
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_ppo_in_two_processes_matches_one(world, tmp_path, micro, monkeypatch):
+    """micro 1: every process accumulates micro-batches; micro 2: a process's share of a minibatch
+    of 4 is one micro-batch in 2 processes, whose first minibatch's forward then gives log pi_old
+    (`FirstMinibatch`: each process runs its share, the shares are gathered), while the one process
+    runs the plain evaluation pass."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(RECORD_FIRST_MINIBATCH)
+    log = tmp_path / "first.log"
+    paths = [str(tmp_path / "hook"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    monkeypatch.setenv("FIRST_MINIBATCH_LOG", str(log))
     one, two = tmp_path / "one", tmp_path / "two"
     for root in (one, two):
         shutil.copytree(world, root)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["ppo"]["micro_batch_size"] = micro
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
     single = STAGES["ppo"].run(load_config("ppo", one / "params.yaml"), Paths(one))
     live: list[dict] = []
     with listening(live.append):
@@ -84,6 +115,11 @@ def test_ppo_in_two_processes_matches_one(world, tmp_path):
         for key in PPO_CURVE:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
     assert single.history[-1]["objective/kl"] != 0.0  # the policy moved: the match is not of two idle runs
+    for row in single.history + double.history:  # pi_old came from the policy being trained
+        assert row["policy/first_ratio"] == pytest.approx(1.0, abs=1e-5)
+    # each of the 2 processes ran its share of the first minibatch at each of the 3 iterations
+    ran = sorted(log.read_text().split()) if log.exists() else []
+    assert ran == (["0"] * 3 + ["1"] * 3 if micro == 2 else []), ran
     for key in ("objective/kl", "objective/scores", "objective/beta"):
         assert double.metrics[key] == pytest.approx(single.metrics[key], rel=1e-4, abs=1e-6), key
     weights = [load_causal_lm(root / "artifacts" / "ppo" / "model").state_dict() for root in (one, two)]

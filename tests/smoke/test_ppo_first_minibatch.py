@@ -82,6 +82,17 @@ def test_first_minibatch_is_the_one_the_update_draws():
         first.take(first.rows.flip(0))
 
 
+class _Processes:
+    """What `FirstMinibatch` uses of an accelerator: P processes, this one the p-th; `gather`
+    stacks this process's rows on those `others` hold for the same call (one list per call)."""
+
+    def __init__(self, num_processes=1, process_index=0, others=()):
+        self.num_processes, self.process_index, self.others = num_processes, process_index, list(others)
+
+    def gather(self, t):
+        return torch.cat([t, *self.others.pop(0)]) if self.process_index == 0 else None
+
+
 @pytest.mark.parametrize("change", [dict(micro_batch_size=2), dict(lora_r=4, lora_dropout=0.1)])
 def test_no_first_minibatch_where_its_forward_is_not_pi_old(change):
     """Several micro-batches would all have to keep their graphs for steps 3-4; LoRA dropout makes
@@ -90,9 +101,53 @@ def test_no_first_minibatch_where_its_forward_is_not_pi_old(change):
     assert FirstMinibatch.plan(cfg, None, None, make_accelerator("no"), 8, seed=0) is None
 
 
-def test_no_first_minibatch_with_several_processes():
-    class TwoProcesses:
-        num_processes = 2
+def test_several_processes_each_take_their_share_of_the_first_minibatch():
+    """With P processes the update gives process p the rows mb[p::P]: a micro-batch of 2 covers a
+    process's share of a minibatch of 4 in 2 processes (not in 1), and FSDP is left out."""
+    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2)
+    assert FirstMinibatch.plan(cfg, None, None, _Processes(1), 8, seed=3) is None
+    rows = minibatch_order(8, cfg, torch.Generator().manual_seed(3))[0]
+    for p in (0, 1):
+        first = FirstMinibatch.plan(cfg, None, None, _Processes(2, p), 8, seed=3)
+        assert torch.equal(first.rows, rows) and torch.equal(first.mine, rows[p::2])
+    assert FirstMinibatch.plan(cfg.model_copy(update={"micro_batch_size": 1}), None, None, _Processes(2), 8, 3) is None
+    assert FirstMinibatch.plan(cfg.model_copy(update={"fsdp": True}), None, None, _Processes(2), 8, 3) is None
 
-    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=4)
-    assert FirstMinibatch.plan(cfg, None, None, TwoProcesses(), 8, seed=0) is None
+
+def test_run_writes_every_process_share_at_its_rows(world, monkeypatch):
+    """Process 0 of 2: its own share's forward and the other's (gathered) land at their rows of the
+    batch, zero-padded past each share's longest response; the other rows stay as they were."""
+    import rlhf.stages.ppo_update as update
+
+    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2)
+    n, width = 8, 6
+    mask = torch.zeros(n, width)
+    for i, length in enumerate((6, 2, 3, 1, 5, 4, 2, 6)):
+        mask[i, :length] = 1
+    batch = {"mask": mask, **{k: torch.full((n, width), -7.0) for k in update.FORWARD_KEYS}}
+
+    def fake_forward(cfg, policy, critic, batch, idx):  # r = the rows' longest response, as trimmed
+        r = int(batch["mask"][idx].sum(dim=1).max())
+        return {k: idx[:, None].float() * 10 + j + torch.zeros(len(idx), r, requires_grad=True)
+                for j, k in enumerate(update.FORWARD_KEYS)}
+
+    monkeypatch.setattr(update, "micro_forward", fake_forward)
+    rows = minibatch_order(n, cfg, torch.Generator().manual_seed(5))[0]
+    theirs = rows[1::2]
+    other = {k: torch.zeros(2, width) for k in update.FORWARD_KEYS}
+    for k, t in fake_forward(cfg, None, None, batch, theirs).items():
+        other[k][:, : t.shape[1]] = t.detach()
+    procs = _Processes(2, 0, [[other[k]] for k in update.FORWARD_KEYS])
+    first = FirstMinibatch(cfg, torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), rows, procs)
+    first.run(batch)
+    for j, key in enumerate(update.FORWARD_KEYS):
+        for row in range(n):
+            got = batch[key][row]
+            if row in rows.tolist():
+                share = rows[0::2] if row in rows[0::2].tolist() else theirs
+                r = int(mask[share].sum(dim=1).max())
+                assert torch.equal(got[:r], torch.full((r,), float(row * 10 + j))), (key, row)
+                assert torch.equal(got[r:], torch.zeros(width - r)), (key, row)
+            else:
+                assert torch.equal(got, torch.full((width,), -7.0)), (key, row)
+    assert torch.equal(first.take(rows[0::2])["logprobs"][:, 0], rows[0::2].float() * 10)
