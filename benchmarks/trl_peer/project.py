@@ -229,7 +229,7 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     before = BATCH * (prompt - 1)
     # the update's first minibatch (here the whole batch: one minibatch per epoch) gives log pi_old
     # and V_old, so the evaluation pass runs through neither policy nor critic (FirstMinibatch)
-    evaluated = 1.0 - (cfg.mini_batch_size / BATCH if first_mb is not None else 0.0)
+    evaluated = 1.0 - (len(first_mb.rows) / BATCH if first_mb is not None else 0.0)
     flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1),
                       skip_policy=(head_params(policy) + last_mlp_params(policy)) * before,
                       skip_critic=last_mlp_params(critic) * before,

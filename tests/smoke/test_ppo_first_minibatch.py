@@ -84,13 +84,14 @@ def test_first_minibatch_is_the_one_the_update_draws():
 
 class _Processes:
     """What `FirstMinibatch` uses of an accelerator: P processes, this one the p-th; `gather`
-    stacks this process's rows on those `others` hold for the same call (one list per call)."""
+    stacks this process's rows on those `others` hold for the same call (one list per call), as
+    process 0 sees them."""
 
     def __init__(self, num_processes=1, process_index=0, others=()):
         self.num_processes, self.process_index, self.others = num_processes, process_index, list(others)
 
     def gather(self, t):
-        return torch.cat([t, *self.others.pop(0)]) if self.process_index == 0 else None
+        return torch.cat([t, *self.others.pop(0)])
 
 
 @pytest.mark.parametrize("change", [dict(micro_batch_size=2), dict(lora_r=4, lora_dropout=0.1)])
