@@ -1,4 +1,5 @@
 import os
+import sys
 import tempfile
 
 import pytest
@@ -14,7 +15,19 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # Tests never write to the project's tracking store: a stage's task opens its MLflow run as it
 # starts (tasks.live), so a test that runs a task logs to this session's store unless it sets its own.
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='rlhf-tests-mlflow-')}/mlflow.db"
+SESSION_TRACKING_URI = f"sqlite:///{tempfile.mkdtemp(prefix='rlhf-tests-mlflow-')}/mlflow.db"
+os.environ["MLFLOW_TRACKING_URI"] = SESSION_TRACKING_URI
+
+
+@pytest.fixture(autouse=True)
+def session_tracking_store():
+    """After every test, MLflow points at this session's store again. `mlflow.set_tracking_uri(None)`
+    also unsets MLFLOW_TRACKING_URI, so a test that resets MLflow's URI would otherwise leave every
+    later test on MLflow's default store, a `mlflow.db` in the working folder."""
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+    os.environ["MLFLOW_TRACKING_URI"] = SESSION_TRACKING_URI
 
 
 @pytest.fixture(autouse=True)
