@@ -23,24 +23,34 @@ from rlhf.train.last_mlp import read_from
 
 def forward_logits(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-    keep: int = 0,
+    start: int = 0, stop: int | None = None,
 ) -> torch.Tensor:
-    """logits / T of the last `keep` positions (0: of every position). Shapes: (B, T), (B, T) ->
-    (B, keep or T, V). The LM head and the softmax are the costliest layers of a small model with a
-    large vocabulary: a caller that reads only the response asks for those positions only, where
-    the last block's MLP runs too (rlhf/train/last_mlp.py).
+    """logits / T of positions [start, stop) (default: every position). Shapes: (B, T), (B, T) ->
+    (B, stop - start, V). The LM head and the softmax are the costliest layers of a small model
+    with a large vocabulary: a caller that reads only the response asks for those positions only,
+    where the last block's MLP runs too (rlhf/train/last_mlp.py). A range that ends before the last
+    position (log-probs of a sequence's own tokens never read it) is handed to the model as indices,
+    so the logits come back contiguous: cutting them afterwards would cost a copy before the
+    log-softmax and a zero-filled gradient of the whole (B, T, V) in the backward pass.
 
     The logits come back in fp32 whatever the autocast: under bf16 autocast a model prepared by
     accelerate returns fp32 logits and an unprepared one (PPO's reference) bf16 ones, and dividing
     those by T in bf16 would round them again, so that the KL between two equal models is not 0."""
     assert temperature > 0, "temperature must be positive"
-    with read_from(model, input_ids.shape[1] - keep if keep else 0):  # the last MLP where logits are kept
+    T = input_ids.shape[1]
+    stop = T if stop is None else stop
+    assert 0 <= start < stop <= T, f"positions [{start}, {stop}) of a {T}-token batch"
+    if stop < T:
+        kept = {"logits_to_keep": torch.arange(start, stop, device=input_ids.device)}
+    else:
+        kept = {"logits_to_keep": T - start} if start else {}
+    with read_from(model, start):  # the last MLP where logits are kept
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             use_cache=False,
-            **({"logits_to_keep": keep} if keep else {}),
+            **kept,
         )
     logits = out.logits.float()  # a no-op in fp32
     return logits if temperature == 1.0 else logits / temperature
@@ -50,8 +60,7 @@ def response_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
                     temperature: float = 1.0) -> torch.Tensor:
     """logits / T that predict the response tokens input_ids[:, prompt_len:] (left-padded prompts of
     width `prompt_len`, then responses). Shapes: (B, P + R), (B, P + R) -> (B, R, V)."""
-    keep = input_ids.shape[1] - prompt_len + 1  # positions P-1 .. P+R-1; the last predicts nothing
-    return forward_logits(model, input_ids, attention_mask, temperature, keep)[:, :-1]
+    return forward_logits(model, input_ids, attention_mask, temperature, prompt_len - 1, input_ids.shape[1] - 1)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -89,7 +98,7 @@ def token_logprobs(
 
     Shapes: (B, T), (B, T) -> (B, T-1); column t holds the log-prob of input_ids[:, t+1].
     """
-    logits = forward_logits(model, input_ids, attention_mask, temperature)[:, :-1]  # (B, T-1, V)
+    logits = forward_logits(model, input_ids, attention_mask, temperature, 0, input_ids.shape[1] - 1)  # (B, T-1, V)
     return logprobs_from_logits(logits, input_ids[:, 1:])
 
 
@@ -109,7 +118,7 @@ def sequence_logprobs(
     assert bool((response_mask[:, 1:].sum(dim=1) > 0).all()), "every row needs at least one response token"
     # the batch's earliest response token: positions before it predict nothing that is summed
     first = int(response_mask[:, 1:].float().argmax(dim=1).min()) + 1
-    logits = forward_logits(model, input_ids, attention_mask, temperature, T - first + 1)[:, :-1]  # (B, T-first, V)
+    logits = forward_logits(model, input_ids, attention_mask, temperature, first - 1, T - 1)  # (B, T-first, V)
     logp = logprobs_from_logits(logits, input_ids[:, first:])  # (B, T-first)
     return (logp * response_mask[:, first:].to(torch.float32)).sum(dim=1)
 

@@ -55,6 +55,7 @@ from rlhf.rl import (
     penalise_missing_eos,
 )
 from rlhf.stage import StageOutput, skip_stage
+from rlhf.stages.ppo_update import FirstMinibatch, ppo_update, response_forward
 from rlhf.train import (
     BatchOrder,
     load_causal_lm,
@@ -77,7 +78,6 @@ from rlhf.train.lora import (
     with_lora,
     with_reward_lora,
 )
-from rlhf.stages.ppo_update import FirstMinibatch, ppo_update, response_forward
 from rlhf.train.loop import TrainingRun
 from rlhf.train.optim import advance, nonfinite
 from rlhf.train.sharding import prepare, shard
@@ -138,8 +138,9 @@ def gather_rows(accelerator: Any, tensors: dict[str, torch.Tensor], left: tuple[
 def evaluate_rows(policy: Any, critic: Any, seqs: torch.Tensor, attn: torch.Tensor, prompt_len: int,
                   temperature: float, skip: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step 2's policy and critic pass (`response_forward`) over every row but `skip`, whose (N, R)
-    entries are left at 0 in float32 for `FirstMinibatch.run` to fill. Shapes: (N, P + R) -> (N, R) x 3."""
+    """Step 2's policy and critic pass (`response_forward`) over this process's n rows but `skip`,
+    whose entries are left at 0 in float32 for `FirstMinibatch.run` to fill. Shapes: (n, P + R) ->
+    (n, R) x 3."""
     if skip is None:
         return response_forward(policy, critic, seqs, attn, prompt_len, temperature)
     keep = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)

@@ -78,6 +78,27 @@ def test_sequence_logprobs_equal_the_sum_of_cut_logits(model):
     resp = torch.zeros_like(ids)
     resp[0, 3:] = 1
     resp[1, 5:] = 1
-    logits = forward_logits(model, ids, attn, 1.0, 6)[:, :-1]  # positions 2..6 predict tokens 3..7
+    logits = forward_logits(model, ids, attn)[:, 2:7]  # positions 2..6 predict tokens 3..7
     want = (logprobs_from_logits(logits, ids[:, 3:]) * resp[:, 3:].float()).sum(dim=1)
-    assert torch.equal(sequence_logprobs(model, ids, attn, resp), want)
+    torch.testing.assert_close(sequence_logprobs(model, ids, attn, resp), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("start, stop", [(0, 8), (3, 8), (2, 7), (0, 7), (5, 6)])
+def test_a_range_of_positions_gives_those_logits_and_their_gradients(model, start, stop):
+    """Positions [start, stop) come back contiguous with the logits and gradients of the full pass
+    cut to them, whether the range ends at the last position (a view) or before it (indices)."""
+    torch.manual_seed(3)
+    ids, attn = torch.randint(1, 50, (2, 8)), torch.ones(2, 8, dtype=torch.long)
+    weights = torch.randn(2, stop - start, model.config.vocab_size)
+
+    def grads(logits):
+        model.zero_grad()
+        (logits * weights).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    part = forward_logits(model, ids, attn, 0.7, start, stop)
+    assert part.shape == (2, stop - start, model.config.vocab_size) and part.is_contiguous()
+    full = forward_logits(model, ids, attn, 0.7)[:, start:stop]
+    torch.testing.assert_close(part, full, rtol=0, atol=1e-5)
+    for mine, want in zip(grads(part), grads(forward_logits(model, ids, attn, 0.7)[:, start:stop])):
+        torch.testing.assert_close(mine, want, rtol=1e-5, atol=1e-6)
