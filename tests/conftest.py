@@ -1,5 +1,4 @@
 import os
-import sys
 import tempfile
 
 import pytest
@@ -21,13 +20,12 @@ os.environ["MLFLOW_TRACKING_URI"] = SESSION_TRACKING_URI
 
 @pytest.fixture(autouse=True)
 def session_tracking_store():
-    """After every test, MLflow points at this session's store again. `mlflow.set_tracking_uri(None)`
-    also unsets MLFLOW_TRACKING_URI, so a test that resets MLflow's URI would otherwise leave every
-    later test on MLflow's default store, a `mlflow.db` in the working folder."""
+    """After every test, MLFLOW_TRACKING_URI names this session's store again if the test unset it:
+    `mlflow.set_tracking_uri(None)`, which tests call to undo their own URI, also unsets the
+    variable, and every later stage test would then log to MLflow's default store, a `mlflow.db` in
+    the working folder. A URI a test or a module fixture set stays as it is."""
     yield
-    if "mlflow" in sys.modules:
-        sys.modules["mlflow"].set_tracking_uri(None)
-    os.environ["MLFLOW_TRACKING_URI"] = SESSION_TRACKING_URI
+    os.environ.setdefault("MLFLOW_TRACKING_URI", SESSION_TRACKING_URI)
 
 
 @pytest.fixture(autouse=True)
