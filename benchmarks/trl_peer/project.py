@@ -225,13 +225,14 @@ def ppo(root: Path, size: str, warmup: int, steps: int, precision: str = "fp32")
     prompt = len(fixture_prompts[0]["ids"])  # PPO_PROMPT_LEN, or more under a checkpoint's template (fixtures)
     tokens = BATCH * (prompt + PPO_NEW_TOKENS)
     # before the last prompt token, policy and reference passes run neither the LM head nor the last
-    # MLP, and critic passes not the last MLP; the reward model runs its last MLP at one position a row
+    # MLP, and critic passes not the last MLP; the reward model runs its last MLP at one position a row;
+    # the LM head skips each row's last position too, whose logits predict nothing (forward_logits)
     before = BATCH * (prompt - 1)
     # the update's first minibatch (here the whole batch: one minibatch per epoch) gives log pi_old
     # and V_old, so the evaluation pass runs through neither policy nor critic (FirstMinibatch)
     evaluated = 1.0 - (len(first_mb.rows) / BATCH if first_mb is not None else 0.0)
     flops = ppo_flops(n_lm, n_rm, tokens, sum(timed.tokens[warmup:]) / max(steps, 1),
-                      skip_policy=(head_params(policy) + last_mlp_params(policy)) * before,
+                      skip_policy=head_params(policy) * (before + BATCH) + last_mlp_params(policy) * before,
                       skip_critic=last_mlp_params(critic) * before,
                       skip_reward=last_mlp_params(reward_model) * (tokens - BATCH),
                       policy_evaluated=evaluated, critic_evaluated=evaluated)
