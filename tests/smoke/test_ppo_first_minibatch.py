@@ -11,6 +11,7 @@ from rlhf.reward import RewardModel
 from rlhf.stages.ppo import make_critic, make_experience
 from rlhf.stages.ppo_update import FirstMinibatch, minibatch_order, ppo_update
 from rlhf.train import load_causal_lm, load_tokenizer, make_accelerator
+from rlhf.train.runtime import cpu_has_bf16
 from rlhf.train.toy import sft_rows
 from tests.worlds import rl_world
 
@@ -26,9 +27,10 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def _iteration(world, cfg, fused, calls=None):
-    """One PPO iteration (steps 1-5) from the SFT policy and the reward model's critic; `calls`
-    collects the batch size of every policy forward."""
+def _iteration(world, cfg, fused, calls=None, precision="no"):
+    """One PPO iteration (steps 1-5) from the SFT policy and the reward model's critic, as `run_ppo`
+    runs it under `precision` (policy and critic prepared, the rollout under the same autocast);
+    `calls` collects the batch size of every policy forward."""
     tok = load_tokenizer(world.sft / "model")
     policy, reference = load_causal_lm(world.sft / "model"), load_causal_lm(world.sft / "model")
     critic = make_critic(world.reward / "model", world.sft / "model", tok, seed=0)
@@ -36,12 +38,14 @@ def _iteration(world, cfg, fused, calls=None):
     if calls is not None:
         policy.register_forward_pre_hook(
             lambda m, args, kwargs: calls.append((args[0] if args else kwargs["input_ids"]).shape[0]), with_kwargs=True)
-    accelerator = make_accelerator("no")
+    accelerator = make_accelerator(precision)
+    policy, critic = accelerator.prepare(policy, critic)
     prompts = [r["prompt"] for r in sft_rows(cfg.rollout_batch_size, seed=5)]
     first = FirstMinibatch.plan(cfg, policy, critic, accelerator, len(prompts), seed=7) if fused else None
     assert (first is not None) == fused
-    batch, metrics = make_experience(cfg, policy, reference, critic, rm, tok, prompts, beta=0.1, seed=0,
-                                     accelerator=accelerator, first=first)
+    with accelerator.autocast():
+        batch, metrics = make_experience(cfg, accelerator.unwrap_model(policy), reference, accelerator.unwrap_model(critic),
+                                         rm, tok, prompts, beta=0.1, seed=0, accelerator=accelerator, first=first)
     frozen = {k: batch[k].clone() for k in FROZEN}
     opt_p = torch.optim.SGD(policy.parameters(), lr=0.1)  # SGD: the step is the gradient itself
     opt_v = torch.optim.SGD(critic.parameters(), lr=0.1)
@@ -71,6 +75,22 @@ def test_first_minibatch_forward_matches_the_evaluation_pass(world, rollout):
     # rows through the policy in the whole iteration: sampling (the same tokens), the evaluation
     # pass, the update; the fused path's first minibatch runs once for both of the last two
     assert sum(plain_calls) - sum(fused_calls) == cfg.mini_batch_size
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 matmul")
+def test_under_bf16_the_first_minibatch_ratio_is_still_exactly_one(world):
+    """Under bf16 autocast (the real profile's PPO) the fused path's first ratio stays 1 to the bit,
+    and its frozen log-probs stay within bf16 rounding of the plain path's (the first minibatch's
+    forward runs over its own trimmed columns, the evaluation pass over the whole batch)."""
+    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=4, ppo_epochs=2, max_new_tokens=8)
+    fp32 = _iteration(world, cfg, fused=True)
+    plain = _iteration(world, cfg, fused=False, precision="bf16")
+    fused = _iteration(world, cfg, fused=True, precision="bf16")
+    mask = plain[0]["advantages"] != 0  # response tokens (the same samples on all three runs)
+    assert not torch.equal(fused[0]["logprobs"][mask], fp32[0]["logprobs"][mask]), "autocast did not run in bf16"
+    torch.testing.assert_close(fused[0]["logprobs"][mask], plain[0]["logprobs"][mask], atol=0.05, rtol=0)
+    assert fused[1]["objective/scores"] == pytest.approx(plain[1]["objective/scores"], abs=1e-6)
+    assert fused[2][0]["policy/ratio"] == 1.0 and fused[2][0]["policy/approxkl"] == 0.0
 
 
 def test_first_minibatch_is_the_one_the_update_draws():
